@@ -1,0 +1,344 @@
+"""A2C as in the Backpropamine paper: lock-step episodes, Monte-Carlo returns, full-episode BPTT.
+
+One update:
+
+1. **Act.** ``batch_size`` episodes run in lock-step on the native vector env for the whole
+   episode, without autograd (:func:`collect_rollout`), sampling actions from a seeded generator.
+2. **Replay.** The recorded observations go through ``policy.unroll`` with autograd. The
+   observations are constants of the episode, so this is exactly backpropagation through the
+   episode, and ``unroll`` is the one place that is made fast.
+3. **Learn.** ``R_t = sum_k gamma^k r_{t+k}`` (no bootstrapping), and the paper's loss, averaged
+   over batch and time (:func:`a2c_loss`)::
+
+       -log pi(a_t) * stopgrad(R_t - V_t) + value_coef * (R_t - V_t)^2 + entropy_coef * sum_a pi(a)^2
+
+   (``entropy_mode="entropy"`` uses ``- entropy_coef * H(pi)`` instead). Adam, gradient-norm clip.
+
+Unlike the release, each element uses its own value baseline and learning starts at update 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, NamedTuple
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor
+
+import bpm_envs  # noqa: F401  (registers the bpm/ environments)
+from bpm_agents.plasticity import RULES, PlasticityConfig
+from bpm_agents.policy import PlasticActorCritic, PolicyConfig
+
+ENTROPY_MODES = ("sum_squares", "entropy")
+
+#: Per-task defaults from the paper (section 4); ``hidden_size`` may depend on the rule.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "bpm/CueReward-v0": dict(
+        hidden_size={"none": 200, "hebbian": 200, "simple": 200, "retroactive": 200},
+        lr=1e-4, adam_eps=1e-6, grad_clip=2.0, entropy_coef=0.1, eta_init=0.1, eta_e_init=0.1,
+    ),
+    "bpm/PlasticMaze-v0": dict(
+        # the release matched parameter counts (~22.5k) by size: rnn 139, plastic 101, modulated 100
+        hidden_size={"none": 139, "hebbian": 101, "simple": 100, "retroactive": 100},
+        lr=1e-4, adam_eps=1e-4, grad_clip=4.0, entropy_coef=0.03, eta_init=0.01, eta_e_init=0.01,
+    ),
+}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradient became NaN or Inf; the update was not applied."""
+
+
+@dataclass(frozen=True)
+class A2CConfig:
+    """Hyper-parameters of an A2C run. ``None`` fields take the task's default (see ``resolve``)."""
+
+    env_id: str = "bpm/CueReward-v0"
+    rule: str = "retroactive"
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    hidden_size: int | None = None
+    batch_size: int = 30
+    gamma: float = 0.9
+    lr: float | None = None
+    adam_eps: float | None = None
+    grad_clip: float | None = None
+    value_coef: float = 0.1
+    entropy_coef: float | None = None
+    entropy_mode: str = "sum_squares"
+    trace_clip: float = 1.0
+    fanout: bool = False
+    modulator_activation: str = "tanh"
+    eta_init: float | None = None
+    eta_e_init: float | None = None
+    seed: int = 0
+    unroll_impl: str = "auto"
+
+    def resolve(self) -> A2CConfig:
+        """Fill the ``None`` fields from :data:`TASK_DEFAULTS` and validate everything."""
+        if self.rule not in RULES:
+            raise ValueError(f"unknown plasticity rule {self.rule!r}; allowed: {', '.join(RULES)}")
+        if self.env_id not in gym.registry:
+            known = sorted(k for k in gym.registry if k.startswith("bpm/"))
+            raise ValueError(f"unknown env id {self.env_id!r}; registered bpm ids: {known}")
+        defaults = TASK_DEFAULTS.get(self.env_id, TASK_DEFAULTS["bpm/CueReward-v0"])
+        filled = {}
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                filled[name] = value[self.rule] if name == "hidden_size" else value
+        cfg = replace(self, **filled)
+        for name in ("hidden_size", "batch_size"):
+            if getattr(cfg, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)!r}")
+        if not 0 <= cfg.gamma <= 1:
+            raise ValueError(f"gamma must be in [0, 1], got {cfg.gamma!r}")
+        for name in ("lr", "adam_eps", "grad_clip"):
+            if not getattr(cfg, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(cfg, name)!r}")
+        if cfg.entropy_mode not in ENTROPY_MODES:
+            raise ValueError(
+                f"unknown entropy mode {cfg.entropy_mode!r}; allowed: {', '.join(ENTROPY_MODES)}"
+            )
+        cfg.plasticity()  # validates the plasticity options
+        return cfg
+
+    def plasticity(self) -> PlasticityConfig:
+        return PlasticityConfig(
+            rule=self.rule,
+            clip=self.trace_clip,
+            fanout=self.fanout,
+            modulator_activation=self.modulator_activation,
+            eta_init=self.eta_init if self.eta_init is not None else 0.1,
+            eta_e_init=self.eta_e_init if self.eta_e_init is not None else 0.1,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> A2CConfig:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown A2C config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+class Rollout(NamedTuple):
+    """B lock-step episodes: obs (B, T, D), actions (B, T), rewards (B, T), modulators (B, T) or None."""
+
+    obs: Tensor
+    actions: Tensor
+    rewards: Tensor
+    modulators: Tensor | None
+    infos: list[dict[str, Any]]
+
+
+def discounted_returns(rewards: Tensor, gamma: float) -> Tensor:
+    """Monte-Carlo returns ``R_t = r_t + gamma * R_{t+1}``, zero after the episode: (B, T) -> (B, T)."""
+    returns = torch.empty_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in range(rewards.shape[1] - 1, -1, -1):
+        running = rewards[:, t] + gamma * running
+        returns[:, t] = running
+    return returns
+
+
+class LossTerms(NamedTuple):
+    """The A2C loss and its parts (already scaled by their coefficients)."""
+
+    total: Tensor
+    policy: Tensor
+    value: Tensor
+    entropy: Tensor
+
+
+def a2c_loss(
+    logits: Tensor,
+    values: Tensor,
+    actions: Tensor,
+    returns: Tensor,
+    value_coef: float = 0.1,
+    entropy_coef: float = 0.1,
+    entropy_mode: str = "sum_squares",
+) -> LossTerms:
+    """The paper's A2C loss, averaged over batch and time.
+
+    Args:
+        logits: (B, T, A) policy logits.
+        values: (B, T) value estimates.
+        actions: (B, T) int64 actions taken.
+        returns: (B, T) Monte-Carlo returns.
+    """
+    log_probs = torch.log_softmax(logits, dim=-1)
+    taken = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    advantage = returns - values
+    policy = -(taken * advantage.detach()).mean()
+    value = value_coef * advantage.pow(2).mean()
+    probs = log_probs.exp()
+    if entropy_mode == "sum_squares":
+        entropy = entropy_coef * probs.pow(2).sum(-1).mean()
+    elif entropy_mode == "entropy":
+        entropy = entropy_coef * (probs * log_probs).sum(-1).mean()  # = -coef * H
+    else:
+        raise ValueError(f"unknown entropy mode {entropy_mode!r}; allowed: {', '.join(ENTROPY_MODES)}")
+    return LossTerms(policy + value + entropy, policy, value, entropy)
+
+
+def make_vector_env(config: A2CConfig) -> gym.vector.VectorEnv:
+    """The native batched twin of ``config.env_id`` with ``config.batch_size`` episodes."""
+    return gym.make_vec(
+        config.env_id,
+        num_envs=config.batch_size,
+        vectorization_mode="vector_entry_point",
+        **config.env_kwargs,
+    )
+
+
+def build_policy(config: A2CConfig, obs_size: int, n_actions: int) -> PlasticActorCritic:
+    """The policy of a (resolved) config; weights drawn from a generator seeded by ``config.seed``."""
+    policy_config = PolicyConfig(obs_size, n_actions, config.hidden_size, config.plasticity())
+    with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
+        torch.manual_seed(config.seed)
+        return PlasticActorCritic(policy_config)
+
+
+@torch.no_grad()
+def collect_rollout(
+    policy: PlasticActorCritic,
+    envs: gym.vector.VectorEnv,
+    generator: torch.Generator,
+    keep_infos: bool = False,
+) -> Rollout:
+    """Run one episode in every env of ``envs`` in lock-step, acting with ``policy.step``.
+
+    All episodes start together at ``envs.reset()`` and last the env's ``episode_length`` steps.
+    Actions are sampled on the CPU from ``generator`` so runs are reproducible on any device.
+    """
+    device = next(policy.parameters()).device
+    length = envs.unwrapped.task.episode_length
+    obs, info = envs.reset()
+    batch = obs.shape[0]
+    state = policy.initial_state(batch, device)
+    obs_seq = np.empty((batch, length, obs.shape[1]), dtype=np.float32)
+    act_seq = np.empty((batch, length), dtype=np.int64)
+    rew_seq = np.empty((batch, length), dtype=np.float32)
+    mods: list[Tensor] = []
+    infos = [info] if keep_infos else []
+    for t in range(length):
+        obs_seq[:, t] = obs
+        out = policy.step(torch.from_numpy(obs).to(device), state)
+        state = out.state
+        probs = torch.softmax(out.logits.float(), dim=-1).cpu()
+        actions = torch.multinomial(probs, 1, generator=generator).squeeze(-1).numpy()
+        obs, rewards, _, _, info = envs.step(actions)
+        act_seq[:, t] = actions
+        rew_seq[:, t] = rewards
+        if out.modulator is not None:
+            mods.append(out.modulator.cpu())
+        if keep_infos:
+            infos.append(info)
+    return Rollout(
+        torch.from_numpy(obs_seq),
+        torch.from_numpy(act_seq),
+        torch.from_numpy(rew_seq),
+        torch.stack(mods, dim=1) if mods else None,
+        infos,
+    )
+
+
+class A2CTrainer:
+    """Holds the env, the policy, the optimizer and every generator of one A2C run.
+
+    ``update()`` performs one update; ``state_dict()`` / ``load_state_dict()`` capture all of it
+    (weights, optimizer, action generator, env generators, update count) so a resumed run
+    continues bit for bit.
+    """
+
+    def __init__(self, config: A2CConfig, device: str | torch.device = "cpu") -> None:
+        self.config = config.resolve()
+        self.device = torch.device(device)
+        self.envs = make_vector_env(self.config)
+        self.envs.reset(seed=self.config.seed)
+        obs_size = self.envs.single_observation_space.shape[0]
+        n_actions = int(self.envs.single_action_space.n)
+        self.policy = build_policy(self.config, obs_size, n_actions).to(self.device)
+        self.optimizer = torch.optim.Adam(
+            self.policy.parameters(), lr=self.config.lr, eps=self.config.adam_eps
+        )
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.updates_done = 0
+
+    def compute_loss(self, rollout: Rollout) -> tuple[LossTerms, Any]:
+        """Replay ``rollout`` through the policy with autograd and return the loss terms."""
+        obs = rollout.obs.to(self.device)
+        state = self.policy.initial_state(obs.shape[0], self.device)
+        out = self.policy.unroll(obs, state, impl=self.config.unroll_impl)
+        returns = discounted_returns(rollout.rewards.to(self.device), self.config.gamma)
+        terms = a2c_loss(
+            out.logits,
+            out.values,
+            rollout.actions.to(self.device),
+            returns,
+            self.config.value_coef,
+            self.config.entropy_coef,
+            self.config.entropy_mode,
+        )
+        return terms, out
+
+    def update(self) -> dict[str, float]:
+        """Collect B episodes, replay them, take one optimizer step; return the metrics.
+
+        Raises:
+            NonFiniteLossError: NaN/Inf loss or gradient (parameters are left unchanged).
+        """
+        self.policy.train()
+        rollout = collect_rollout(self.policy, self.envs, self.generator)
+        terms, out = self.compute_loss(rollout)
+        if not torch.isfinite(terms.total):
+            raise NonFiniteLossError(
+                f"loss is {terms.total.item()} at update {self.updates_done + 1}; not applied"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.grad_clip)
+        if not torch.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(
+                f"gradient norm is {grad_norm.item()} at update {self.updates_done + 1}; not applied"
+            )
+        self.optimizer.step()
+        self.updates_done += 1
+        syn = self.policy.core.synapses
+        episode_rewards = rollout.rewards.sum(dim=1)
+        return {
+            "update": self.updates_done,
+            "reward_mean": episode_rewards.mean().item(),
+            "loss": terms.total.item(),
+            "policy_loss": terms.policy.item(),
+            "value_loss": terms.value.item(),
+            "entropy_term": terms.entropy.item(),
+            "grad_norm": grad_norm.item(),
+            "modulator_abs_mean": (
+                rollout.modulators.abs().mean().item() if rollout.modulators is not None else math.nan
+            ),
+            "eta": syn.eta.item() if hasattr(syn, "eta") else math.nan,
+            "eta_e": syn.eta_e.item() if hasattr(syn, "eta_e") else math.nan,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "updates_done": self.updates_done,
+            "model": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "action_rng": self.generator.get_state(),
+            "env_rng": self.envs.unwrapped.get_rng_states(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["action_rng"])
+        self.envs.unwrapped.set_rng_states(state["env_rng"])
+        self.updates_done = int(state["updates_done"])

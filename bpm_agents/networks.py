@@ -1,0 +1,108 @@
+"""PlasticRNN: the recurrent core of the RL agents, a tanh RNN whose recurrent weights are plastic.
+
+    x_j(t) = tanh( W_in u(t) + b + sum_i [ w_ij + alpha_ij * Hebb_ij(t) ] x_i(t-1) )
+
+followed by the trace update of :mod:`bpm_agents.plasticity` with pre = x(t-1), post = x(t) and the
+modulator reading x(t). The network owns ``W_in``, ``b`` and ``w``; the plastic part is a
+:class:`~bpm_agents.plasticity.PlasticSynapses`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from bpm_agents.plasticity import PlasticityConfig, PlasticState, PlasticSynapses
+
+UNROLL_IMPLS = ("auto", "reference", "fast")
+
+
+class PlasticRNN(nn.Module):
+    """Plastic tanh RNN, batch first.
+
+    Args:
+        input_size: D, size of u(t).
+        hidden_size: N.
+        plasticity: the rule of the recurrent connections.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, plasticity: PlasticityConfig) -> None:
+        super().__init__()
+        if hidden_size < 1:
+            raise ValueError(f"hidden_size must be >= 1, got {hidden_size!r}")
+        if input_size < 1:
+            raise ValueError(f"input_size must be >= 1, got {input_size!r}")
+        self.input_size, self.hidden_size, self.plasticity = input_size, hidden_size, plasticity
+        self.input = nn.Linear(input_size, hidden_size)
+        # w[i, j]: from pre-synaptic i to post-synaptic j, as in the equation above
+        self.w = nn.Parameter(plasticity.init_scale * torch.rand(hidden_size, hidden_size))
+        self.synapses = PlasticSynapses(hidden_size, hidden_size, hidden_size, plasticity)
+
+    def initial_state(
+        self, batch_size: int, device: torch.device | str | None = None
+    ) -> PlasticState:
+        """All-zero state for ``batch_size`` new episodes."""
+        device = device if device is not None else self.w.device
+        hidden = torch.zeros(batch_size, self.hidden_size, device=device, dtype=self.w.dtype)
+        hebb, elig = self.synapses.initial_traces(batch_size, device, self.w.dtype)
+        return PlasticState(hidden, hebb, elig)
+
+    def step(self, u: Tensor, state: PlasticState) -> tuple[PlasticState, Tensor | None]:
+        """One time step.
+
+        Args:
+            u: (B, D) input.
+            state: state before the step.
+        Returns:
+            (new state, M(t) of shape (B, 1) or ``None`` for unmodulated rules).
+        """
+        pre = state.hidden
+        drive = self.input(u) + pre @ self.w
+        plastic = self.synapses.contribution(pre, state.hebb)
+        if plastic is not None:
+            drive = drive + plastic
+        x = torch.tanh(drive)
+        hebb, elig, m = self.synapses.update(state.hebb, state.elig, pre, x, x)
+        return PlasticState(x, hebb, elig), m
+
+    def unroll(
+        self,
+        inputs: Tensor,
+        state: PlasticState,
+        episode_starts: Tensor | None = None,
+        impl: str = "auto",
+    ) -> tuple[Tensor, Tensor | None, PlasticState]:
+        """Run a whole sequence.
+
+        Args:
+            inputs: (B, T, D).
+            state: state before the first step.
+            episode_starts: optional (B, T) bool; where True the state is zeroed before that step.
+            impl: ``reference`` (step by step, plain autograd), ``fast`` (fused sequence kernel)
+                or ``auto`` (fast where available).
+        Returns:
+            hidden (B, T, N), modulators (B, T) or ``None``, final state.
+        """
+        if impl not in UNROLL_IMPLS:
+            raise ValueError(f"unknown unroll impl {impl!r}; allowed: {', '.join(UNROLL_IMPLS)}")
+        if inputs.dim() != 3 or inputs.shape[-1] != self.input_size:
+            raise ValueError(
+                f"inputs must have shape (B, T, {self.input_size}), got {tuple(inputs.shape)}"
+            )
+        if impl == "fast":
+            raise ValueError("no fast unroll is available yet; use impl='reference'")
+        return self.reference_unroll(inputs, state, episode_starts)
+
+    def reference_unroll(
+        self, inputs: Tensor, state: PlasticState, episode_starts: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None, PlasticState]:
+        """Step-by-step unroll with plain autograd: the definition the fast path must match."""
+        hiddens, modulators = [], []
+        for t in range(inputs.shape[1]):
+            if episode_starts is not None:
+                state = state.reset_where(episode_starts[:, t])
+            state, m = self.step(inputs[:, t], state)
+            hiddens.append(state.hidden)
+            modulators.append(m)
+        mods = torch.cat(modulators, dim=1) if modulators[0] is not None else None
+        return torch.stack(hiddens, dim=1), mods, state

@@ -1,0 +1,144 @@
+"""Recurrent actor-critic: a PlasticRNN core with policy and value heads.
+
+The modulator head (M(t) from the new activity) lives with the plastic synapses of the core, see
+:mod:`bpm_agents.plasticity`. ``step`` is for acting (one time step); ``unroll`` is for learning
+(a whole recorded observation sequence, with autograd). The plastic state is explicit and must be
+zero at every episode start: ``initial_state`` for a fresh batch, ``PlasticState.reset_where`` or
+the ``episode_starts`` argument for the elements whose episode starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from bpm_agents.networks import PlasticRNN
+from bpm_agents.plasticity import PlasticityConfig, PlasticState
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Everything needed to rebuild a policy: sizes and the plasticity rule."""
+
+    obs_size: int
+    n_actions: int
+    hidden_size: int
+    plasticity: PlasticityConfig = field(default_factory=PlasticityConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PolicyConfig:
+        d = dict(d)
+        d["plasticity"] = PlasticityConfig(**d["plasticity"])
+        return cls(**d)
+
+
+class StepOutput(NamedTuple):
+    """Result of one acting step: logits (B, A), value (B,), modulator (B,) or None, new state."""
+
+    logits: Tensor
+    value: Tensor
+    modulator: Tensor | None
+    state: PlasticState
+
+
+class UnrollOutput(NamedTuple):
+    """Result of a replay: logits (B, T, A), values (B, T), modulators (B, T) or None, final state."""
+
+    logits: Tensor
+    values: Tensor
+    modulators: Tensor | None
+    state: PlasticState
+
+
+class PlasticActorCritic(nn.Module):
+    """Actor-critic policy whose recurrent connections are plastic within each episode."""
+
+    def __init__(self, config: PolicyConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.core = PlasticRNN(config.obs_size, config.hidden_size, config.plasticity)
+        self.policy_head = nn.Linear(config.hidden_size, config.n_actions)
+        self.value_head = nn.Linear(config.hidden_size, 1)
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> PlasticState:
+        """Zero hidden activity and traces for ``batch_size`` new episodes."""
+        return self.core.initial_state(batch_size, device)
+
+    def step(self, obs: Tensor, state: PlasticState) -> StepOutput:
+        """Act on one observation per element: obs (B, D)."""
+        state, m = self.core.step(obs, state)
+        return StepOutput(
+            self.policy_head(state.hidden),
+            self.value_head(state.hidden).squeeze(-1),
+            None if m is None else m.squeeze(-1),
+            state,
+        )
+
+    def unroll(
+        self,
+        obs: Tensor,
+        state: PlasticState,
+        episode_starts: Tensor | None = None,
+        impl: str = "auto",
+    ) -> UnrollOutput:
+        """Replay a sequence obs (B, T, D); ``episode_starts`` (B, T) bool zeroes the state there."""
+        hidden, mods, state = self.core.unroll(obs, state, episode_starts, impl=impl)
+        return UnrollOutput(
+            self.policy_head(hidden), self.value_head(hidden).squeeze(-1), mods, state
+        )
+
+    # ------------------------------------------------------------------ SB3-style acting
+    @torch.no_grad()
+    def predict(
+        self,
+        observation: np.ndarray,
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """Stable-Baselines3's ``predict`` contract, so ``evaluate_policy`` works on our agents.
+
+        Args:
+            observation: (B, D) or (D,) observations.
+            state: the recurrent state returned by the previous call (numpy arrays
+                hidden (B, N), hebb, elig), or ``None`` at the first call.
+            episode_start: (B,) bool, True where an episode starts (its state is zeroed).
+            deterministic: argmax instead of sampling.
+            generator: torch generator for sampling (seeded behaviour).
+        Returns:
+            actions (B,) or a scalar for a single observation, and the next state.
+        """
+        device = next(self.parameters()).device
+        obs = torch.as_tensor(np.asarray(observation), dtype=torch.float32, device=device)
+        single = obs.dim() == 1
+        if single:
+            obs = obs.unsqueeze(0)
+        if obs.dim() != 2 or obs.shape[1] != self.config.obs_size:
+            raise ValueError(
+                f"observation must have shape (B, {self.config.obs_size}) or "
+                f"({self.config.obs_size},), got {tuple(np.shape(observation))}"
+            )
+        batch = obs.shape[0]
+        if state is None:
+            plastic_state = self.initial_state(batch, device)
+        else:
+            plastic_state = PlasticState(*(torch.as_tensor(s, device=device) for s in state))
+        if episode_start is not None:
+            starts = torch.as_tensor(np.asarray(episode_start, dtype=bool).reshape(batch), device=device)
+            plastic_state = plastic_state.reset_where(starts)
+        out = self.step(obs, plastic_state)
+        if deterministic:
+            actions = out.logits.argmax(-1)
+        else:
+            actions = torch.multinomial(torch.softmax(out.logits, -1), 1, generator=generator).squeeze(-1)
+        next_state = tuple(s.cpu().numpy() for s in out.state)
+        acts = actions.cpu().numpy()
+        return (acts[0] if single else acts), next_state

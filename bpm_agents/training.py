@@ -1,0 +1,231 @@
+"""A training run on disk: config, checkpoints, CSV and TensorBoard logs, resume, Ctrl-C.
+
+Layout of a run folder::
+
+    config.json      the full resolved config (written once, atomically)
+    checkpoint.pt    latest training state (weights, optimizer, all generators), atomic
+    progress.csv     one row per update
+    tb/              TensorBoard event files
+
+Resuming reads ``config.json`` and ``checkpoint.pt`` and continues bit for bit; rows of
+``progress.csv`` after the checkpoint (work lost by an interruption) are dropped first.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bpm_agents.a2c import A2CConfig, A2CTrainer, NonFiniteLossError
+from bpm_agents.checkpoint import (
+    CheckpointError,
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+PROGRESS_FILE = "progress.csv"
+CSV_FIELDS = [
+    "update", "episodes", "env_steps", "wall_time", "reward_mean", "loss", "policy_loss",
+    "value_loss", "entropy_term", "grad_norm", "modulator_abs_mean", "eta", "eta_e",
+]
+ALGO = "plastic-a2c"
+
+
+@dataclass
+class RunResult:
+    """How a call to :func:`train` ended."""
+
+    updates_done: int
+    interrupted: bool
+    recent_reward: float
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a run folder, or a :class:`CheckpointError` saying what is wrong."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not Path(run_dir).is_dir():
+        raise CheckpointError(f"run folder {run_dir} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not a run folder: {CONFIG_FILE} is missing")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is corrupted: {exc}") from None
+    if not isinstance(data, dict) or "algo" not in data or "config" not in data:
+        raise CheckpointError(f"{path} is not a backpropamine-gym run config")
+    return data
+
+
+def load_trainer(run_dir: str | Path, device: str | torch.device = "cpu") -> A2CTrainer:
+    """Rebuild the trainer of a run folder from its config and latest checkpoint."""
+    meta = read_run_config(run_dir)
+    if meta["algo"] != ALGO:
+        raise CheckpointError(f"{run_dir} was trained with {meta['algo']!r}, not {ALGO!r}")
+    config = A2CConfig.from_dict(meta["config"])
+    trainer = A2CTrainer(config, device)
+    state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE, map_location=trainer.device)
+    if state.get("env_id") != trainer.config.env_id:
+        raise CheckpointError(
+            f"checkpoint is for env {state.get('env_id')!r} but the run config says "
+            f"{trainer.config.env_id!r}"
+        )
+    try:
+        trainer.load_state_dict(state["trainer"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint does not fit the run's policy: {exc}") from None
+    return trainer
+
+
+def _truncate_progress(path: Path, last_update: int) -> None:
+    """Keep only the CSV rows up to ``last_update`` (atomic rewrite)."""
+    if not path.exists():
+        return
+    with path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("update", "").isdigit()]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(r for r in rows if int(r["update"]) <= last_update)
+    atomic_write_text(path, out.getvalue())
+
+
+class _StopFlag:
+    """First Ctrl-C asks the loop to stop after the current update; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> _StopFlag:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+
+def train(
+    config: A2CConfig | None,
+    run_dir: str | Path,
+    updates: int,
+    resume: bool = False,
+    checkpoint_every: int = 100,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    tensorboard: bool = True,
+    reward_window: int = 100,
+) -> RunResult:
+    """Train (or resume) the run in ``run_dir`` until ``updates`` updates are done in total.
+
+    Args:
+        config: the run's config; ignored when resuming (the folder's config is used).
+        run_dir: output folder; must not hold a run unless ``resume``.
+        updates: total number of updates of the run (not the number to add).
+        resume: continue the run saved in ``run_dir``.
+        checkpoint_every: save every K updates (and always at the end / on Ctrl-C).
+    Raises:
+        CheckpointError: bad or missing run folder. NonFiniteLossError: diverged (the last good
+        checkpoint is kept).
+    """
+    run_dir = Path(run_dir)
+    if updates < 0:
+        raise ValueError(f"updates must be >= 0, got {updates}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    if resume:
+        trainer = load_trainer(run_dir, device)
+    else:
+        if (run_dir / CONFIG_FILE).exists():
+            raise CheckpointError(
+                f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        assert config is not None
+        trainer = A2CTrainer(config, device)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / CONFIG_FILE, {"algo": ALGO, "config": trainer.config.to_dict()})
+
+    progress_path = run_dir / PROGRESS_FILE
+    _truncate_progress(progress_path, trainer.updates_done)
+    if not progress_path.exists():
+        atomic_write_text(progress_path, ",".join(CSV_FIELDS) + "\n")
+
+    def save() -> None:
+        save_checkpoint(
+            run_dir / CHECKPOINT_FILE,
+            {"algo": ALGO, "env_id": trainer.config.env_id, "trainer": trainer.state_dict(),
+             "config_json": json.dumps(trainer.config.to_dict())},
+        )
+
+    if not resume:
+        save()  # update 0: a run folder is always loadable
+
+    writer = None
+    if tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=trainer.updates_done + 1)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=updates, initial=trainer.updates_done, unit="upd", dynamic_ncols=True)
+
+    recent: deque[float] = deque(maxlen=reward_window)
+    episode_length = trainer.envs.unwrapped.task.episode_length
+    interrupted = False
+    start = time.perf_counter()
+    try:
+        with _StopFlag() as stop, progress_path.open("a", newline="") as log:
+            csv_writer = csv.DictWriter(log, fieldnames=CSV_FIELDS)
+            while trainer.updates_done < updates and not stop.requested:
+                metrics = trainer.update()
+                n = trainer.updates_done
+                recent.append(metrics["reward_mean"])
+                row = {
+                    **metrics,
+                    "episodes": n * trainer.config.batch_size,
+                    "env_steps": n * trainer.config.batch_size * episode_length,
+                    "wall_time": round(time.perf_counter() - start, 3),
+                }
+                csv_writer.writerow({k: row[k] for k in CSV_FIELDS})
+                log.flush()
+                if writer is not None:
+                    for key in CSV_FIELDS[4:]:
+                        if not math.isnan(row[key]):
+                            writer.add_scalar(f"train/{key}", row[key], n)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{sum(recent) / len(recent):.2f}")
+                if n % checkpoint_every == 0:
+                    save()
+            interrupted = stop.requested
+    except NonFiniteLossError:
+        raise  # the last good checkpoint on disk is kept as it is
+    finally:
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+    save()
+    mean_recent = sum(recent) / len(recent) if recent else math.nan
+    return RunResult(trainer.updates_done, interrupted, mean_recent)

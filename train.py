@@ -1,0 +1,117 @@
+#!/usr/bin/env python
+"""Train a plastic recurrent agent with A2C on a bpm/ environment.
+
+Examples:
+    python train.py --env bpm/CueReward-v0 --plasticity retroactive --updates 5000 --seed 0 --out runs/cue-retro
+    python train.py --out runs/cue-retro --updates 8000 --resume
+    python train.py lm --help          # Penn Treebank language models (see README)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bpm_agents.a2c import ENTROPY_MODES, TASK_DEFAULTS
+    from bpm_agents.plasticity import MODULATOR_ACTIVATIONS, RULES
+
+    p = argparse.ArgumentParser(
+        prog="train.py",
+        description=(
+            "Meta-train a recurrent actor-critic with differentiable (neuromodulated) plasticity "
+            "by A2C on a bpm/ Gymnasium environment. Writes config.json, checkpoint.pt, "
+            "progress.csv and TensorBoard logs to --out. Use 'train.py lm ...' for the Penn "
+            "Treebank language models."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--env", default="bpm/CueReward-v0", help=f"environment id: {', '.join(TASK_DEFAULTS)}")
+    p.add_argument("--plasticity", default="retroactive", choices=RULES, help="plasticity rule of the recurrent weights")
+    p.add_argument("--updates", type=int, default=1000, help="total number of updates of the run (one update = --batch-size episodes)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, environments and action sampling")
+    p.add_argument("--out", required=True, help="run folder (created; must be new unless --resume)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint (its saved config is used; only --updates, --device and logging flags apply)")
+    p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"], help="'auto' = cuda if available")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="save a checkpoint every K updates (and at the end / on Ctrl-C)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+    g = p.add_argument_group("model and A2C (default: the paper's per-task values)")
+    g.add_argument("--hidden-size", type=int, default=None, help="N recurrent units (cue 200; maze 100, rnn 139, hebbian 101)")
+    g.add_argument("--batch-size", type=int, default=30, help="B episodes per update, run in lock-step")
+    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (1e-4)")
+    g.add_argument("--adam-eps", type=float, default=None, help="Adam epsilon (cue 1e-6, maze 1e-4)")
+    g.add_argument("--grad-clip", type=float, default=None, help="gradient-norm clip (cue 2.0, maze 4.0)")
+    g.add_argument("--gamma", type=float, default=0.9, help="discount of the Monte-Carlo returns")
+    g.add_argument("--value-coef", type=float, default=0.1, help="value loss coefficient")
+    g.add_argument("--entropy-coef", type=float, default=None, help="coefficient of the sum-of-squared-probabilities penalty (cue 0.1, maze 0.03)")
+    g.add_argument("--entropy-mode", default="sum_squares", choices=ENTROPY_MODES, help="'sum_squares' (paper) or true 'entropy' bonus")
+    g.add_argument("--trace-clip", type=float, default=1.0, help="Hebbian traces are clipped to [-c, c]")
+    g.add_argument("--fanout", action="store_true", help="per-neuron modulation v_j*M+u_j (modulated rules)")
+    g.add_argument("--modulator-activation", default="tanh", choices=MODULATOR_ACTIVATIONS, help="activation of M(t)")
+    g.add_argument("--eta-init", type=float, default=None, help="initial Hebbian rate (cue 0.1, maze 0.01)")
+    g.add_argument("--eta-e-init", type=float, default=None, help="initial eligibility rate (cue 0.1, maze 0.01)")
+    g.add_argument("--env-kwargs", default="{}", help='JSON options for the environment, e.g. \'{"fixed_cues": true}\'')
+    g.add_argument("--unroll", default="auto", choices=["auto", "reference", "fast"], help="replay implementation: fast path where available, or the plain reference")
+    return p
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available")
+    return name
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "lm":
+        from bpm_agents.lm.cli import train_main
+
+        return train_main(argv[1:])
+    args = build_parser().parse_args(argv)
+
+    from bpm_agents.a2c import A2CConfig, NonFiniteLossError
+    from bpm_agents.checkpoint import CheckpointError
+    from bpm_agents.training import train
+
+    try:
+        env_kwargs = json.loads(args.env_kwargs)
+        if not isinstance(env_kwargs, dict):
+            raise ValueError(f"--env-kwargs must be a JSON object, got {args.env_kwargs!r}")
+        config = None
+        if not args.resume:
+            config = A2CConfig(
+                env_id=args.env, rule=args.plasticity, env_kwargs=env_kwargs,
+                hidden_size=args.hidden_size, batch_size=args.batch_size, gamma=args.gamma,
+                lr=args.lr, adam_eps=args.adam_eps, grad_clip=args.grad_clip,
+                value_coef=args.value_coef, entropy_coef=args.entropy_coef,
+                entropy_mode=args.entropy_mode, trace_clip=args.trace_clip, fanout=args.fanout,
+                modulator_activation=args.modulator_activation, eta_init=args.eta_init,
+                eta_e_init=args.eta_e_init, seed=args.seed, unroll_impl=args.unroll,
+            ).resolve()
+        result = train(
+            config, args.out, args.updates, resume=args.resume,
+            checkpoint_every=args.checkpoint_every, device=resolve_device(args.device),
+            progress=not args.no_progress, tensorboard=not args.no_tensorboard,
+        )
+    except (ValueError, CheckpointError, json.JSONDecodeError) as exc:
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NonFiniteLossError as exc:
+        print(f"train.py: stopped: {exc}. The last good checkpoint in {args.out} is kept.", file=sys.stderr)
+        return EXIT_USAGE
+    status = "interrupted, checkpoint saved" if result.interrupted else "done"
+    print(f"{status}: {result.updates_done} updates, recent mean episode reward {result.recent_reward:.3f}, run folder {args.out}")
+    return 130 if result.interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
