@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    p.add_argument("--algo", default="plastic-a2c", choices=["plastic-a2c", "a2c", "ppo", "recurrent-ppo"], help="our plastic A2C, or a Stable-Baselines3 / sb3-contrib peer (see 'python -m bpm_agents.sb3 --help' for their flags)")
     p.add_argument("--env", default="bpm/CueReward-v0", help=f"environment id: {', '.join(TASK_DEFAULTS)}")
     p.add_argument("--plasticity", default="retroactive", choices=RULES, help="plasticity rule of the recurrent weights")
     p.add_argument("--updates", type=int, default=1000, help="total number of updates of the run (one update = --batch-size episodes)")
@@ -77,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return train_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.algo != "plastic-a2c":
+        from bpm_agents.sb3 import train_main as sb3_train_main
+
+        return sb3_train_main(argv)
 
     from bpm_agents.a2c import A2CConfig, NonFiniteLossError
     from bpm_agents.checkpoint import CheckpointError
