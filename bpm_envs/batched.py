@@ -280,13 +280,16 @@ class BatchedVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self._rngs: list[np.random.Generator] | None = None  # drawn at the first reset
         self._needs_reset = np.ones(self.num_envs, dtype=bool)
+        # every env reports every key, so all info masks are the same all-True array (read-only)
+        self._all_true = np.ones(self.num_envs, dtype=bool)
+        self._all_true.flags.writeable = False
         self._all_envs = np.arange(self.num_envs)
 
     def _vector_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {}
         for key, value in self.task.info().items():
             info[key] = value
-            info[f"_{key}"] = np.ones(self.num_envs, dtype=bool)
+            info[f"_{key}"] = self._all_true
         return info
 
     def reset(
