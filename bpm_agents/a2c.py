@@ -188,12 +188,15 @@ def a2c_loss(
 
 def make_vector_env(config: A2CConfig) -> gym.vector.VectorEnv:
     """The native batched twin of ``config.env_id`` with ``config.batch_size`` episodes."""
-    return gym.make_vec(
-        config.env_id,
-        num_envs=config.batch_size,
-        vectorization_mode="vector_entry_point",
-        **config.env_kwargs,
-    )
+    try:
+        return gym.make_vec(
+            config.env_id,
+            num_envs=config.batch_size,
+            vectorization_mode="vector_entry_point",
+            **config.env_kwargs,
+        )
+    except TypeError as exc:  # an option the env does not take: bad user input, not a bug
+        raise ValueError(f"bad env options {config.env_kwargs!r} for {config.env_id}: {exc}") from None
 
 
 def build_policy(config: A2CConfig, obs_size: int, n_actions: int) -> PlasticActorCritic:

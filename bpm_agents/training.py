@@ -85,7 +85,7 @@ def load_trainer(run_dir: str | Path, device: str | torch.device = "cpu") -> A2C
         )
     try:
         trainer.load_state_dict(state["trainer"])
-    except (KeyError, RuntimeError, ValueError) as exc:
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
         raise CheckpointError(f"checkpoint does not fit the run's policy: {exc}") from None
     return trainer
 
