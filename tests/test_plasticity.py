@@ -8,7 +8,15 @@ import torch
 from bpm_agents.networks import PlasticRNN
 from bpm_agents.plasticity import PlasticityConfig, PlasticState, PlasticSynapses
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """Hand computations are compared in double precision; restore the default afterwards."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
 
 
 def synapses(rule: str, **kw) -> PlasticSynapses:
