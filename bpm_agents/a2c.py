@@ -213,8 +213,12 @@ def collect_rollout(
     envs: gym.vector.VectorEnv,
     generator: torch.Generator,
     keep_infos: bool = False,
+    impl: str = "auto",
 ) -> Rollout:
     """Run one episode in every env of ``envs`` in lock-step, acting with ``policy.step``.
+
+    ``impl`` picks the implementation of each step (see ``PlasticRNN.step``): the fused kernel
+    by default where it applies, ``reference`` for the plain rules.
 
     All episodes start together at ``envs.reset()`` and last the env's ``episode_length`` steps.
     Actions are sampled on the CPU from ``generator`` so runs are reproducible on any device.
@@ -231,7 +235,7 @@ def collect_rollout(
     infos = [info] if keep_infos else []
     for t in range(length):
         obs_seq[:, t] = obs
-        out = policy.step(torch.from_numpy(obs).to(device), state)
+        out = policy.step(torch.from_numpy(obs).to(device), state, impl=impl)
         state = out.state
         probs = torch.softmax(out.logits.float(), dim=-1).cpu()
         actions = torch.multinomial(probs, 1, generator=generator).squeeze(-1).numpy()
@@ -296,8 +300,20 @@ class A2CTrainer:
         Raises:
             NonFiniteLossError: NaN/Inf loss or gradient (parameters are left unchanged).
         """
+        return self.learn(self.collect())
+
+    def collect(self) -> Rollout:
+        """Act: one episode in each of the B envs, without autograd (the first half of ``update``)."""
         self.policy.train()
-        rollout = collect_rollout(self.policy, self.envs, self.generator)
+        return collect_rollout(self.policy, self.envs, self.generator, impl=self.config.unroll_impl)
+
+    def learn(self, rollout: Rollout) -> dict[str, float]:
+        """Replay ``rollout`` with autograd and take one optimizer step (the second half of ``update``).
+
+        Raises:
+            NonFiniteLossError: NaN/Inf loss or gradient (parameters are left unchanged).
+        """
+        self.policy.train()
         terms, out = self.compute_loss(rollout)
         if not torch.isfinite(terms.total):
             raise NonFiniteLossError(

@@ -47,15 +47,25 @@ class PlasticRNN(nn.Module):
         hebb, elig = self.synapses.initial_traces(batch_size, device, self.w.dtype)
         return PlasticState(hidden, hebb, elig)
 
-    def step(self, u: Tensor, state: PlasticState) -> tuple[PlasticState, Tensor | None]:
+    def step(
+        self, u: Tensor, state: PlasticState, impl: str = "reference"
+    ) -> tuple[PlasticState, Tensor | None]:
         """One time step.
 
         Args:
             u: (B, D) input.
             state: state before the step.
+            impl: ``reference`` (the rules of :mod:`bpm_agents.plasticity`, op by op), or
+                ``auto`` / ``fast`` as in :meth:`unroll` (a one-step sequence through the fused
+                kernel: same numbers to rounding, several times faster when acting).
         Returns:
             (new state, M(t) of shape (B, 1) or ``None`` for unmodulated rules).
         """
+        if impl != "reference":
+            if impl not in UNROLL_IMPLS:
+                raise ValueError(f"impl must be one of {UNROLL_IMPLS}, got {impl!r}")
+            _, mods, new_state = self.unroll(u.unsqueeze(1), state, impl=impl)
+            return new_state, mods
         pre = state.hidden
         drive = self.input(u) + pre @ self.w
         plastic = self.synapses.contribution(pre, state.hebb)
@@ -78,8 +88,10 @@ class PlasticRNN(nn.Module):
             inputs: (B, T, D).
             state: state before the first step.
             episode_starts: optional (B, T) bool; where True the state is zeroed before that step.
-            impl: ``reference`` (step by step, plain autograd), ``fast`` (fused sequence kernel)
-                or ``auto`` (fast where available).
+            impl: ``reference`` (step by step, plain autograd), ``fast`` (the fused sequence
+                kernel of :mod:`bpm_agents.fast_unroll`; ValueError where it does not apply) or
+                ``auto`` (fast where :func:`bpm_agents.fast_unroll.supports` says so, else reference;
+                the reference is kept for the rule ``none`` and off the CPU).
         Returns:
             hidden (B, T, N), modulators (B, T) or ``None``, final state.
         """
@@ -89,8 +101,17 @@ class PlasticRNN(nn.Module):
             raise ValueError(
                 f"inputs must have shape (B, T, {self.input_size}), got {tuple(inputs.shape)}"
             )
+        if impl == "reference":
+            return self.reference_unroll(inputs, state, episode_starts)
+        from bpm_agents import fast_unroll  # late import: the kernel builds at first use
+
         if impl == "fast":
-            raise ValueError("no fast unroll is available yet; use impl='reference'")
+            reason = fast_unroll.unsupported_reason(self, inputs)
+            if reason is not None:
+                raise ValueError(f"impl='fast' is not available here: {reason}; use impl='reference'")
+            return fast_unroll.unroll(self, inputs, state, episode_starts)
+        if fast_unroll.supports(self, inputs):
+            return fast_unroll.unroll(self, inputs, state, episode_starts)
         return self.reference_unroll(inputs, state, episode_starts)
 
     def reference_unroll(

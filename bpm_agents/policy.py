@@ -71,9 +71,9 @@ class PlasticActorCritic(nn.Module):
         """Zero hidden activity and traces for ``batch_size`` new episodes."""
         return self.core.initial_state(batch_size, device)
 
-    def step(self, obs: Tensor, state: PlasticState) -> StepOutput:
-        """Act on one observation per element: obs (B, D)."""
-        state, m = self.core.step(obs, state)
+    def step(self, obs: Tensor, state: PlasticState, impl: str = "auto") -> StepOutput:
+        """Act on one observation per element: obs (B, D); ``impl`` as in :meth:`PlasticRNN.step`."""
+        state, m = self.core.step(obs, state, impl=impl)
         return StepOutput(
             self.policy_head(state.hidden),
             self.value_head(state.hidden).squeeze(-1),

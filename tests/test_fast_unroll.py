@@ -1,0 +1,325 @@
+"""The fast unroll (bpm_agents/fast_unroll.py) against the reference (PlasticRNN.reference_unroll).
+
+Every rule and option, saturated clipping, resets in the middle of the batch, gradients w.r.t. every
+parameter, the inputs and the initial state; float64 for tight checks, float32 at the paper's sizes.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+
+import pytest
+import torch
+
+from bpm_agents import fast_unroll
+from bpm_agents.networks import PlasticRNN
+from bpm_agents.plasticity import PlasticityConfig, PlasticState
+
+DISABLED = os.environ.get("BPM_DISABLE_FAST_UNROLL", "") not in ("", "0")
+pytestmark = pytest.mark.skipif(DISABLED, reason="fast unroll disabled by BPM_DISABLE_FAST_UNROLL")
+
+
+def _configs():
+    out = []
+    for rule in ("none", "hebbian", "simple", "retroactive"):
+        fanouts = (False, True) if rule in ("simple", "retroactive") else (False,)
+        for fanout, act, alpha in itertools.product(
+            fanouts, ("tanh", "identity"), ("connection", "neuron")
+        ):
+            if rule == "none" and (act, alpha) != ("tanh", "connection"):
+                continue  # options without effect on the rule `none`
+            out.append(
+                PlasticityConfig(
+                    rule=rule, clip=0.6, fanout=fanout, modulator_activation=act, alpha=alpha
+                )
+            )
+    return out
+
+
+CONFIGS = _configs()
+
+
+def _problem(cfg, B=4, T=13, N=7, D=5, dtype=torch.float64, seed=0, scale=1.0, starts=True):
+    """A random network with large weights (so traces hit the clip), random initial state."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = PlasticRNN(D, N, cfg).to(dtype)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(scale * torch.randn(p.shape, generator=g, dtype=dtype))
+    inputs = (2 * torch.randn(B, T, D, generator=g, dtype=dtype)).requires_grad_()
+    h0 = torch.randn(B, N, generator=g, dtype=dtype).requires_grad_()
+    st = net.initial_state(B)
+    hebb = (0.5 * torch.randn(st.hebb.shape, generator=g, dtype=dtype)).clamp(-cfg.clip, cfg.clip)
+    elig = 0.5 * torch.randn(st.elig.shape, generator=g, dtype=dtype)
+    hebb.requires_grad_(cfg.plastic)
+    elig.requires_grad_(cfg.eligibility)
+    episode_starts = None
+    if starts:
+        episode_starts = torch.rand(B, T, generator=g) < 0.15
+        episode_starts[0, 0] = True  # a reset at the very first step
+        episode_starts[1, 0] = False  # and an element that carries its initial state
+        episode_starts[1, T // 2] = True  # a reset in the middle of the batch
+    return net, inputs, PlasticState(h0, hebb, elig), episode_starts
+
+
+def _run(net, inputs, state, episode_starts, impl, checkpoint_every=None):
+    """Forward + a loss touching every output; returns outputs and all gradients."""
+    leaves = [inputs, *[t for t in state if t.requires_grad]]
+    for t in leaves:
+        t.grad = None
+    net.zero_grad(set_to_none=True)
+    if impl == "reference":
+        hidden, mods, final = net.reference_unroll(inputs, state, episode_starts)
+    else:
+        hidden, mods, final = fast_unroll.unroll(net, inputs, state, episode_starts, checkpoint_every)
+    B, T, N = hidden.shape
+    weights = torch.linspace(-1, 1, N, dtype=hidden.dtype)
+    loss = (hidden * weights).sum() + hidden.pow(2).sum() + final.hidden.sum()
+    if mods is not None:
+        loss = loss + (mods * torch.arange(T, dtype=hidden.dtype)).sum()
+    if net.plasticity.plastic:
+        loss = loss + 0.3 * final.hebb.pow(2).sum()
+    if net.plasticity.eligibility:
+        loss = loss + 1.7 * final.elig.sum()
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in net.named_parameters()}
+    grads["inputs"] = inputs.grad.clone()
+    for name, t in zip(("h0", "hebb0", "elig0"), state):
+        if t.requires_grad:
+            grads[name] = t.grad.clone()
+    outs = {"hidden": hidden.detach(), "final_hidden": final.hidden.detach()}
+    if mods is not None:
+        outs["modulators"] = mods.detach()
+    if net.plasticity.plastic:
+        outs["hebb"] = final.hebb.detach()
+    if net.plasticity.eligibility:
+        outs["elig"] = final.elig.detach()
+    return outs, grads
+
+
+def _assert_match(ref: dict, fast: dict, rtol: float) -> None:
+    assert ref.keys() == fast.keys()
+    for name in ref:
+        r, f = ref[name], fast[name]
+        assert r.shape == f.shape, name
+        scale = r.abs().max().item()
+        err = (r - f).abs().max().item()
+        assert err <= rtol * max(scale, 1e-12), f"{name}: max error {err:.3g}, scale {scale:.3g}"
+
+
+def test_kernel_builds():
+    assert fast_unroll.kernel_available(), fast_unroll._lib_error
+
+
+@pytest.mark.parametrize(
+    "cfg", CONFIGS, ids=lambda c: f"{c.rule}-fan{int(c.fanout)}-{c.modulator_activation}-{c.alpha}"
+)
+@pytest.mark.parametrize("checkpoint_every", [4, 16])
+def test_matches_reference_float64(cfg, checkpoint_every):
+    net, inputs, state, starts = _problem(cfg)
+    ref_out, ref_grads = _run(net, inputs, state, starts, "reference")
+    fast_out, fast_grads = _run(net, inputs, state, starts, "fast", checkpoint_every)
+    _assert_match(ref_out, fast_out, 1e-12)
+    _assert_match(ref_grads, fast_grads, 1e-10)
+    # every parameter receives a real gradient
+    for name, p in net.named_parameters():
+        assert fast_grads[name].abs().max() > 0, name
+    if cfg.plastic:  # the problem really exercises the clip
+        saturated = (ref_out["hebb"].abs() == cfg.clip).double().mean().item()
+        assert saturated > 0.05, saturated
+
+
+def test_saturated_clip_blocks_gradient_like_reference():
+    """Huge alpha and inputs: nearly every trace sits at the clip; gradients still agree."""
+    cfg = PlasticityConfig(rule="simple", clip=0.3, modulator_activation="identity")
+    net, inputs, state, starts = _problem(cfg, scale=3.0)
+    ref_out, ref_grads = _run(net, inputs, state, starts, "reference")
+    fast_out, fast_grads = _run(net, inputs, state, starts, "fast", 3)
+    assert (ref_out["hebb"].abs() == 0.3).double().mean() > 0.5
+    _assert_match(ref_out, fast_out, 1e-12)
+    _assert_match(ref_grads, fast_grads, 1e-10)
+
+
+@pytest.mark.parametrize(
+    "rule,N,T,fanout",
+    [("retroactive", 200, 60, False), ("simple", 100, 100, True), ("hebbian", 64, 50, False)],
+)
+def test_float32_paper_sizes_as_accurate_as_reference(rule, N, T, fanout):
+    """float32 at the paper's N (B and T reduced to keep the test fast), trained-looking weights.
+
+    Over 100-200 steps of a recurrent map, float32 rounding is amplified, so two float32
+    implementations can differ by more than 1e-5 without either being wrong. The check is therefore
+    against float64 (the fast path in float64 equals the reference to 1e-12, tests above): the fast
+    float32 result must be within 1e-5 relative of it, or at worst no further than twice the
+    reference float32 result is.
+    """
+    torch.manual_seed(1)
+    cfg = PlasticityConfig(rule=rule, fanout=fanout)
+    net = PlasticRNN(25, N, cfg)
+    with torch.no_grad():  # trained-looking but not chaotic (chaos would amplify rounding)
+        net.synapses.alpha.mul_(10.0)
+        net.w.add_(0.02 * torch.randn(N, N))
+    inputs = torch.randn(2, T, 25)
+    starts = torch.zeros(2, T, dtype=torch.bool)
+    starts[1, T // 3] = True
+    net64 = copy.deepcopy(net).double()
+    runs = {}
+    for name, model, dtype, impl in (
+        ("ref32", net, torch.float32, "reference"),
+        ("fast32", net, torch.float32, "fast"),
+        ("fast64", net64, torch.float64, "fast"),
+    ):
+        x = inputs.to(dtype).clone().requires_grad_()
+        runs[name] = _run(model, x, model.initial_state(2), starts, impl)
+    truth_out, truth_grads = runs["fast64"]
+    for part, truth in ((0, truth_out), (1, truth_grads)):
+        for key, t in truth.items():
+            scale = t.abs().max().item()
+            err_fast = (runs["fast32"][part][key].double() - t).abs().max().item()
+            err_ref = (runs["ref32"][part][key].double() - t).abs().max().item()
+            assert err_fast <= max(1e-5 * scale, 2 * err_ref), (key, err_fast, err_ref, scale)
+            assert err_fast <= 1e-3 * scale, (key, err_fast, scale)
+
+
+def test_no_grad_forward_equals_grad_forward():
+    cfg = PlasticityConfig(rule="retroactive", fanout=True)
+    net, inputs, state, starts = _problem(cfg)
+    with torch.no_grad():
+        h1, m1, f1 = fast_unroll.unroll(net, inputs, state, starts)
+    h2, m2, f2 = fast_unroll.unroll(net, inputs, state, starts)
+    assert torch.equal(h1, h2.detach()) and torch.equal(m1, m2.detach())
+    assert torch.equal(f1.hebb, f2.hebb.detach()) and torch.equal(f1.elig, f2.elig.detach())
+    assert not h1.requires_grad and h2.requires_grad
+
+
+def test_chained_calls_equal_one_call():
+    """Unrolling in two halves, carrying the final state, equals one unroll (values and grads)."""
+    cfg = PlasticityConfig(rule="retroactive")
+    net, inputs, state, _ = _problem(cfg, starts=False)
+    h_all, m_all, f_all = fast_unroll.unroll(net, inputs, state)
+    h_a, m_a, f_a = fast_unroll.unroll(net, inputs[:, :6], state)
+    h_b, m_b, f_b = fast_unroll.unroll(net, inputs[:, 6:], f_a)
+    torch.testing.assert_close(torch.cat([h_a, h_b], 1), h_all, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(f_b.hebb, f_all.hebb, rtol=1e-13, atol=1e-13)
+    g_all = torch.autograd.grad(h_all.sum() + f_all.elig.sum(), net.synapses.alpha)[0]
+    g_two = torch.autograd.grad(h_a.sum() + h_b.sum() + f_b.elig.sum(), net.synapses.alpha)[0]
+    torch.testing.assert_close(g_two, g_all, rtol=1e-12, atol=1e-13)
+
+
+def test_step_by_step_equals_unroll():
+    cfg = PlasticityConfig(rule="simple", fanout=True)
+    net, inputs, state, _ = _problem(cfg, starts=False, scale=0.5)
+    with torch.no_grad():
+        hidden, mods, final = fast_unroll.unroll(net, inputs, state)
+        s = PlasticState(*(t.detach() for t in state))
+        for t in range(inputs.shape[1]):
+            s, m = net.step(inputs[:, t].detach(), s)
+            torch.testing.assert_close(s.hidden, hidden[:, t], rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(m.squeeze(1), mods[:, t], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(s.hebb, final.hebb, rtol=1e-12, atol=1e-12)
+
+
+def test_kernel_step_equals_reference_step():
+    """``step(impl="fast")`` (acting through the kernel) follows the reference step for step."""
+    cfg = PlasticityConfig(rule="retroactive", fanout=True, clip=0.6)
+    net, inputs, state, _ = _problem(cfg, starts=False)
+    with torch.no_grad():
+        ref = fast = PlasticState(*(t.detach() for t in state))
+        for t in range(inputs.shape[1]):
+            ref, m_ref = net.step(inputs[:, t].detach(), ref, impl="reference")
+            fast, m_fast = net.step(inputs[:, t].detach(), fast, impl="fast")
+            assert m_fast.shape == m_ref.shape == (inputs.shape[0], 1)
+            for a, b in zip(fast, ref):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(m_fast, m_ref, rtol=1e-12, atol=1e-12)
+    assert ref.hebb.abs().max() == pytest.approx(0.6)  # the clip was reached on the way
+    with pytest.raises(ValueError, match="impl must be one of"):
+        net.step(inputs[:, 0], state, impl="cuda")
+
+
+def test_dispatch(monkeypatch):
+    cfg = PlasticityConfig(rule="hebbian")
+    net, inputs, state, starts = _problem(cfg)
+    calls = []
+    real = fast_unroll.unroll
+    monkeypatch.setattr(fast_unroll, "unroll", lambda *a, **k: calls.append(1) or real(*a, **k))
+    h_auto, _, _ = net.unroll(inputs, state, starts)  # auto: fast on CPU float64
+    assert calls == [1]
+    h_ref, _, _ = net.unroll(inputs, state, starts, impl="reference")
+    assert calls == [1]
+    torch.testing.assert_close(h_auto, h_ref, rtol=1e-12, atol=1e-12)
+    net.unroll(inputs, state, starts, impl="fast")
+    assert calls == [1, 1]
+
+
+def test_auto_keeps_reference_for_plain_rnn(monkeypatch):
+    """Rule ``none``: the reference's batched matmul is faster, so auto keeps it; fast still runs."""
+    net, inputs, state, starts = _problem(PlasticityConfig(rule="none"))
+    calls = []
+    real = fast_unroll.unroll
+    monkeypatch.setattr(fast_unroll, "unroll", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert not fast_unroll.supports(net, inputs)
+    h_auto, m_auto, _ = net.unroll(inputs, state, starts)
+    assert calls == [] and m_auto is None
+    h_fast, _, _ = net.unroll(inputs, state, starts, impl="fast")
+    assert calls == [1]
+    torch.testing.assert_close(h_fast, h_auto, rtol=1e-12, atol=1e-12)
+
+
+def test_unsupported_dtype_falls_back_or_raises():
+    cfg = PlasticityConfig(rule="simple")
+    net = PlasticRNN(3, 4, cfg).to(torch.bfloat16)
+    inputs = torch.randn(2, 5, 3, dtype=torch.bfloat16)
+    state = net.initial_state(2)
+    assert not fast_unroll.supports(net, inputs)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        net.unroll(inputs, state, impl="fast")
+    hidden, _, _ = net.unroll(inputs, state, impl="auto")  # the reference still runs
+    ref, _, _ = net.reference_unroll(inputs, state)
+    assert torch.equal(hidden, ref)
+
+
+def test_unavailable_kernel_falls_back(monkeypatch):
+    cfg = PlasticityConfig(rule="retroactive")
+    net, inputs, state, starts = _problem(cfg)
+    monkeypatch.setattr(fast_unroll, "_library", lambda: None)
+    monkeypatch.setattr(fast_unroll, "_lib_error", "no compiler (test)")
+    assert not fast_unroll.supports(net, inputs)
+    with pytest.raises(ValueError, match="no compiler"):
+        net.unroll(inputs, state, starts, impl="fast")
+    h, _, _ = net.unroll(inputs, state, starts)
+    ref, _, _ = net.reference_unroll(inputs, state, starts)
+    assert torch.equal(h, ref)
+
+
+def test_bad_arguments():
+    cfg = PlasticityConfig(rule="retroactive")
+    net, inputs, state, _ = _problem(cfg)
+    with pytest.raises(ValueError, match="episode_starts"):
+        fast_unroll.unroll(net, inputs, state, torch.zeros(4, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="state.hidden"):
+        fast_unroll.unroll(net, inputs, net.initial_state(2))
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        fast_unroll.unroll(net, inputs, state, checkpoint_every=-1)
+
+
+def test_short_training_same_curve_as_reference():
+    """Three A2C updates with the fast replay and with the reference give the same numbers."""
+    a2c = pytest.importorskip("bpm_agents.a2c")
+    curves = {}
+    for impl in ("fast", "reference"):
+        cfg = a2c.A2CConfig(
+            env_id="bpm/CueReward-v0", rule="retroactive", hidden_size=24, batch_size=4,
+            seed=3, unroll_impl=impl, env_kwargs={"episode_length": 20}, lr=1e-2,
+        )
+        trainer = a2c.A2CTrainer(cfg)
+        curves[impl] = [trainer.update() for _ in range(3)]
+        curves[impl + "-params"] = [p.detach().clone() for p in trainer.policy.parameters()]
+    for fast, ref in zip(curves["fast"], curves["reference"]):
+        for key in ("reward_mean", "loss", "grad_norm", "eta_e"):
+            assert fast[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-6), key
+    for pf, pr in zip(curves["fast-params"], curves["reference-params"]):
+        torch.testing.assert_close(pf, pr, rtol=1e-4, atol=1e-6)
