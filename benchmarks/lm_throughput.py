@@ -1,0 +1,147 @@
+"""Training and evaluation tokens/s of the LM variants next to PyTorch's nn.LSTM, same run.
+
+Small preset on real PTB: embedding 200, two LSTM layers (200 units for the baseline, the
+parameter-matched size for the plastic variants), 10k softmax, batch 20, BPTT 20, SGD with
+gradient clipping; evaluation at batch 10 without gradients. The reference is ``nn.LSTM`` (its
+fused CPU kernels) with the same embedding / decoder / optimiser. Models are timed in interleaved
+rounds so that load from other processes hits them alike; the median round is reported.
+
+    python benchmarks/lm_throughput.py --data ../shared/data/ptb --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bpm_agents.lm.corpus import Corpus, batchify, segment  # noqa: E402
+from bpm_agents.lm.model import VARIANTS, LanguageModel, LMConfig, logits_loss, match_hidden_size  # noqa: E402
+from bpm_agents.lm.model import config_parameters  # noqa: E402
+
+
+class TorchLSTMLM(nn.Module):
+    """The reference: nn.Embedding -> nn.LSTM (batch first) -> nn.Linear."""
+
+    def __init__(self, vocab: int, emb: int, hidden: int, layers: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, emb)
+        self.lstm = nn.LSTM(emb, hidden, layers, batch_first=True)
+        self.decoder = nn.Linear(hidden, vocab)
+
+    def initial_state(self, batch_size: int, device=None):
+        z = torch.zeros(self.lstm.num_layers, batch_size, self.lstm.hidden_size)
+        return (z, z.clone())
+
+    def forward(self, tokens, state):
+        out, state = self.lstm(self.embedding(tokens), state)
+        return self.decoder(out), state
+
+
+def detach(state):
+    if isinstance(state, tuple):
+        return tuple(s.detach() for s in state)
+    return [s.detach() for s in state]
+
+
+def time_train(model, streams, steps: int, start: int, bptt: int, clip: float) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of ``steps`` SGD steps, state carried (detached)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = model.initial_state(streams.shape[0])
+    model.train()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for k in range(steps):
+        x, y = segment(streams, start + k * bptt, bptt)
+        state = detach(state)
+        logits, state = model(x, state)
+        loss = logits_loss(logits, y) * y.shape[1]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+@torch.no_grad()
+def time_eval(model, streams, steps: int, bptt: int) -> tuple[float, float]:
+    model.eval()
+    state = model.initial_state(streams.shape[0])
+    wall, cpu = time.perf_counter(), time.process_time()
+    for k in range(steps):
+        x, _ = segment(streams, k * bptt, bptt)
+        _, state = model(x, state)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "ptb"))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--train-steps", type=int, default=8, help="SGD steps per timed round")
+    p.add_argument("--eval-steps", type=int, default=20, help="segments per timed eval round")
+    p.add_argument("--batch-size", type=int, default=20)
+    p.add_argument("--eval-batch-size", type=int, default=10)
+    p.add_argument("--bptt", type=int, default=20)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    corpus = Corpus(args.data)
+    vocab = len(corpus.vocab)
+    train = batchify(corpus.train, args.batch_size)
+    valid = batchify(corpus.valid, args.eval_batch_size)
+    base = LMConfig(variant="lstm", vocab_size=vocab, emb_size=200, hidden_sizes=(200, 200))
+    target = config_parameters(base)
+    gen = torch.Generator().manual_seed(0)
+    models: dict[str, nn.Module] = {}
+    torch.manual_seed(0)  # nn.LSTM's own init
+    models["nn.LSTM"] = TorchLSTMLM(vocab, 200, 200, 2)
+    for v in args.variants:
+        cfg, _ = match_hidden_size(LMConfig(variant=v, vocab_size=vocab, emb_size=200, hidden_sizes=(200, 200)), target)
+        models[v] = LanguageModel(cfg, gen)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch_size} x bptt {args.bptt}, "
+          f"eval batch {args.eval_batch_size}; parameter target {target:,}")  # fmt: skip
+    for name, m in models.items():
+        hidden = m.lstm.hidden_size if name == "nn.LSTM" else m.config.hidden_sizes[0]
+        print(f"  {name:12s} hidden {hidden:4d}  parameters {sum(q.numel() for q in m.parameters()):,}")
+
+    train_tok = args.train_steps * args.batch_size * args.bptt
+    eval_tok = args.eval_steps * args.eval_batch_size * args.bptt
+    res: dict[str, dict[str, list[float]]] = {n: {"tw": [], "tc": [], "ew": [], "ec": []} for n in models}
+    for name, m in models.items():  # warm-up (allocator, first-call costs)
+        time_train(m, train, 2, 0, args.bptt, 5.0)
+        time_eval(m, valid, 2, args.bptt)
+    for r in range(args.rounds):
+        start = (r + 1) * args.train_steps * args.bptt
+        for name, m in models.items():
+            tw, tc = time_train(m, train, args.train_steps, start, args.bptt, 5.0)
+            ew, ec = time_eval(m, valid, args.eval_steps, args.bptt)
+            for k, v in zip(("tw", "tc", "ew", "ec"), (tw, tc, ew, ec)):
+                res[name][k].append(v)
+
+    med = {n: {k: statistics.median(v) for k, v in d.items()} for n, d in res.items()}
+    ref = med["nn.LSTM"]
+    print()
+    print("| model | train tok/s | x nn.LSTM | train tok/CPU-s | x nn.LSTM | eval tok/s | x nn.LSTM | target >= 0.5x train |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, d in med.items():
+        ok = "" if name in ("nn.LSTM", "lstm") else ("yes" if ref["tw"] / d["tw"] >= 0.5 else "no")
+        print(
+            f"| {name} | {train_tok / d['tw']:,.0f} | {ref['tw'] / d['tw']:.2f} | {train_tok / d['tc']:,.0f} | "
+            f"{ref['tc'] / d['tc']:.2f} | {eval_tok / d['ew']:,.0f} | {ref['ew'] / d['ew']:.2f} | {ok} |"
+        )
+    print(f"\nmedian of {args.rounds} interleaved rounds; train round = {args.train_steps} steps "
+          f"({train_tok} tokens), eval round = {args.eval_steps} segments ({eval_tok} tokens)")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,421 @@
+"""LSTM language models with a plastic recurrent path into the cell candidate.
+
+The plastic LSTM cell (only the recurrent matrix into the candidate g is plastic)::
+
+    i, f, o = sigmoid(W_x{i,f,o} x_t + b + W_h{i,f,o} h_{t-1})
+    g_t     = tanh(W_xg x_t + b_g + h_{t-1} (W_hg + alpha * Hebb))
+    c_t     = f * c_{t-1} + i * g_t ;   h_t = o * tanh(c_t)
+
+then the trace update of :mod:`bpm_agents.plasticity` with pre = h_{t-1}, post = g_t and the
+modulator reading h_t. The cell owns ``W_x``, ``b`` and ``W_h``; alpha, the rates and the
+modulator are a :class:`~bpm_agents.plasticity.PlasticSynapses`. The variants differ only by the
+:class:`~bpm_agents.plasticity.PlasticityConfig` they hand it:
+
+=============  ===============================================================
+``lstm``       rule ``none``: an ordinary LSTM (the baseline)
+``hebbian``    differentiable plasticity (rule ``hebbian``)
+``simple``     simple neuromodulation, per-neuron fan-out
+``retroactive`` retroactive neuromodulation (eligibility trace), per-neuron fan-out
+=============  ===============================================================
+
+Everything is batch-first: tokens (B, T), hidden (B, T, H), traces (B, H, H).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bpm_agents.plasticity import PlasticityConfig, PlasticSynapses
+
+VARIANTS = ("lstm", "hebbian", "simple", "retroactive")
+_RULE_OF_VARIANT = {"lstm": "none", "hebbian": "hebbian", "simple": "simple", "retroactive": "retroactive"}
+
+
+def check_variant(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}")
+    return variant
+
+
+def plasticity_for(
+    variant: str,
+    alpha: str = "connection",
+    clip: float = 1.0,
+    eta_init: float = 0.1,
+    eta_e_init: float = 0.1,
+    alpha_init: float = 0.01,
+) -> PlasticityConfig:
+    """The plasticity config of a variant; modulated variants get per-neuron fan-out."""
+    rule = _RULE_OF_VARIANT[check_variant(variant)]
+    return PlasticityConfig(
+        rule=rule,
+        clip=clip,
+        fanout=rule in ("simple", "retroactive"),
+        modulator_activation="tanh",
+        alpha=alpha,
+        eta_init=eta_init,
+        eta_e_init=eta_e_init,
+        init_scale=alpha_init,
+    )
+
+
+class LSTMState(NamedTuple):
+    """State of one plastic LSTM layer, batch-first.
+
+    Attributes:
+        hidden: (B, H) h_{t-1}.
+        cell: (B, H) c_{t-1}.
+        hebb: (B, H, H) Hebbian trace, or (B, 0, 0) for the baseline.
+        elig: (B, H, H) eligibility trace, or (B, 0, 0) unless retroactive.
+    """
+
+    hidden: Tensor
+    cell: Tensor
+    hebb: Tensor
+    elig: Tensor
+
+    def detach(self) -> LSTMState:
+        """Cut the autograd history; the values carry over to the next BPTT segment."""
+        return LSTMState(*(t.detach() for t in self))
+
+
+class PlasticLSTMCell(nn.Module):
+    """One LSTM layer whose recurrent path into the cell candidate is plastic.
+
+    Args:
+        input_size: D.
+        hidden_size: H.
+        plasticity: the rule of the plastic path (rule ``none`` gives a plain LSTM).
+    Parameters:
+        weight_ih: (D, 4H) input weights, gate order [i, f, g, o].
+        bias: (4H,).
+        weight_hh: (H, 4H) fixed recurrent weights; row = pre-synaptic neuron.
+        synapses: the plastic part of the (H, H) block of ``weight_hh`` that feeds g.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, plasticity: PlasticityConfig) -> None:
+        super().__init__()
+        if input_size < 1 or hidden_size < 1:
+            raise ValueError(
+                f"input_size and hidden_size must be >= 1, got {input_size!r}, {hidden_size!r}"
+            )
+        self.input_size, self.hidden_size, self.plasticity = input_size, hidden_size, plasticity
+        self.weight_ih = nn.Parameter(torch.empty(input_size, 4 * hidden_size))
+        self.bias = nn.Parameter(torch.zeros(4 * hidden_size))
+        self.weight_hh = nn.Parameter(torch.empty(hidden_size, 4 * hidden_size))
+        self.synapses = PlasticSynapses(hidden_size, hidden_size, hidden_size, plasticity)
+
+    def initial_state(
+        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> LSTMState:
+        """All-zero state for ``batch_size`` streams."""
+        device = device if device is not None else self.weight_hh.device
+        dtype = dtype or self.weight_hh.dtype
+        zeros = torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
+        hebb, elig = self.synapses.initial_traces(batch_size, device, dtype)
+        return LSTMState(zeros, zeros.clone(), hebb, elig)
+
+    def input_drive(self, x: Tensor) -> Tensor:
+        """W_x x + b for all steps at once: (B, T, D) -> (B, T, 4H)."""
+        return torch.addmm(self.bias, x.reshape(-1, self.input_size), self.weight_ih).view(
+            *x.shape[:-1], 4 * self.hidden_size
+        )
+
+    def step(self, drive: Tensor, state: LSTMState) -> LSTMState:
+        """One time step from the precomputed input drive ``drive`` (B, 4H)."""
+        h_prev = state.hidden
+        gates = torch.addmm(drive, h_prev, self.weight_hh)
+        i, f, g, o = gates.chunk(4, dim=1)
+        plastic = self.synapses.contribution(h_prev, state.hebb)
+        if plastic is not None:
+            g = g + plastic
+        g = torch.tanh(g)
+        c = torch.sigmoid(f) * state.cell + torch.sigmoid(i) * g
+        h = torch.sigmoid(o) * torch.tanh(c)
+        hebb, elig, _ = self.synapses.update(state.hebb, state.elig, h_prev, g, h)
+        return LSTMState(h, c, hebb, elig)
+
+    def forward(self, x: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
+        """Run a segment.
+
+        Args:
+            x: (B, T, D) inputs.
+            state: state before the first step.
+        Returns:
+            hidden (B, T, H) and the state after the last step.
+        """
+        if x.dim() != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(f"x must have shape (B, T, {self.input_size}), got {tuple(x.shape)}")
+        drive = self.input_drive(x)
+        outputs = []
+        for t in range(x.shape[1]):
+            state = self.step(drive[:, t], state)
+            outputs.append(state.hidden)
+        return torch.stack(outputs, dim=1), state
+
+    def extra_repr(self) -> str:
+        return f"input_size={self.input_size}, hidden_size={self.hidden_size}"
+
+
+class LockedDropout(nn.Module):
+    """Dropout whose mask is shared over time (one mask per sequence and feature), batch-first.
+
+    Draws come from ``generator`` (set by the owner) so a seed fixes the masks.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {p!r}")
+        self.p = p
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, T, F) -> (B, T, F)."""
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.full((x.shape[0], 1, x.shape[2]), 1 - self.p, device=x.device, dtype=x.dtype)
+        mask = torch.bernoulli(keep, generator=self.generator) / (1 - self.p)
+        return x * mask
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """Architecture of a :class:`LanguageModel`.
+
+    Attributes:
+        variant: ``lstm``, ``hebbian``, ``simple`` or ``retroactive``.
+        vocab_size: V.
+        emb_size: E, the embedding size.
+        hidden_sizes: H of each layer; with ``tied`` the last must equal ``emb_size``.
+        tied: decoder weight = embedding weight.
+        alpha: ``connection`` or ``neuron`` (one alpha per post-synaptic neuron).
+        hebb_clip: traces are clamped to [-hebb_clip, hebb_clip].
+        eta_init, eta_e_init, alpha_init: initial plasticity rates and alpha scale.
+        init_scale: other weights are initialised U(-init_scale, init_scale).
+        dropout_input, dropout_hidden, dropout_output: locked dropout on the embedding, between
+            layers, and before the decoder.
+    """
+
+    variant: str = "lstm"
+    vocab_size: int = 10_000
+    emb_size: int = 200
+    hidden_sizes: tuple[int, ...] = (200, 200)
+    tied: bool = False
+    alpha: str = "connection"
+    hebb_clip: float = 1.0
+    eta_init: float = 0.1
+    eta_e_init: float = 0.1
+    alpha_init: float = 0.01
+    init_scale: float = 0.1
+    dropout_input: float = 0.0
+    dropout_hidden: float = 0.0
+    dropout_output: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_variant(self.variant)
+        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+        if self.vocab_size < 1 or self.emb_size < 1:
+            raise ValueError(f"vocab_size and emb_size must be >= 1, got {self.vocab_size}, {self.emb_size}")
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            raise ValueError(f"hidden_sizes must be non-empty and >= 1, got {self.hidden_sizes!r}")
+        if self.tied and self.hidden_sizes[-1] != self.emb_size:
+            raise ValueError(
+                f"tied weights need the last hidden size ({self.hidden_sizes[-1]}) "
+                f"to equal emb_size ({self.emb_size})"
+            )
+        if not self.init_scale > 0:
+            raise ValueError(f"init_scale must be > 0, got {self.init_scale!r}")
+        self.plasticity()  # validates alpha / clip
+
+    def plasticity(self) -> PlasticityConfig:
+        return plasticity_for(
+            self.variant, self.alpha, self.hebb_clip, self.eta_init, self.eta_e_init, self.alpha_init
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["hidden_sizes"] = list(self.hidden_sizes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LMConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown LMConfig fields {sorted(unknown)}; allowed: {sorted(known)}")
+        return cls(**d)
+
+
+class LanguageModel(nn.Module):
+    """Embedding -> L plastic LSTM layers -> softmax decoder (tied or untied)."""
+
+    def __init__(self, config: LMConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.config = config
+        plasticity = config.plasticity()
+        self.embedding = nn.Embedding(config.vocab_size, config.emb_size)
+        sizes = (config.emb_size, *config.hidden_sizes)
+        self.layers = nn.ModuleList(
+            PlasticLSTMCell(sizes[k], sizes[k + 1], plasticity) for k in range(len(config.hidden_sizes))
+        )
+        self.decoder = nn.Linear(config.hidden_sizes[-1], config.vocab_size)
+        if config.tied:
+            self.decoder.weight = self.embedding.weight
+        self.drop_input = LockedDropout(config.dropout_input)
+        self.drop_hidden = LockedDropout(config.dropout_hidden)
+        self.drop_output = LockedDropout(config.dropout_output)
+        if self.embedding.weight.device.type != "meta":
+            self.reset_parameters(generator)
+
+    def set_dropout_generator(self, generator: torch.Generator | None) -> None:
+        for d in (self.drop_input, self.drop_hidden, self.drop_output):
+            d.generator = generator
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Weights U(-s, s) with s = init_scale; alpha alpha_init * U(0, 1); biases and rates as
+        :class:`PlasticSynapses` sets them (fan-out v = 1, u = 0; eta, eta_e from the config)."""
+        s = self.config.init_scale
+        nn.init.uniform_(self.embedding.weight, -s, s, generator=generator)
+        if not self.config.tied:
+            nn.init.uniform_(self.decoder.weight, -s, s, generator=generator)
+        self.decoder.bias.zero_()
+        for layer in self.layers:
+            nn.init.uniform_(layer.weight_ih, -s, s, generator=generator)
+            nn.init.uniform_(layer.weight_hh, -s, s, generator=generator)
+            layer.bias.zero_()
+            syn = layer.synapses
+            if hasattr(syn, "alpha"):
+                nn.init.uniform_(syn.alpha, 0.0, self.config.alpha_init, generator=generator)
+            if hasattr(syn, "modulator"):
+                nn.init.uniform_(syn.modulator.weight, -s, s, generator=generator)
+                syn.modulator.bias.zero_()
+
+    @torch.no_grad()
+    def project_parameters(self) -> None:
+        """Keep the eligibility rate eta_e in [0, 1] (call after each optimizer step).
+
+        E <- (1 - eta_e) E + eta_e pre post is then a running average, bounded by the
+        activities; outside [0, 1] the unclipped E grows geometrically and one large SGD step on
+        eta_e (whose gradient sums over B * H * H terms) turns the model to NaN within a few steps.
+        """
+        for layer in self.layers:
+            eta_e = getattr(layer.synapses, "eta_e", None)
+            if eta_e is not None:
+                eta_e.clamp_(0.0, 1.0)
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> list[LSTMState]:
+        """Zero state of every layer for ``batch_size`` streams."""
+        return [layer.initial_state(batch_size, device) for layer in self.layers]
+
+    def forward(self, tokens: Tensor, state: list[LSTMState]) -> tuple[Tensor, list[LSTMState]]:
+        """Logits of the next token.
+
+        Args:
+            tokens: (B, T) int64.
+            state: per layer, from :meth:`initial_state` or a previous call.
+        Returns:
+            logits (B, T, V) and the new state (still attached to the graph; detach between
+            BPTT segments).
+        """
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must have shape (B, T), got {tuple(tokens.shape)}")
+        if len(state) != len(self.layers):
+            raise ValueError(f"state has {len(state)} layers, the model {len(self.layers)}")
+        x = self.drop_input(self.embedding(tokens))
+        new_state = []
+        for k, (layer, s) in enumerate(zip(self.layers, state)):
+            x, s = layer(x, s)
+            new_state.append(s)
+            if k < len(self.layers) - 1:
+                x = self.drop_hidden(x)
+        return self.decoder(self.drop_output(x)), new_state
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of distinct trainable scalars (tied weights counted once)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def config_parameters(config: LMConfig) -> int:
+    """Parameter count of the model ``config`` describes, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        return count_parameters(LanguageModel(config))
+
+
+def with_hidden(config: LMConfig, hidden: int) -> LMConfig:
+    """``config`` with every free layer set to ``hidden``; with tied weights the last layer keeps
+    the embedding size."""
+    n = len(config.hidden_sizes)
+    sizes = [hidden] * n
+    if config.tied:
+        sizes[-1] = config.emb_size
+    return replace(config, hidden_sizes=tuple(sizes))
+
+
+def match_hidden_size(
+    config: LMConfig, target: int, low: int = 1, high: int = 20_000
+) -> tuple[LMConfig, int]:
+    """Largest hidden size whose model has at most ``target`` parameters.
+
+    Free layers (all, or all but the tied last one) get the same size H; the count grows with H,
+    so a bisection finds it.
+
+    Returns:
+        (config with that hidden size, its parameter count).
+    Raises:
+        ValueError: if even ``low`` exceeds the target.
+    """
+    count = lambda h: config_parameters(with_hidden(config, h))  # noqa: E731
+    if count(low) > target:
+        raise ValueError(
+            f"target {target} parameters is below the smallest {config.variant} model ({count(low)})"
+        )
+    while count(high) <= target:
+        low, high = high, high * 2
+    while high - low > 1:  # invariant: count(low) <= target < count(high)
+        mid = (low + high) // 2
+        if count(mid) <= target:
+            low = mid
+        else:
+            high = mid
+    matched = with_hidden(config, low)
+    return matched, count(low)
+
+
+def matched_configs(
+    base: LMConfig, variants: Sequence[str] = VARIANTS, target: int | None = None
+) -> dict[str, tuple[LMConfig, int]]:
+    """Per variant, the hidden-size-matched config and its count. Default target: the count of
+    ``base`` with variant ``lstm`` (the baseline at its nominal size)."""
+    if target is None:
+        target = config_parameters(replace(base, variant="lstm"))
+    return {v: match_hidden_size(replace(base, variant=v), target) for v in variants}
+
+
+def logits_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy (nats per token): logits (B, T, V), targets (B, T)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+__all__: list[str] = [
+    "VARIANTS",
+    "LMConfig",
+    "LSTMState",
+    "LanguageModel",
+    "LockedDropout",
+    "PlasticLSTMCell",
+    "config_parameters",
+    "count_parameters",
+    "match_hidden_size",
+    "matched_configs",
+    "plasticity_for",
+    "with_hidden",
+]

@@ -1,0 +1,422 @@
+"""Truncated-BPTT training and perplexity evaluation of :class:`~bpm_agents.lm.model.LanguageModel`.
+
+State (hidden, cell, Hebbian and eligibility traces) is carried, detached, from one BPTT segment
+to the next, and reset to zero at the start of every training epoch and every evaluation pass.
+
+A run folder holds ``config.json``, ``log.csv`` (one row per epoch), ``last.pt`` (for resume),
+``best.pt`` (lowest validation perplexity) and ``test.json``. Checkpoints are written to a
+temporary file and moved into place with :func:`os.replace`, so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bpm_agents.lm.corpus import Corpus, Vocabulary, batchify, num_segments, segments
+from bpm_agents.lm.model import LanguageModel, LMConfig, logits_loss
+
+CHECKPOINT_FORMAT = "bpm-lm-1"
+LOSS_REDUCTIONS = ("sum_time", "mean")
+LOG_FIELDS = (
+    "epoch", "kind", "step", "lr", "train_ppl", "valid_ppl", "test_ppl",
+    "train_tokens_per_s", "epoch_s", "elapsed_s",
+)  # fmt: skip
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupted or not an LM checkpoint."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (SGD with a per-epoch step decay, as in Zaremba et al. 2014).
+
+    Attributes:
+        lr: initial learning rate.
+        lr_decay: factor applied once per epoch from ``decay_start`` on:
+            ``lr(e) = lr * lr_decay ** max(0, e - decay_start + 1)`` (epochs count from 1).
+        decay_start: first epoch with a decayed learning rate.
+        epochs: number of epochs.
+        max_steps: cap on optimizer steps over the whole run (``None``: no cap).
+        batch_size, bptt: training streams and segment length.
+        eval_batch_size: streams for validation / test.
+        clip: gradient-norm clip.
+        l2: L2 penalty, applied as SGD weight decay (adds ``l2 * w`` to each gradient).
+        seed: seeds initialisation and dropout.
+        loss_reduction: ``sum_time`` (the loss of a segment is summed over its time steps and
+            averaged over the batch, as in Zaremba et al., so their lr 1.0 and clip 5 carry over)
+            or ``mean`` (averaged over all tokens, as in AWD-LSTM). Perplexities are always per token.
+        eval_test_each_epoch: also report test perplexity after every epoch.
+        valid_every: also validate every this many optimizer steps inside an epoch (``None``:
+            only at epoch ends); such rows have kind ``check`` in the log.
+    """
+
+    lr: float = 1.0
+    lr_decay: float = 0.5
+    decay_start: int = 5
+    epochs: int = 13
+    max_steps: int | None = None
+    batch_size: int = 20
+    bptt: int = 20
+    eval_batch_size: int = 10
+    clip: float = 5.0
+    l2: float = 1e-6
+    seed: int = 0
+    loss_reduction: str = "sum_time"
+    eval_test_each_epoch: bool = False
+    valid_every: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = {
+            "lr": self.lr > 0, "lr_decay": 0 < self.lr_decay <= 1, "decay_start": self.decay_start >= 1,
+            "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "bptt": self.bptt >= 1,
+            "eval_batch_size": self.eval_batch_size >= 1, "clip": self.clip > 0, "l2": self.l2 >= 0,
+            "max_steps": self.max_steps is None or self.max_steps >= 1,
+            "valid_every": self.valid_every is None or self.valid_every >= 1,
+        }  # fmt: skip
+        checks["loss_reduction"] = self.loss_reduction in LOSS_REDUCTIONS
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid training setting {bad[0]}={getattr(self, bad[0])!r}")
+
+    def lr_at(self, epoch: int) -> float:
+        return self.lr * self.lr_decay ** max(0, epoch - self.decay_start + 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# name -> (architecture, optimisation). The small model follows Zaremba et al.'s small LSTM as in
+# the paper; the large one is shaped like the paper's AWD-LSTM model (meant for a GPU).
+PRESETS: dict[str, tuple[LMConfig, TrainConfig]] = {
+    "small": (
+        LMConfig(emb_size=200, hidden_sizes=(200, 200), tied=False, init_scale=0.1),
+        TrainConfig(lr=1.0, lr_decay=0.5, decay_start=5, epochs=13, batch_size=20, bptt=20, clip=5.0, l2=1e-6),
+    ),
+    "large": (
+        LMConfig(
+            emb_size=400, hidden_sizes=(1150, 1150, 400), tied=True, alpha="neuron", init_scale=0.1,
+            dropout_input=0.4, dropout_hidden=0.25, dropout_output=0.4,
+        ),
+        TrainConfig(lr=30.0, lr_decay=0.5, decay_start=300, epochs=500, batch_size=20, bptt=70,
+                    eval_batch_size=10, clip=0.25, l2=1.2e-6, loss_reduction="mean"),
+    ),
+}  # fmt: skip
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``auto`` (cuda when available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available; use --device cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}; allowed: cpu, cuda, auto")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def evaluate(
+    model: LanguageModel, ids: Tensor, batch_size: int = 10, bptt: int = 20
+) -> tuple[float, float]:
+    """Mean loss (nats per token) and perplexity of ``model`` on a token stream ``ids`` (N,).
+
+    The stream is cut into ``batch_size`` parallel streams; the state starts at zero and is
+    carried across segments.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    streams = batchify(ids, batch_size).to(device)
+    state = model.initial_state(batch_size, device)
+    total, count = 0.0, 0
+    for inputs, targets in segments(streams, bptt):
+        logits, state = model(inputs, state)
+        total += logits_loss(logits, targets).item() * targets.numel()
+        count += targets.numel()
+    model.train(was_training)
+    loss = total / count
+    return loss, math.exp(loss)
+
+
+def train_epoch(
+    model: LanguageModel,
+    streams: Tensor,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    max_steps: int | None = None,
+    progress: Callable[[int, float, float], None] | None = None,
+    check: Callable[[int], None] | None = None,
+) -> tuple[float, int, float]:
+    """One pass over the training streams (B, L), the state reset at its start.
+
+    Args:
+        max_steps: stop after this many optimizer steps (``None``: whole epoch).
+        progress: called after each step with (tokens this step, loss, seconds since start).
+        check: called with the step count every ``config.valid_every`` steps (not after the last).
+    Returns:
+        (mean training loss, optimizer steps taken, tokens per second).
+    """
+    model.train()
+    device = streams.device
+    state = model.initial_state(streams.shape[0], device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    total, count, steps = 0.0, 0, 0
+    start = time.perf_counter()
+    checking = 0.0  # seconds spent in ``check``, left out of the throughput
+    for inputs, targets in segments(streams, config.bptt):
+        if max_steps is not None and steps >= max_steps:
+            break
+        state = [s.detach() for s in state]
+        logits, state = model(inputs, state)
+        loss = logits_loss(logits, targets)
+        objective = loss * targets.shape[1] if config.loss_reduction == "sum_time" else loss
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.clip)
+        optimizer.step()
+        model.project_parameters()
+        value = loss.item()
+        total += value * targets.numel()
+        count += targets.numel()
+        steps += 1
+        if progress is not None:
+            progress(targets.numel(), value, time.perf_counter() - start - checking)
+        if check is not None and config.valid_every and steps % config.valid_every == 0:
+            t = time.perf_counter()
+            check(steps)
+            checking += time.perf_counter() - t
+    seconds = time.perf_counter() - start - checking
+    return total / max(count, 1), steps, count / max(seconds, 1e-9)
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` with :func:`torch.save` atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load an LM checkpoint safely (``weights_only=True``).
+
+    Raises:
+        CheckpointError: missing file, unreadable / corrupted file, or not an LM checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated / foreign files
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupted or unreadable: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a language-model checkpoint ({CHECKPOINT_FORMAT})")
+    return payload
+
+
+def model_from_checkpoint(
+    payload: dict[str, Any], device: str | torch.device = "cpu"
+) -> tuple[LanguageModel, Vocabulary]:
+    """Rebuild the model and vocabulary a checkpoint holds."""
+    try:
+        config = LMConfig.from_dict(payload["model_config"])
+        # the seeded init is overwritten by the saved weights
+        model = LanguageModel(config, torch.Generator().manual_seed(0)).to(device)
+        model.load_state_dict(payload["model"])
+        vocab = Vocabulary(payload["vocab"])
+    except (KeyError, RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint content does not match its model config: {exc}") from None
+    if len(vocab) != config.vocab_size:
+        raise CheckpointError(f"checkpoint vocabulary has {len(vocab)} words, model {config.vocab_size}")
+    return model, vocab
+
+
+# --- a whole run -------------------------------------------------------------------------------
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_training(
+    out: str | Path,
+    corpus: Corpus,
+    model_config: LMConfig,
+    train_config: TrainConfig,
+    device: torch.device,
+    resume: bool = False,
+    progress_bar: bool = True,
+    extra_config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train, validating every epoch, keep the best checkpoint, then report test perplexity.
+
+    Args:
+        out: run folder (created).
+        corpus: with train, valid and test loaded.
+        model_config, train_config: what to train and how (ignored on resume, where the
+            checkpoint's are used except ``epochs`` and ``max_steps``).
+        device: where to train.
+        resume: continue from ``out/last.pt``.
+        progress_bar: show a tqdm bar with tokens/s and running perplexity.
+        extra_config: recorded in ``config.json`` (e.g. the command line).
+    Returns:
+        summary dict: best validation perplexity, test perplexity, epochs, steps, seconds.
+    """
+    from tqdm import tqdm  # imported here: only the CLI path needs it
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    init_gen = torch.Generator().manual_seed(train_config.seed)
+    drop_gen = torch.Generator(device=device).manual_seed(train_config.seed + 1)
+    epoch0, step, best, elapsed0 = 0, 0, math.inf, 0.0
+    opt_state = None
+    if resume:
+        payload = load_checkpoint(out / "last.pt", map_location=device)
+        saved = TrainConfig(**payload["train_config"])
+        train_config = replace(saved, epochs=train_config.epochs, max_steps=train_config.max_steps)
+        model, vocab = model_from_checkpoint(payload, device)
+        if vocab.words != corpus.vocab.words:
+            raise CheckpointError("the checkpoint's vocabulary differs from this corpus's training vocabulary")
+        model_config = model.config
+        epoch0, step, best = payload["epoch"], payload["step"], payload["best_valid_ppl"]
+        elapsed0 = payload.get("elapsed_s", 0.0)
+        opt_state = payload["optimizer"]
+        drop_gen.set_state(payload["dropout_generator"].cpu())
+        _log(f"resuming {out / 'last.pt'} after epoch {epoch0} (step {step}, best valid ppl {best:.2f})")
+    else:
+        if model_config.vocab_size != len(corpus.vocab):
+            model_config = replace(model_config, vocab_size=len(corpus.vocab))
+        model = LanguageModel(model_config, init_gen).to(device)
+    model.set_dropout_generator(drop_gen)
+    optimizer = torch.optim.SGD(model.parameters(), lr=train_config.lr_at(max(epoch0, 1)), weight_decay=train_config.l2)
+    if opt_state is not None:
+        optimizer.load_state_dict(opt_state)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    config_record = {
+        "model": model_config.to_dict(), "train": train_config.to_dict(), "parameters": n_params,
+        "device": str(device), "torch_threads": torch.get_num_threads(), **(extra_config or {}),
+    }  # fmt: skip
+    (out / "config.json").write_text(json.dumps(config_record, indent=2) + "\n")
+    _log(f"{model_config.variant}: hidden {list(model_config.hidden_sizes)}, {n_params:,} parameters, device {device}")
+
+    log_path = out / "log.csv"
+    new_log = not (resume and log_path.exists())
+    with open(log_path, "w" if new_log else "a", newline="") as f:
+        if new_log:
+            csv.writer(f).writerow(LOG_FIELDS)
+
+    train_streams = batchify(corpus.split("train"), train_config.batch_size).to(device)
+    per_epoch = num_segments(train_streams, train_config.bptt)
+    tty = sys.stderr.isatty()
+    run_start = time.perf_counter()
+    done = epoch0  # last epoch completed (or cut short by max_steps)
+    for epoch in range(epoch0 + 1, train_config.epochs + 1):
+        left = None if train_config.max_steps is None else train_config.max_steps - step
+        if left is not None and left <= 0:
+            break
+        done = epoch
+        lr = train_config.lr_at(epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        bar = tqdm(
+            total=per_epoch if left is None else min(per_epoch, left), desc=f"epoch {epoch}",
+            unit="step", disable=not progress_bar, mininterval=1.0 if tty else 60.0, file=sys.stderr,
+        )  # fmt: skip
+        running = {"loss": 0.0, "tokens": 0, "seconds": 0.0}
+
+        def on_step(tokens: int, loss: float, seconds: float) -> None:
+            running["loss"] += loss * tokens
+            running["tokens"] += tokens
+            running["seconds"] = seconds
+            bar.update(1)
+            bar.set_postfix(
+                tok_s=f"{running['tokens'] / max(seconds, 1e-9):.0f}",
+                ppl=f"{math.exp(running['loss'] / running['tokens']):.1f}", refresh=False,
+            )  # fmt: skip
+
+        t0 = time.perf_counter()
+
+        def validate(with_test: bool) -> tuple[float, float | None]:
+            bs, bptt = train_config.eval_batch_size, train_config.bptt
+            valid = evaluate(model, corpus.split("valid"), bs, bptt)[1]
+            test = evaluate(model, corpus.split("test"), bs, bptt)[1] if with_test else None
+            return valid, test
+
+        def write_row(kind: str, at_step: int, train_ppl: float, valid: float, test: float | None,
+                      tok_s: float) -> float:
+            elapsed = elapsed0 + time.perf_counter() - run_start
+            row = [epoch, kind, at_step, f"{lr:.6g}", f"{train_ppl:.3f}", f"{valid:.3f}",
+                   "" if test is None else f"{test:.3f}", f"{tok_s:.0f}",
+                   f"{time.perf_counter() - t0:.1f}", f"{elapsed:.1f}"]  # fmt: skip
+            with open(log_path, "a", newline="") as f:
+                csv.writer(f).writerow(row)
+            return elapsed
+
+        def on_check(steps_in_epoch: int) -> None:
+            nonlocal best
+            valid, test = validate(False)
+            train_ppl = math.exp(running["loss"] / max(running["tokens"], 1))
+            tok_s = running["tokens"] / max(running["seconds"], 1e-9)
+            elapsed = write_row("check", step + steps_in_epoch, train_ppl, valid, test, tok_s)
+            _log(f"check at step {step + steps_in_epoch}: valid ppl {valid:.2f}" + ("" if test is None else f" test ppl {test:.2f}"))
+            if valid < best:
+                best = valid
+                save_checkpoint(out / "best.pt", make_payload(step + steps_in_epoch, valid, elapsed))
+
+        def make_payload(at_step: int, valid: float, elapsed: float) -> dict[str, Any]:
+            return {
+                "format": CHECKPOINT_FORMAT, "model_config": model_config.to_dict(),
+                "train_config": train_config.to_dict(), "vocab": corpus.vocab.words,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                "step": at_step, "best_valid_ppl": min(best, valid), "valid_ppl": valid,
+                "elapsed_s": elapsed, "dropout_generator": drop_gen.get_state(),
+            }  # fmt: skip
+
+        train_loss, steps, tok_s = train_epoch(
+            model, train_streams, optimizer, train_config, left, on_step, on_check
+        )
+        bar.close()
+        step += steps
+        valid_ppl, test_ppl = validate(train_config.eval_test_each_epoch)
+        epoch_s = time.perf_counter() - t0
+        elapsed = write_row("epoch", step, math.exp(train_loss), valid_ppl, test_ppl, tok_s)
+        _log(
+            f"epoch {epoch}: lr {lr:.4g} train ppl {math.exp(train_loss):.2f} valid ppl {valid_ppl:.2f}"
+            + ("" if test_ppl is None else f" test ppl {test_ppl:.2f}")
+            + f" ({steps} steps, {tok_s:.0f} tok/s, {epoch_s:.0f} s)"
+        )
+        payload = make_payload(step, valid_ppl, elapsed)
+        if valid_ppl < best:
+            best = valid_ppl
+            save_checkpoint(out / "best.pt", payload)
+        save_checkpoint(out / "last.pt", payload)
+
+    best_path = out / "best.pt"
+    summary: dict[str, Any] = {"variant": model_config.variant, "parameters": n_params, "epochs": done,
+                               "steps": step, "best_valid_ppl": best,
+                               "elapsed_s": elapsed0 + time.perf_counter() - run_start}  # fmt: skip
+    if best_path.exists():
+        best_model, _ = model_from_checkpoint(load_checkpoint(best_path, device), device)
+        test_loss, test_ppl = evaluate(best_model, corpus.split("test"), train_config.eval_batch_size, train_config.bptt)
+        summary.update(test_ppl=test_ppl, test_loss=test_loss, checkpoint=str(best_path))
+        (out / "test.json").write_text(json.dumps(summary, indent=2) + "\n")
+        _log(f"test ppl {test_ppl:.2f} (best valid ppl {best:.2f}, {best_path})")
+    return summary
