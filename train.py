@@ -4,6 +4,7 @@
 Examples:
     python train.py --env bpm/CueReward-v0 --plasticity retroactive --updates 5000 --seed 0 --out runs/cue-retro
     python train.py --out runs/cue-retro --updates 8000 --resume
+    python train.py --algo recurrent-ppo --env bpm/CueReward-v0 --updates 200 --out runs/cue-rppo
     python train.py lm --help          # Penn Treebank language models (see README)
 """
 
@@ -11,7 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
+
+# Idle OpenMP threads of torch spin by default; on a CPU shared with other jobs that costs up to
+# 40x on these small models. Must be set before torch loads (users may still override it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 EXIT_USAGE = 2
 
@@ -30,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--algo", default="plastic-a2c", choices=["plastic-a2c", "a2c", "ppo", "recurrent-ppo"], help="our plastic A2C, or a Stable-Baselines3 / sb3-contrib peer (see 'python -m bpm_agents.sb3 --help' for their flags)")
+    p.add_argument("--algo", default="plastic-a2c", choices=["plastic-a2c", "a2c", "ppo", "recurrent-ppo"], help="our plastic A2C, or a Stable-Baselines3 / sb3-contrib peer ('train.py --algo ppo --help' lists the peers' flags); --resume reads it from the run folder")
     p.add_argument("--env", default="bpm/CueReward-v0", help=f"environment id: {', '.join(TASK_DEFAULTS)}")
     p.add_argument("--plasticity", default="retroactive", choices=RULES, help="plasticity rule of the recurrent weights")
     p.add_argument("--updates", type=int, default=1000, help="total number of updates of the run (one update = --batch-size episodes)")
@@ -39,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint (its saved config is used; only --updates, --device and logging flags apply)")
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"], help="'auto' = cuda if available")
     p.add_argument("--checkpoint-every", type=int, default=100, help="save a checkpoint every K updates (and at the end / on Ctrl-C)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; 1 is fastest when several runs share the machine)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
     g = p.add_argument_group("model and A2C (default: the paper's per-task values)")
@@ -61,6 +69,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _requested_algo(argv: list[str]) -> str | None:
+    """The --algo of this command line, or of the run folder being resumed (None if unknown)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--algo")
+    pre.add_argument("--out")
+    pre.add_argument("--resume", action="store_true")
+    known, _ = pre.parse_known_args(argv)
+    if known.algo is not None or not (known.resume and known.out):
+        return known.algo
+    try:
+        with open(Path(known.out) / "config.json", encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return None  # the full parser and the trainer report a missing or corrupt folder
+    return saved.get("algo") if isinstance(saved, dict) else None
+
+
 def resolve_device(name: str) -> str:
     import torch
 
@@ -77,11 +102,19 @@ def main(argv: list[str] | None = None) -> int:
         from bpm_agents.lm.cli import train_main
 
         return train_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    if args.algo != "plastic-a2c":
+    if _requested_algo(argv) not in (None, "plastic-a2c"):
+        # SB3 peers have their own flags (--n-envs, --n-steps, ...): hand them the raw argv.
         from bpm_agents.sb3 import train_main as sb3_train_main
 
         return sb3_train_main(argv)
+    args = build_parser().parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"train.py: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+            return EXIT_USAGE
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from bpm_agents.a2c import A2CConfig, NonFiniteLossError
     from bpm_agents.checkpoint import CheckpointError

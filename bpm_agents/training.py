@@ -103,14 +103,14 @@ def _truncate_progress(path: Path, last_update: int) -> None:
     atomic_write_text(path, out.getvalue())
 
 
-class _StopFlag:
+class StopOnCtrlC:
     """First Ctrl-C asks the loop to stop after the current update; a second one aborts."""
 
     def __init__(self) -> None:
         self.requested = False
         self._previous = None
 
-    def __enter__(self) -> _StopFlag:
+    def __enter__(self) -> StopOnCtrlC:
         self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
@@ -195,7 +195,7 @@ def train(
     interrupted = False
     start = time.perf_counter()
     try:
-        with _StopFlag() as stop, progress_path.open("a", newline="") as log:
+        with StopOnCtrlC() as stop, progress_path.open("a", newline="") as log:
             csv_writer = csv.DictWriter(log, fieldnames=CSV_FIELDS)
             while trainer.updates_done < updates and not stop.requested:
                 metrics = trainer.update()

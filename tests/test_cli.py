@@ -259,3 +259,19 @@ def test_bad_input_exits_2_in_process(runs, tmp_path, capsys):
     # the refused runs left the existing folder as it was and created nothing
     assert progress_rows(runs["cue"])[-1]["update"] == "4"
     assert not any((tmp_path / name).exists() for name in "bcd")
+
+
+def test_train_py_routes_sb3_flags_and_resumes_by_the_saved_algo(tmp_path, capsys):
+    """--algo ppo takes SB3's own flags; --resume without --algo reads the algo from the folder."""
+    main = load_script("train").main
+    out = tmp_path / "ppo"
+    common = ["--no-progress", "--no-tensorboard", "--threads", "1"]
+    assert main(["--algo", "ppo", "--env", "bpm/PlasticMaze-v0", "--n-envs", "2", "--n-steps", "16",
+                 "--minibatch-size", "16", "--n-epochs", "1", "--updates", "1", "--out", str(out),
+                 *common]) == 0
+    assert json.loads((out / "config.json").read_text())["algo"] == "ppo"
+    assert main(["--out", str(out), "--resume", "--updates", "2", *common]) == 0
+    assert [r["update"] for r in progress_rows(out)] == ["1", "2"]
+    # a plastic-only flag is refused for a peer, naming the flag
+    assert main(["--algo", "ppo", "--fanout", "--out", str(tmp_path / "x"), *common]) == 2
+    assert "--fanout" in capsys.readouterr().err

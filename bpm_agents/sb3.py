@@ -1,0 +1,704 @@
+"""Stable-Baselines3 / sb3-contrib peers on the bpm/ tasks: vec-env adapter, training runs, loading.
+
+Three algorithms, named as in ``train.py --algo``:
+
+- ``ppo``: SB3 ``PPO`` with a feed-forward ``MlpPolicy``;
+- ``a2c``: SB3 ``A2C`` with a feed-forward ``MlpPolicy`` (SB3 has no recurrent A2C);
+- ``recurrent-ppo``: sb3-contrib ``RecurrentPPO`` with an LSTM (``MlpLstmPolicy``).
+
+Environments. SB3 steps a :class:`~stable_baselines3.common.vec_env.VecEnv`. :class:`NativeVecEnv`
+adapts our native batched twin (``gym.make_vec(..., vectorization_mode="vector_entry_point")``):
+one numpy call steps all ``n_envs`` episodes, where SB3's ``DummyVecEnv`` would loop over
+``n_envs`` single envs in Python. The adapter reproduces ``DummyVecEnv`` exactly (same seeds
+``seed + i``, same observations, rewards, dones, ``terminal_observation`` and
+``TimeLimit.truncated``; tested), so nothing SB3 sees changes, only the speed.
+
+Run folder (the same layout as our own trainer, :mod:`bpm_agents.training`)::
+
+    config.json      {"algo": "ppo" | "a2c" | "recurrent-ppo", "config": SB3Config fields}
+    checkpoint.zip   the SB3 model (weights + optimizer), written atomically
+    progress.csv     one row per update (rollout-and-update cycle)
+    tb/              TensorBoard event files
+
+Loading is safe for *our* run folders: we rebuild the model from ``config.json`` and load only the
+zip's torch tensors (``set_parameters``, ``torch.load(weights_only=True)``) and a few plain JSON
+numbers. The zip's cloudpickled entries (spaces, schedules, classes) are never deserialised. Do
+not open foreign SB3 zips with ``PPO.load``: that does unpickle, i.e. can execute code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.vec_env import VecEnv, VecMonitor
+
+import bpm_envs  # noqa: F401  (registers the bpm/ environments)
+from bpm_agents.checkpoint import CheckpointError, atomic_write_json, atomic_write_text
+from bpm_agents.training import CONFIG_FILE, PROGRESS_FILE, RunResult, StopOnCtrlC, read_run_config
+
+ALGOS = ("ppo", "a2c", "recurrent-ppo")
+CHECKPOINT_FILE = "checkpoint.zip"
+CSV_FIELDS = [
+    "update", "episodes", "env_steps", "wall_time", "reward_mean", "loss", "policy_loss",
+    "value_loss", "entropy_loss", "approx_kl", "clip_fraction", "explained_variance",
+]
+#: SB3 logger keys -> our CSV columns (A2C calls its policy loss ``policy_loss``, PPO
+#: ``policy_gradient_loss``)
+_LOG_KEYS = {
+    "train/loss": "loss",
+    "train/policy_gradient_loss": "policy_loss",
+    "train/policy_loss": "policy_loss",
+    "train/value_loss": "value_loss",
+    "train/entropy_loss": "entropy_loss",
+    "train/approx_kl": "approx_kl",
+    "train/clip_fraction": "clip_fraction",
+    "train/explained_variance": "explained_variance",
+}
+
+#: SB3's own defaults, except the rollout length of PPO (2048 -> 128 steps per env, so that
+#: an update stays near a thousand env steps with 8 envs, as sb3-contrib's RecurrentPPO uses).
+ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ppo": dict(n_steps=128, learning_rate=3e-4, gae_lambda=0.95, minibatch_size=64, n_epochs=10,
+                clip_range=0.2, net_arch=[64, 64], lstm_hidden_size=None),
+    "a2c": dict(n_steps=5, learning_rate=7e-4, gae_lambda=1.0, minibatch_size=None, n_epochs=None,
+                clip_range=None, net_arch=[64, 64], lstm_hidden_size=None),
+    "recurrent-ppo": dict(n_steps=128, learning_rate=3e-4, gae_lambda=0.95, minibatch_size=128,
+                          n_epochs=10, clip_range=0.2, net_arch=[64, 64], lstm_hidden_size=256),
+}
+
+
+# ====================================================================== the vec-env adapter
+class NativeVecEnv(VecEnv):
+    """SB3 ``VecEnv`` over the native vector twin of a bpm/ env (lock-step, fixed-length episodes).
+
+    The native env autoresets on the *next* step (Gymnasium's ``NEXT_STEP`` mode); SB3 wants the
+    reset in the *same* step, with the final observation in ``info["terminal_observation"]``.
+    Every bpm/ episode lasts exactly ``episode_length`` steps and all envs start together, so all
+    envs end on the same step; the adapter then calls the native ``reset()`` once (each env's
+    generator continues, as after ``DummyVecEnv``'s per-env ``reset()``).
+
+    Args:
+        env_id: a registered bpm/ id.
+        n_envs: number of episodes stepped together.
+        env_kwargs: options of the environment.
+        task_info: also copy the task's per-step ``info`` into each env's info dict (slower; SB3
+            only needs ``terminal_observation`` and ``TimeLimit.truncated``).
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        n_envs: int,
+        env_kwargs: dict[str, Any] | None = None,
+        task_info: bool = False,
+    ) -> None:
+        if env_id not in gym.registry:
+            known = sorted(k for k in gym.registry if k.startswith("bpm/"))
+            raise ValueError(f"unknown env id {env_id!r}; registered bpm ids: {known}")
+        self.native = gym.make_vec(
+            env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", **(env_kwargs or {})
+        )
+        self.task_info = task_info
+        self.render_mode = None
+        super().__init__(
+            self.native.num_envs, self.native.single_observation_space,
+            self.native.single_action_space,
+        )
+
+    def reset(self) -> np.ndarray:
+        seeds = None if all(s is None for s in self._seeds) else list(self._seeds)
+        obs, info = self.native.reset(seed=seeds)
+        self.reset_infos = self._split_info(info) if self.task_info else [{} for _ in range(self.num_envs)]
+        self._reset_seeds()
+        self._reset_options()
+        return obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = np.asarray(actions).reshape(self.num_envs)
+
+    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        obs, rewards, terminated, truncated, info = self.native.step(self._actions)
+        dones = terminated | truncated
+        infos = self._split_info(info) if self.task_info else [{} for _ in range(self.num_envs)]
+        if dones.any():
+            if not dones.all():
+                raise RuntimeError(
+                    "bpm/ episodes must end together (fixed length, lock-step); "
+                    f"got dones={dones.tolist()}"
+                )
+            for i, inf in enumerate(infos):
+                inf["terminal_observation"] = obs[i]
+                inf["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+            obs, reset_info = self.native.reset()
+            self.reset_infos = self._split_info(reset_info) if self.task_info else [{} for _ in infos]
+        return obs, rewards.astype(np.float32), dones, infos
+
+    def _split_info(self, info: dict[str, Any]) -> list[dict[str, Any]]:
+        return [
+            {k: v[i] for k, v in info.items() if not k.startswith("_")} for i in range(self.num_envs)
+        ]
+
+    def close(self) -> None:
+        self.native.close()
+
+    @property
+    def episode_length(self) -> int:
+        return int(self.native.unwrapped.task.episode_length)
+
+    # SB3 asks a few attributes of its envs; the native env is one object, so every index
+    # sees the same value.
+    def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
+        if attr_name == "render_mode":
+            return [None] * len(self._indices(indices))
+        value = getattr(self.native.unwrapped, attr_name)
+        return [value] * len(self._indices(indices))
+
+    def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
+        setattr(self.native.unwrapped, attr_name, value)
+
+    def env_method(self, method_name: str, *args: Any, indices: Any = None, **kwargs: Any) -> list[Any]:
+        raise AttributeError(
+            f"NativeVecEnv cannot call {method_name!r} per env: the envs are one batched object"
+        )
+
+    def env_is_wrapped(self, wrapper_class: type, indices: Any = None) -> list[bool]:
+        return [False] * len(self._indices(indices))
+
+    def _indices(self, indices: Any) -> list[int]:
+        if indices is None:
+            return list(range(self.num_envs))
+        if isinstance(indices, int):
+            return [indices]
+        return list(indices)
+
+
+def make_sb3_vec_env(
+    env_id: str, n_envs: int, seed: int | None = None, env_kwargs: dict[str, Any] | None = None
+) -> VecMonitor:
+    """``n_envs`` native envs for SB3, seeded ``seed + i`` at the first reset, with episode stats."""
+    venv = NativeVecEnv(env_id, n_envs, env_kwargs)
+    if seed is not None:
+        venv.seed(seed)
+    return VecMonitor(venv)
+
+
+# ====================================================================== config and model
+@dataclass(frozen=True)
+class SB3Config:
+    """Hyper-parameters of an SB3 run. ``None`` fields take the algorithm's default (``resolve``)."""
+
+    algo: str = "ppo"
+    env_id: str = "bpm/CueReward-v0"
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    n_envs: int = 8
+    n_steps: int | None = None
+    learning_rate: float | None = None
+    gamma: float = 0.99
+    gae_lambda: float | None = None
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    minibatch_size: int | None = None
+    n_epochs: int | None = None
+    clip_range: float | None = None
+    net_arch: list[int] | None = None
+    lstm_hidden_size: int | None = None
+
+    def resolve(self) -> SB3Config:
+        """Fill the ``None`` fields from :data:`ALGO_DEFAULTS` and validate everything."""
+        if self.algo not in ALGOS:
+            raise ValueError(f"unknown algo {self.algo!r}; allowed: {', '.join(ALGOS)}")
+        if self.env_id not in gym.registry:
+            known = sorted(k for k in gym.registry if k.startswith("bpm/"))
+            raise ValueError(f"unknown env id {self.env_id!r}; registered bpm ids: {known}")
+        defaults = ALGO_DEFAULTS[self.algo]
+        for name in ("minibatch_size", "n_epochs", "clip_range", "lstm_hidden_size"):
+            if defaults[name] is None and getattr(self, name) is not None:
+                raise ValueError(f"{name} does not apply to algo {self.algo!r}")
+        cfg = replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+        cfg = replace(cfg, net_arch=[int(n) for n in cfg.net_arch])
+        for name in ("n_envs", "n_steps", "minibatch_size", "n_epochs", "lstm_hidden_size"):
+            value = getattr(cfg, name)
+            if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if any(n < 1 for n in cfg.net_arch):
+            raise ValueError(f"net_arch layer sizes must be >= 1, got {cfg.net_arch}")
+        for name in ("gamma", "gae_lambda"):
+            if not 0 <= getattr(cfg, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(cfg, name)!r}")
+        for name in ("learning_rate", "max_grad_norm") + (("clip_range",) if cfg.clip_range is not None else ()):
+            if not getattr(cfg, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(cfg, name)!r}")
+        for name in ("ent_coef", "vf_coef"):
+            if not getattr(cfg, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")
+        if not isinstance(cfg.env_kwargs, dict):
+            raise ValueError(f"env_kwargs must be a dict, got {cfg.env_kwargs!r}")
+        return cfg
+
+    @property
+    def steps_per_update(self) -> int:
+        """Env steps of one rollout-and-update cycle: ``n_envs * n_steps``."""
+        assert self.n_steps is not None, "resolve() the config first"
+        return self.n_envs * self.n_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SB3Config:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown SB3 config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+def build_model(config: SB3Config, env: VecEnv, device: str | torch.device = "cpu") -> BaseAlgorithm:
+    """A fresh SB3 model of a resolved ``config`` on ``env``, weights seeded by ``config.seed``.
+
+    SB3 seeds Python's, numpy's and torch's *global* generators (``set_random_seed``); that is
+    how SB3 samples actions, so a run is reproducible only as a whole process.
+    """
+    common = dict(
+        learning_rate=config.learning_rate, n_steps=config.n_steps, gamma=config.gamma,
+        gae_lambda=config.gae_lambda, ent_coef=config.ent_coef, vf_coef=config.vf_coef,
+        max_grad_norm=config.max_grad_norm, seed=config.seed, device=device, verbose=0,
+    )
+    arch = list(config.net_arch)
+    if config.algo == "ppo":
+        from stable_baselines3 import PPO
+
+        return PPO("MlpPolicy", env, batch_size=config.minibatch_size, n_epochs=config.n_epochs,
+                   clip_range=config.clip_range, policy_kwargs=dict(net_arch=arch), **common)
+    if config.algo == "a2c":
+        from stable_baselines3 import A2C
+
+        return A2C("MlpPolicy", env, policy_kwargs=dict(net_arch=arch), **common)
+    if config.algo == "recurrent-ppo":
+        from sb3_contrib import RecurrentPPO
+
+        return RecurrentPPO(
+            "MlpLstmPolicy", env, batch_size=config.minibatch_size, n_epochs=config.n_epochs,
+            clip_range=config.clip_range,
+            policy_kwargs=dict(net_arch=arch, lstm_hidden_size=config.lstm_hidden_size),
+            **common,
+        )
+    raise ValueError(f"unknown algo {config.algo!r}; allowed: {', '.join(ALGOS)}")
+
+
+def count_parameters(model: BaseAlgorithm) -> int:
+    """Trainable parameters of the model's policy (actor, critic and any LSTM)."""
+    return sum(p.numel() for p in model.policy.parameters() if p.requires_grad)
+
+
+# ====================================================================== saving and loading
+def save_model(model: BaseAlgorithm, path: str | Path) -> None:
+    """Save ``model`` as an SB3 zip, atomically (temporary file in the same folder + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".zip")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _zip_counters(path: Path) -> dict[str, int]:
+    """The plain-JSON step counters of an SB3 zip, read without unpickling anything."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            data = json.loads(zf.read("data"))
+        return {"num_timesteps": int(data["num_timesteps"]), "_n_updates": int(data["_n_updates"])}
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable SB3 checkpoint: {exc}") from None
+
+
+def load_model(
+    run_dir: str | Path, device: str | torch.device = "cpu", env: VecEnv | None = None
+) -> tuple[SB3Config, BaseAlgorithm]:
+    """Rebuild the model of one of *our* SB3 run folders, without unpickling anything.
+
+    The model is built from ``config.json``; its weights and optimizer state come from the zip's
+    torch files (``weights_only`` loads); ``num_timesteps`` from the zip's JSON. ``env`` defaults
+    to a one-env :class:`NativeVecEnv` (enough to act).
+
+    Raises:
+        CheckpointError: not an SB3 run folder of ours, or a missing / corrupted checkpoint.
+    """
+    run_dir = Path(run_dir)
+    config = load_model_config(run_dir)
+    path = run_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    counters = _zip_counters(path)
+    if env is None:
+        env = VecMonitor(NativeVecEnv(config.env_id, 1, config.env_kwargs))
+    model = build_model(config, env, device)
+    try:
+        model.set_parameters(str(path), exact_match=True, device=device)
+    except Exception as exc:  # torch / zipfile raise many types for bad bytes; all mean "unusable"
+        raise CheckpointError(f"{path} could not be loaded into a {config.algo} model: {exc}") from None
+    model.num_timesteps = counters["num_timesteps"]
+    model._n_updates = counters["_n_updates"]
+    return config, model
+
+
+class SB3Agent:
+    """A trained SB3 model behind the same acting contract as our ``PlasticActorCritic.predict``.
+
+    Attributes:
+        algo, env_id, env_kwargs: from the run's config.
+        recurrent: whether ``predict`` returns and expects a state (RecurrentPPO's LSTM ``(h, c)``,
+            each ``(n_layers, B, H)``).
+        model: the SB3 model.
+    """
+
+    def __init__(self, config: SB3Config, model: BaseAlgorithm) -> None:
+        self.config = config
+        self.model = model
+        self.algo = config.algo
+        self.env_id = config.env_id
+        self.env_kwargs = dict(config.env_kwargs)
+        self.recurrent = config.algo == "recurrent-ppo"
+
+    def predict(
+        self,
+        observation: np.ndarray,
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """SB3's contract: observation (B, D) or (D,) -> actions (B,) (or a scalar), next state.
+
+        For ``recurrent-ppo`` pass the returned state back at the next call and
+        ``episode_start`` (B,) bool, True where an episode starts (its LSTM state is zeroed);
+        ``state=None`` means all-zero. Feed-forward models return ``None`` as state.
+        """
+        return self.model.predict(
+            observation, state=state, episode_start=episode_start, deterministic=deterministic
+        )
+
+
+def load_agent(run_dir: str | Path, device: str | torch.device = "cpu") -> SB3Agent:
+    """Load the SB3 agent of a run folder for acting (see :class:`SB3Agent`); only our own folders."""
+    config, model = load_model(run_dir, device)
+    model.policy.set_training_mode(False)
+    return SB3Agent(config, model)
+
+
+# ====================================================================== training
+class _RolloutStats(BaseCallback):
+    """Returns of the episodes that end during each rollout (vectorised running sums)."""
+
+    def __init__(self, n_envs: int) -> None:
+        super().__init__()
+        self.running = np.zeros(n_envs, dtype=np.float64)
+        self.finished: list[np.ndarray] = []
+
+    def _on_step(self) -> bool:
+        self.running += self.locals["rewards"]
+        dones = np.asarray(self.locals["dones"], dtype=bool)
+        if dones.any():
+            self.finished.append(self.running[dones].copy())
+            self.running[dones] = 0.0
+        return True
+
+    def pop_returns(self) -> np.ndarray:
+        """Returns of the episodes finished since the last call."""
+        out = np.concatenate(self.finished) if self.finished else np.zeros(0)
+        self.finished = []
+        return out
+
+
+def _read_progress(path: Path, keep_updates: int) -> tuple[list[dict[str, str]], float, int]:
+    """Rows up to ``keep_updates``; the wall time and episode count at that update."""
+    if not path.exists():
+        return [], 0.0, 0
+    with path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["update"]) <= keep_updates]
+    if not rows:
+        return [], 0.0, 0
+    return rows, float(rows[-1]["wall_time"]), int(rows[-1]["episodes"])
+
+
+def _write_progress(path: Path, rows: list[dict[str, str]]) -> None:
+    lines = [",".join(CSV_FIELDS)] + [",".join(str(r[k]) for k in CSV_FIELDS) for r in rows]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _derived_seed(seed: int, updates_done: int) -> int:
+    """A fresh seed for a resumed segment, so that resuming does not replay the same episodes."""
+    return int(np.random.SeedSequence([seed, updates_done]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def train(
+    config: SB3Config | None,
+    run_dir: str | Path,
+    updates: int,
+    resume: bool = False,
+    checkpoint_every: int = 100,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    tensorboard: bool = True,
+) -> RunResult:
+    """Train (or resume) the SB3 run in ``run_dir`` until ``updates`` updates are done in total.
+
+    One update is one SB3 rollout of ``n_steps`` steps in each of ``n_envs`` envs followed by
+    the algorithm's training phase. Ctrl-C stops after the current update and saves. A resumed
+    run continues its step count (not bit for bit: the envs and SB3's global generators are
+    reseeded from ``(seed, updates done)``).
+
+    Raises:
+        CheckpointError: bad or missing run folder. ValueError: bad arguments.
+    """
+    run_dir = Path(run_dir)
+    if updates < 0:
+        raise ValueError(f"updates must be >= 0, got {updates}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    if resume:
+        config = load_model_config(run_dir)
+        updates_done = _zip_counters(run_dir / CHECKPOINT_FILE)["num_timesteps"] // config.steps_per_update
+        seed = _derived_seed(config.seed, updates_done)
+        venv = make_sb3_vec_env(config.env_id, config.n_envs, seed, config.env_kwargs)
+        config, model = load_model(run_dir, device, env=venv)
+        model.set_random_seed(seed)
+    else:
+        if (run_dir / CONFIG_FILE).exists():
+            raise CheckpointError(
+                f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        assert config is not None
+        config = config.resolve()
+        venv = make_sb3_vec_env(config.env_id, config.n_envs, config.seed, config.env_kwargs)
+        model = build_model(config, venv, device)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / CONFIG_FILE, {"algo": config.algo, "config": _config_body(config)})
+        save_model(model, run_dir / CHECKPOINT_FILE)  # update 0: a run folder is always loadable
+        updates_done = 0
+    model.set_logger(Logger(folder=None, output_formats=[]))  # we write our own logs
+
+    progress_path = run_dir / PROGRESS_FILE
+    rows, wall_offset, episodes = _read_progress(progress_path, updates_done)
+    _write_progress(progress_path, rows)
+
+    writer = None
+    if tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=updates_done + 1)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=updates, initial=updates_done, unit="upd", dynamic_ncols=True)
+
+    recent: list[float] = []
+    interrupted = False
+    start = time.perf_counter()
+    try:
+        with StopOnCtrlC() as stop, progress_path.open("a", newline="") as log:
+            stats = _RolloutStats(config.n_envs)
+            csv_writer = csv.DictWriter(log, fieldnames=CSV_FIELDS)
+            while updates_done < updates and not stop.requested:
+                model.learn(config.steps_per_update, callback=stats, log_interval=None,
+                            reset_num_timesteps=False)
+                updates_done = model.num_timesteps // config.steps_per_update
+                returns = stats.pop_returns()
+                episodes += len(returns)
+                recent = (recent + returns.tolist())[-100:]
+                logged = model.logger.name_to_value
+                row: dict[str, Any] = {c: math.nan for c in CSV_FIELDS}
+                row.update({_LOG_KEYS[k]: float(v) for k, v in logged.items() if k in _LOG_KEYS})
+                model.logger.dump()  # clears the values for the next update
+                row.update(
+                    update=updates_done, episodes=episodes, env_steps=model.num_timesteps,
+                    wall_time=round(wall_offset + time.perf_counter() - start, 3),
+                    reward_mean=float(returns.mean()) if len(returns) else math.nan,
+                )
+                csv_writer.writerow(row)
+                log.flush()
+                if writer is not None:
+                    for key in CSV_FIELDS[4:]:
+                        if not math.isnan(row[key]):
+                            writer.add_scalar(f"train/{key}", row[key], updates_done)
+                if bar is not None:
+                    bar.update(1)
+                    if recent:
+                        bar.set_postfix(reward=f"{sum(recent) / len(recent):.2f}")
+                if updates_done % checkpoint_every == 0:
+                    save_model(model, run_dir / CHECKPOINT_FILE)
+            interrupted = stop.requested
+    finally:
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+        venv.close()
+    save_model(model, run_dir / CHECKPOINT_FILE)
+    mean_recent = sum(recent) / len(recent) if recent else math.nan
+    return RunResult(updates_done, interrupted, mean_recent)
+
+
+def _config_body(config: SB3Config) -> dict[str, Any]:
+    body = config.to_dict()
+    del body["algo"]  # lives at the top level of config.json
+    return body
+
+
+def load_model_config(run_dir: str | Path) -> SB3Config:
+    """The resolved :class:`SB3Config` of an SB3 run folder."""
+    meta = read_run_config(run_dir)
+    if meta["algo"] not in ALGOS:
+        raise CheckpointError(
+            f"{run_dir} was trained with {meta['algo']!r}, not an SB3 algorithm ({', '.join(ALGOS)})"
+        )
+    try:
+        return SB3Config.from_dict({"algo": meta["algo"], **meta["config"]}).resolve()
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{Path(run_dir) / CONFIG_FILE} holds a bad SB3 config: {exc}") from None
+
+
+# ====================================================================== command line
+#: train.py flags of our plastic A2C that mean nothing for SB3 models
+_PLASTIC_ONLY = ("plasticity", "batch_size", "adam_eps", "entropy_mode", "trace_clip", "fanout",
+                 "modulator_activation", "eta_init", "eta_e_init", "unroll", "hidden_size")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train.py --algo ppo|a2c|recurrent-ppo",
+        description=(
+            "Train a Stable-Baselines3 PPO / A2C (feed-forward MLP) or sb3-contrib RecurrentPPO "
+            "(LSTM) on a bpm/ Gymnasium environment. Writes config.json, checkpoint.zip, "
+            "progress.csv and TensorBoard logs to --out. Defaults are SB3's except --n-envs and, "
+            "for PPO, --n-steps."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--algo", default=None, choices=["plastic-a2c", *ALGOS], help="the SB3 algorithm (required unless --resume, which reads it from the run folder)")
+    p.add_argument("--env", default="bpm/CueReward-v0", help=f"environment id: {', '.join(bpm_envs.ENV_IDS)}")
+    p.add_argument("--updates", type=int, default=1000, help="total number of rollout-and-update cycles of the run (one = --n-envs x --n-steps env steps)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, environments and action sampling")
+    p.add_argument("--out", required=True, help="run folder (created; must be new unless --resume)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (its saved config is used; only --updates, --device and logging flags apply)")
+    p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"], help="'auto' = cuda if available")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="save a checkpoint every K updates (and at the end / on Ctrl-C)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; 1 is much faster for these small models on a busy machine)")
+    p.add_argument("--env-kwargs", default="{}", help='JSON options for the environment, e.g. \'{"fixed_cues": true}\'')
+    g = p.add_argument_group("SB3 hyper-parameters (default: SB3's per algorithm)")
+    g.add_argument("--n-envs", type=int, default=8, help="environments stepped together")
+    g.add_argument("--n-steps", type=int, default=None, help="rollout steps per env and update (ppo/recurrent-ppo 128, a2c 5)")
+    g.add_argument("--lr", type=float, default=None, help="learning rate (ppo/recurrent-ppo 3e-4, a2c 7e-4)")
+    g.add_argument("--gamma", type=float, default=0.99, help="discount")
+    g.add_argument("--gae-lambda", type=float, default=None, help="GAE lambda (ppo 0.95, a2c 1.0)")
+    g.add_argument("--ent-coef", "--entropy-coef", dest="ent_coef", type=float, default=0.0, help="entropy bonus coefficient (SB3's true entropy, not our sum-of-squares)")
+    g.add_argument("--vf-coef", "--value-coef", dest="vf_coef", type=float, default=0.5, help="value loss coefficient")
+    g.add_argument("--max-grad-norm", "--grad-clip", dest="max_grad_norm", type=float, default=0.5, help="gradient-norm clip")
+    g.add_argument("--minibatch-size", type=int, default=None, help="PPO minibatch size in steps (ppo 64, recurrent-ppo 128)")
+    g.add_argument("--n-epochs", type=int, default=None, help="PPO epochs per update (10)")
+    g.add_argument("--clip-range", type=float, default=None, help="PPO clip range (0.2)")
+    g.add_argument("--net-arch", default=None, help="hidden layer sizes of the policy and value MLPs, e.g. '64,64'")
+    g.add_argument("--lstm-hidden-size", type=int, default=None, help="LSTM units of recurrent-ppo (256)")
+    for name in _PLASTIC_ONLY:  # accepted so the message can say why they are refused
+        flag = "--" + name.replace("_", "-")
+        if name == "fanout":
+            p.add_argument(flag, action="store_true", default=None, help=argparse.SUPPRESS)
+        else:
+            p.add_argument(flag, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def _parse_net_arch(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--net-arch must be comma-separated integers like '64,64', got {text!r}") from None
+    return sizes
+
+
+def _resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available")
+    return name
+
+
+def train_main(argv: list[str]) -> int:
+    """``train.py --algo ppo|a2c|recurrent-ppo ...``: exit 0 done, 130 interrupted, 2 on errors."""
+    args = build_parser().parse_args(argv)
+    try:
+        given = [n for n in _PLASTIC_ONLY if getattr(args, n) is not None]
+        if given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            raise ValueError(f"{flags}: only for --algo plastic-a2c (our plastic A2C)")
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
+        if args.algo == "plastic-a2c":
+            raise ValueError("--algo plastic-a2c is trained by train.py itself, not by bpm_agents.sb3")
+        config = None
+        if args.resume:
+            saved = load_model_config(args.out)
+            if args.algo is not None and args.algo != saved.algo:
+                raise ValueError(f"{args.out} was trained with --algo {saved.algo}, not {args.algo}")
+        else:
+            if args.algo is None:
+                raise ValueError(f"--algo is required for a new run; allowed: {', '.join(ALGOS)}")
+            env_kwargs = json.loads(args.env_kwargs)
+            if not isinstance(env_kwargs, dict):
+                raise ValueError(f"--env-kwargs must be a JSON object, got {args.env_kwargs!r}")
+            config = SB3Config(
+                algo=args.algo, env_id=args.env, env_kwargs=env_kwargs, seed=args.seed,
+                n_envs=args.n_envs, n_steps=args.n_steps, learning_rate=args.lr, gamma=args.gamma,
+                gae_lambda=args.gae_lambda, ent_coef=args.ent_coef, vf_coef=args.vf_coef,
+                max_grad_norm=args.max_grad_norm, minibatch_size=args.minibatch_size,
+                n_epochs=args.n_epochs, clip_range=args.clip_range,
+                net_arch=_parse_net_arch(args.net_arch), lstm_hidden_size=args.lstm_hidden_size,
+            ).resolve()
+            # fail before writing anything if the env options are wrong
+            NativeVecEnv(config.env_id, 1, config.env_kwargs).close()
+        result = train(
+            config, args.out, args.updates, resume=args.resume,
+            checkpoint_every=args.checkpoint_every, device=_resolve_device(args.device),
+            progress=not args.no_progress, tensorboard=not args.no_tensorboard,
+        )
+    except (ValueError, TypeError, CheckpointError, json.JSONDecodeError) as exc:
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return 2
+    status = "interrupted, checkpoint saved" if result.interrupted else "done"
+    print(f"{status}: {result.updates_done} updates, recent mean episode reward "
+          f"{result.recent_reward:.3f}, run folder {args.out}")
+    return 130 if result.interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(train_main(sys.argv[1:]))
