@@ -90,17 +90,28 @@ def load_trainer(run_dir: str | Path, device: str | torch.device = "cpu") -> A2C
     return trainer
 
 
-def _truncate_progress(path: Path, last_update: int) -> None:
-    """Keep only the CSV rows up to ``last_update`` (atomic rewrite)."""
+def _truncate_progress(path: Path, last_update: int) -> float:
+    """Keep only the CSV rows up to ``last_update`` (atomic rewrite); return the last kept wall time.
+
+    A resumed run continues its ``wall_time`` column from there, so the column stays the training
+    time of the whole run.
+    """
     if not path.exists():
-        return
+        return 0.0
     with path.open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("update", "").isdigit()]
+        rows = [
+            r for r in csv.DictReader(f)
+            if r.get("update", "").isdigit() and int(r["update"]) <= last_update
+        ]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_FIELDS)
     writer.writeheader()
-    writer.writerows(r for r in rows if int(r["update"]) <= last_update)
+    writer.writerows(rows)
     atomic_write_text(path, out.getvalue())
+    try:
+        return float(rows[-1]["wall_time"]) if rows else 0.0
+    except (KeyError, ValueError):
+        return 0.0
 
 
 class StopOnCtrlC:
@@ -164,7 +175,7 @@ def train(
         atomic_write_json(run_dir / CONFIG_FILE, {"algo": ALGO, "config": trainer.config.to_dict()})
 
     progress_path = run_dir / PROGRESS_FILE
-    _truncate_progress(progress_path, trainer.updates_done)
+    wall_offset = _truncate_progress(progress_path, trainer.updates_done)
     if not progress_path.exists():
         atomic_write_text(progress_path, ",".join(CSV_FIELDS) + "\n")
 
@@ -205,7 +216,7 @@ def train(
                     **metrics,
                     "episodes": n * trainer.config.batch_size,
                     "env_steps": n * trainer.config.batch_size * episode_length,
-                    "wall_time": round(time.perf_counter() - start, 3),
+                    "wall_time": round(wall_offset + time.perf_counter() - start, 3),
                 }
                 csv_writer.writerow({k: row[k] for k in CSV_FIELDS})
                 log.flush()

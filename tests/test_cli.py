@@ -116,6 +116,10 @@ def test_resume_equals_an_uninterrupted_run(runs):
     resumed = load_checkpoint(part / "checkpoint.pt")
     assert_same_state(resumed, whole)
     assert progress_rows(part) == progress_rows(runs["cue"])
+    # the wall-time column carries on across the resume instead of restarting at zero
+    with (part / "progress.csv").open(newline="") as f:
+        walls = [float(r["wall_time"]) for r in csv.DictReader(f)]
+    assert len(walls) == 4 and walls == sorted(walls) and walls[0] > 0
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_continues(runs):
