@@ -687,9 +687,9 @@ def supports(net: PlasticRNN, inputs: Tensor) -> bool:
 
     True where :func:`unroll` can run (CPU, float32/float64, kernel built) and is the faster
     choice: every plastic rule. For the rule ``none`` (a plain RNN) the reference's batched matrix
-    product per step is as fast or faster (3x faster on one thread, measured by
-    benchmarks/train_throughput.py), so ``auto`` keeps the reference there (``impl="fast"`` still
-    runs the kernel).
+    product per step is about as fast on one thread (benchmarks/train_throughput.py, quiet machine:
+    cue 0.050 vs 0.045 s, maze 0.031 vs 0.039 s per update), so ``auto`` keeps the reference there
+    (``impl="fast"`` still runs the kernel, and is the faster one with two torch threads).
     """
     return unsupported_reason(net, inputs) is None and net.plasticity.plastic
 
