@@ -1,4 +1,5 @@
-"""Suite-wide settings: one torch thread (these models are tiny; extra threads only contend)."""
+"""Suite-wide settings: headless SDL, and one torch thread (these models are tiny: on a shared
+2-core machine a second intra-op thread spins and runs many times slower)."""
 
 import os
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def single_torch_thread():
     before = torch.get_num_threads()
     torch.set_num_threads(1)

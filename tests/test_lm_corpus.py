@@ -21,13 +21,6 @@ from bpm_agents.lm.corpus import (
 PTB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ptb"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a loaded 2-core machine a second thread spins and runs ~20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def write_corpus(folder: Path, train: str, valid: str, test: str, prefix: str = "ptb.") -> Path:

@@ -24,13 +24,6 @@ from bpm_agents.lm.model import (
 from bpm_agents.lm.trainer import evaluate
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a loaded 2-core machine a second thread spins and runs ~20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def sig(x: float) -> float:

@@ -40,13 +40,6 @@ CUE = "bpm/CueReward-v0"
 MAZE = "bpm/PlasticMaze-v0"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models: one thread is faster, and much faster when the CPUs are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
