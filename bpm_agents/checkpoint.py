@@ -20,8 +20,8 @@ import torch
 FORMAT = "backpropamine-gym/checkpoint/v1"
 
 
-class CheckpointError(Exception):
-    """A checkpoint or run folder that cannot be used, with a message for the user."""
+class CheckpointError(ValueError):
+    """A checkpoint or run folder that cannot be used, with a message for the user (a bad input)."""
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: bool = True) -> None:

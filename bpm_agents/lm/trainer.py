@@ -5,7 +5,8 @@ to the next, and reset to zero at the start of every training epoch and every ev
 
 A run folder holds ``config.json``, ``log.csv`` (one row per epoch), ``last.pt`` (for resume),
 ``best.pt`` (lowest validation perplexity) and ``test.json``. Checkpoints are written to a
-temporary file and moved into place with :func:`os.replace`, so a crash never leaves half a file.
+temporary file and moved into place (:func:`bpm_agents.checkpoint.atomic_write`), so a crash
+never leaves half a file.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bpm_agents.checkpoint import CheckpointError, atomic_write, atomic_write_text
 from bpm_agents.lm.corpus import Corpus, Vocabulary, batchify, num_segments, segments
 from bpm_agents.lm.model import LanguageModel, LMConfig, logits_loss
 
@@ -33,10 +34,6 @@ LOG_FIELDS = (
     "epoch", "kind", "step", "lr", "train_ppl", "valid_ppl", "test_ppl",
     "train_tokens_per_s", "epoch_s", "elapsed_s",
 )  # fmt: skip
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, corrupted or not an LM checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -206,11 +203,8 @@ def train_epoch(
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` with :func:`torch.save` atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    """Write ``payload`` with :func:`torch.save` atomically (temporary file, fsync, then rename)."""
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -314,7 +308,7 @@ def run_training(
         "model": model_config.to_dict(), "train": train_config.to_dict(), "parameters": n_params,
         "device": str(device), "torch_threads": torch.get_num_threads(), **(extra_config or {}),
     }  # fmt: skip
-    (out / "config.json").write_text(json.dumps(config_record, indent=2) + "\n")
+    atomic_write_text(out / "config.json", json.dumps(config_record, indent=2) + "\n")
     _log(f"{model_config.variant}: hidden {list(model_config.hidden_sizes)}, {n_params:,} parameters, device {device}")
 
     log_path = out / "log.csv"
@@ -417,6 +411,6 @@ def run_training(
         best_model, _ = model_from_checkpoint(load_checkpoint(best_path, device), device)
         test_loss, test_ppl = evaluate(best_model, corpus.split("test"), train_config.eval_batch_size, train_config.bptt)
         summary.update(test_ppl=test_ppl, test_loss=test_loss, checkpoint=str(best_path))
-        (out / "test.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(out / "test.json", json.dumps(summary, indent=2) + "\n")
         _log(f"test ppl {test_ppl:.2f} (best valid ppl {best:.2f}, {best_path})")
     return summary
