@@ -87,6 +87,7 @@ struct Args {
   void *drive_in, *starts, *h0, *H, *E, *w, *A, *wm, *fv, *fu;
   void *x, *pre, *m, *ckH, *ckE;
   void *gx, *gm, *gdrive, *da, *dR, *dA, *dee, *gh, *gH, *gE;
+  void *H0, *E0;  // forward: initial traces (read); H, E receive the final ones
 };
 }
 
@@ -205,8 +206,8 @@ void forward_one(const Args &a, int64_t b, const R *w, const R *A, R *scratch) {
   std::vector<R> s(P, (R)0), drive(P, (R)0), rate(P, (R)0), rx(P, (R)0), x(P, (R)0);
   R *H = plastic ? scratch : nullptr;
   R *E = elig ? scratch + NP : nullptr;
-  if (plastic) pad_rows((const R *)a.H + b * NN, H, N, P);
-  if (elig) pad_rows((const R *)a.E + b * NN, E, N, P);
+  if (plastic) pad_rows((const R *)a.H0 + b * NN, H, N, P);
+  if (elig) pad_rows((const R *)a.E0 + b * NN, E, N, P);
   const R *din = (const R *)a.drive_in + b * T * N;
   R *xs = (R *)a.x + b * T * N;
   auto checkpoint = [&](int64_t t) {
@@ -546,6 +547,7 @@ class _Args(ctypes.Structure):
                 "drive_in", "starts", "h0", "H", "E", "w", "A", "wm", "fv", "fu",
                 "x", "pre", "m", "ckH", "ckE",
                 "gx", "gm", "gdrive", "da", "dR", "dA", "dee", "gh", "gH", "gE",
+                "H0", "E0",
             )
         ]
     )
@@ -791,10 +793,12 @@ def _run_forward(meta, drive_in, h0, H0, E0, w, A, eta, ee, wm, bm, fv, fu, save
     pre = torch.empty(B, T, N, dtype=dtype) if save else None
     # autograd.Function outputs must be tensors: empty ones stand for "absent"
     m = torch.empty(B, T if modulated else 0, dtype=dtype)
-    # the kernel updates the traces in place: start from private copies of the initial state
+    # the kernel reads the initial traces (H0, E0) and writes the final ones into new tensors
     empty = torch.empty(0, dtype=dtype)
-    H = H0.detach().clone(memory_format=torch.contiguous_format) if plastic else empty
-    E = E0.detach().clone(memory_format=torch.contiguous_format) if elig else empty.clone()
+    H0 = H0.detach().contiguous() if plastic else None
+    E0 = E0.detach().contiguous() if elig else None
+    H = torch.empty(B, N, N, dtype=dtype) if plastic else empty
+    E = torch.empty(B, N, N, dtype=dtype) if elig else empty.clone()
     libs = _library()
     assert libs is not None
     P = libs[dtype].bpm_padded(N)  # the kernel keeps trace rows padded to a multiple of 16
@@ -808,7 +812,7 @@ def _run_forward(meta, drive_in, h0, H0, E0, w, A, eta, ee, wm, bm, fv, fu, save
         ee=float(ee) if ee is not None else 0.0,
         bm=float(bm) if bm is not None else 0.0,
         drive_in=_ptr(drive_in), starts=_ptr(meta["starts"]), h0=_ptr(h0),
-        H=_ptr(H) if plastic else None, E=_ptr(E) if elig else None,
+        H=_ptr(H) if plastic else None, E=_ptr(E) if elig else None, H0=_ptr(H0), E0=_ptr(E0),
         w=_ptr(w), A=_ptr(A), wm=_ptr(wm), fv=_ptr(fv), fu=_ptr(fu),
         x=_ptr(x), pre=_ptr(pre), m=_ptr(m) if modulated else None, ckH=_ptr(ckH), ckE=_ptr(ckE),
     )
