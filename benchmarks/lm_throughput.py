@@ -5,8 +5,11 @@ parameter-matched size for the plastic variants), 10k softmax, batch 20, BPTT 20
 gradient clipping; evaluation at batch 10 without gradients. The reference is ``nn.LSTM`` (its
 fused CPU kernels) with the same embedding / decoder / optimiser. Models are timed in interleaved
 rounds so that load from other processes hits them alike; the median round is reported.
+``--impl`` times each plastic variant with the fused C++ kernel (``fast``,
+:mod:`bpm_agents.lm.fast_step`) and/or the autograd path of :mod:`bpm_agents.plasticity`
+(``reference``) in the same run; every model of one variant starts from the same weights.
 
-    python benchmarks/lm_throughput.py --data ../shared/data/ptb --threads 1
+    python benchmarks/lm_throughput.py --data ../shared/data/ptb --threads 1 --impl fast,reference
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bpm_agents.lm.corpus import Corpus, batchify, segment  # noqa: E402
+from bpm_agents.lm.fast_step import IMPLS  # noqa: E402
 from bpm_agents.lm.model import VARIANTS, LanguageModel, LMConfig, logits_loss, match_hidden_size  # noqa: E402
 from bpm_agents.lm.model import config_parameters  # noqa: E402
 
@@ -91,7 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--eval-batch-size", type=int, default=10)
     p.add_argument("--bptt", type=int, default=20)
+    p.add_argument("--impl", default="fast,reference",
+                   help="comma-separated step implementations to time: auto, fast, reference")
     args = p.parse_args(argv)
+    impls = [s.strip() for s in args.impl.split(",") if s.strip()]
+    bad = [i for i in impls if i not in IMPLS]
+    if bad or not impls:
+        p.error(f"--impl: unknown {bad or args.impl!r}; allowed: {', '.join(IMPLS)}")
     torch.set_num_threads(args.threads)
 
     corpus = Corpus(args.data)
@@ -100,18 +110,20 @@ def main(argv: list[str] | None = None) -> int:
     valid = batchify(corpus.valid, args.eval_batch_size)
     base = LMConfig(variant="lstm", vocab_size=vocab, emb_size=200, hidden_sizes=(200, 200))
     target = config_parameters(base)
-    gen = torch.Generator().manual_seed(0)
     models: dict[str, nn.Module] = {}
     torch.manual_seed(0)  # nn.LSTM's own init
     models["nn.LSTM"] = TorchLSTMLM(vocab, 200, 200, 2)
-    for v in args.variants:
+    for k, v in enumerate(args.variants):
         cfg, _ = match_hidden_size(LMConfig(variant=v, vocab_size=vocab, emb_size=200, hidden_sizes=(200, 200)), target)
-        models[v] = LanguageModel(cfg, gen)
+        # the plain LSTM has no plastic part: every impl runs the same code, so it is timed once
+        for impl in impls if v != "lstm" else impls[:1]:
+            name = v if (len(impls) == 1 or v == "lstm") else f"{v}[{impl}]"
+            models[name] = LanguageModel(cfg, torch.Generator().manual_seed(k), impl=impl)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch_size} x bptt {args.bptt}, "
           f"eval batch {args.eval_batch_size}; parameter target {target:,}")  # fmt: skip
     for name, m in models.items():
         hidden = m.lstm.hidden_size if name == "nn.LSTM" else m.config.hidden_sizes[0]
-        print(f"  {name:12s} hidden {hidden:4d}  parameters {sum(q.numel() for q in m.parameters()):,}")
+        print(f"  {name:22s} hidden {hidden:4d}  parameters {sum(q.numel() for q in m.parameters()):,}")
 
     train_tok = args.train_steps * args.batch_size * args.bptt
     eval_tok = args.eval_steps * args.eval_batch_size * args.bptt

@@ -40,20 +40,12 @@ compiler flags.
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import sys
-import tempfile
-import threading
-import warnings
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from bpm_agents.kernel_build import CppKernel
 from bpm_agents.plasticity import PlasticState
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -553,112 +545,20 @@ class _Args(ctypes.Structure):
     )
 
 
-_lib: dict[torch.dtype, ctypes.CDLL] | None = None
-_lib_error: str | None = None
-_lib_lock = threading.Lock()
-
-
-def _cpu_signature() -> str:
-    """Part of the cache key: the build uses -march=native, so it is only valid on this CPU."""
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith(("flags", "model name")):
-                    flags += line
-                    if line.startswith("flags"):
-                        break
-    except OSError:
-        pass
-    return platform.machine() + platform.processor() + flags
-
-
-def _cache_dir() -> str:
-    root = os.environ.get("BPM_KERNEL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-        "backpropamine-gym",
-    )
-    return root
-
-
-def _build() -> dict[torch.dtype, ctypes.CDLL]:
-    """Compile (or find in the cache) the float32 and float64 kernels; both builds run at once."""
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        raise RuntimeError("no C++ compiler found (set CXX or install g++)")
-    flags = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fopenmp-simd"]
-    flags += os.environ.get("BPM_KERNEL_CFLAGS", "").split()
-    key = hashlib.sha256(
-        (_SOURCE + compiler + " ".join(flags) + _cpu_signature() + sys.version).encode()
-    ).hexdigest()[:16]
-    cache = _cache_dir()
-    os.makedirs(cache, exist_ok=True)
-    variants = {torch.float32: [], torch.float64: ["-DBPM_F64"]}
-    targets = {
-        dt: os.path.join(cache, f"plastic_unroll_{key}_{str(dt).split('.')[-1]}.so") for dt in variants
-    }
-    missing = [dt for dt in variants if not os.path.exists(targets[dt])]
-    if missing:
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            src = os.path.join(tmp, "plastic_unroll.cpp")
-            with open(src, "w") as fh:
-                fh.write(_SOURCE)
-            errors = []
-            for arch in (["-march=native"], []):  # not every compiler knows -march=native
-                procs = {
-                    dt: subprocess.Popen(
-                        [compiler, *flags, *arch, *variants[dt], src, "-o", os.path.join(tmp, f"{i}.so")],
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                    )
-                    for i, dt in enumerate(missing)
-                }
-                failed = []
-                for i, (dt, proc) in enumerate(procs.items()):
-                    _, err = proc.communicate()
-                    if proc.returncode == 0:
-                        # atomic: concurrent processes never see half a file
-                        os.replace(os.path.join(tmp, f"{i}.so"), targets[dt])
-                    else:
-                        failed.append(dt)
-                        errors.append(err[-2000:])
-                missing = failed
-                if not missing:
-                    break
-            else:
-                raise RuntimeError("compiling the fast unroll kernel failed:\n" + "\n".join(errors))
-    libs = {}
-    for dt, path in targets.items():
-        lib = ctypes.CDLL(path)
-        for name in ("bpm_forward", "bpm_backward"):
-            fn = getattr(lib, name)
-            fn.argtypes = [ctypes.POINTER(_Args)]
-            fn.restype = None
-        lib.bpm_padded.argtypes = [ctypes.c_int64]
-        lib.bpm_padded.restype = ctypes.c_int64
-        libs[dt] = lib
-    return libs
+_KERNEL = CppKernel(
+    "plastic_unroll",
+    _SOURCE,
+    {
+        "bpm_forward": ([ctypes.POINTER(_Args)], None),
+        "bpm_backward": ([ctypes.POINTER(_Args)], None),
+        "bpm_padded": ([ctypes.c_int64], ctypes.c_int64),
+    },
+)
 
 
 def _library() -> dict[torch.dtype, ctypes.CDLL] | None:
-    """The compiled kernels by dtype, built at first use; ``None`` (with a warning) if they cannot be."""
-    global _lib, _lib_error
-    if _lib is not None or _lib_error is not None:
-        return _lib
-    with _lib_lock:
-        if _lib is None and _lib_error is None:
-            if os.environ.get("BPM_DISABLE_FAST_UNROLL", "") not in ("", "0"):
-                _lib_error = "disabled by BPM_DISABLE_FAST_UNROLL"
-            else:
-                try:
-                    _lib = _build()
-                except Exception as exc:  # any build problem means: use the reference
-                    _lib_error = f"{type(exc).__name__}: {exc}"
-                    warnings.warn(
-                        f"fast plastic unroll unavailable, using the reference: {_lib_error}",
-                        RuntimeWarning,
-                        stacklevel=3,
-                    )
-    return _lib
+    """The compiled kernels by dtype, built at first use; ``None`` if they cannot be."""
+    return _KERNEL.libraries()
 
 
 def kernel_available() -> bool:
@@ -680,7 +580,7 @@ def unsupported_reason(net: PlasticRNN, inputs: Tensor) -> str | None:
     if net.plasticity.rule not in _RULE_CODES:
         return f"rule {net.plasticity.rule!r} has no fast unroll"
     if _library() is None:
-        return f"the C++ kernel is unavailable ({_lib_error})"
+        return f"the C++ kernel is unavailable ({_KERNEL.error})"
     return None
 
 

@@ -111,7 +111,7 @@ def _assert_match(ref: dict, fast: dict, rtol: float) -> None:
 
 
 def test_kernel_builds():
-    assert fast_unroll.kernel_available(), fast_unroll._lib_error
+    assert fast_unroll.kernel_available(), fast_unroll._KERNEL.error
 
 
 @pytest.mark.parametrize(
@@ -285,8 +285,8 @@ def test_unsupported_dtype_falls_back_or_raises():
 def test_unavailable_kernel_falls_back(monkeypatch):
     cfg = PlasticityConfig(rule="retroactive")
     net, inputs, state, starts = _problem(cfg)
-    monkeypatch.setattr(fast_unroll, "_library", lambda: None)
-    monkeypatch.setattr(fast_unroll, "_lib_error", "no compiler (test)")
+    monkeypatch.setattr(fast_unroll._KERNEL, "_libs", None)
+    monkeypatch.setattr(fast_unroll._KERNEL, "error", "no compiler (test)")
     assert not fast_unroll.supports(net, inputs)
     with pytest.raises(ValueError, match="no compiler"):
         net.unroll(inputs, state, starts, impl="fast")

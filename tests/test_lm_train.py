@@ -153,6 +153,11 @@ def test_train_resume_and_evaluate_end_to_end(corpus_dir: Path, tmp_path: Path, 
     result = json.loads(capsys.readouterr().out)
     assert result["perplexity"] == pytest.approx(json.loads((out / "test.json").read_text())["test_ppl"], rel=1e-5)
     assert result["variant"] == "retroactive" and result["split"] == "test"
+    # the plain reference rules give the same perplexity as the fused step (the default here)
+    assert evaluate_main([str(out), "--data", str(corpus_dir), "--split", "test", "--batch-size", "2",
+                          "--bptt", "5", "--device", "cpu", "--json", "--impl", "reference"]) == 0  # fmt: skip
+    reference = json.loads(capsys.readouterr().out)
+    assert reference["perplexity"] == pytest.approx(result["perplexity"], rel=1e-5)
 
     # the module entry point dispatches the same functions
     assert main(["evaluate", str(out / "last.pt"), "--data", str(corpus_dir), "--split", "valid",

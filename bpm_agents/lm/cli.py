@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from bpm_agents.lm.corpus import Corpus
+from bpm_agents.lm.fast_step import IMPLS
 from bpm_agents.lm.model import VARIANTS, config_parameters, match_hidden_size
 from bpm_agents.lm.trainer import (
     PRESETS,
@@ -47,6 +48,10 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads (torch.set_num_threads)")
+    p.add_argument(
+        "--impl", choices=IMPLS, default="auto",
+        help="plastic step: fused C++ kernel where available (auto), always (fast), or the plain reference",
+    )  # fmt: skip
     g = p.add_argument_group("overrides of the preset")
     g.add_argument("--lr", type=float)
     g.add_argument("--lr-decay", type=float, help="per-epoch lr factor from --decay-start on")
@@ -79,6 +84,7 @@ def _evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--bptt", type=int, default=20, help="segment length (state carried across)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     p.add_argument("--threads", type=int)
+    p.add_argument("--impl", choices=IMPLS, default="auto", help="plastic step implementation, as for training")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of text")
     return p
 
@@ -143,6 +149,7 @@ def train_main(argv: list[str]) -> int:
         summary = run_training(
             out, corpus, chosen, train_cfg, device, resume=args.resume,
             progress_bar=not args.no_progress, extra_config={"argv": ["train.py", "lm", *argv]},
+            impl=args.impl,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -164,6 +171,7 @@ def evaluate_main(argv: list[str]) -> int:
         if path.is_dir():
             path = path / "best.pt"
         model, vocab = model_from_checkpoint(load_checkpoint(path, device), device)
+        model.set_impl(args.impl)
         corpus = Corpus(args.data, splits=(args.split,), vocab=vocab)
         loss, ppl = evaluate(model, corpus.split(args.split), args.batch_size, args.bptt)
     except (ValueError, FileNotFoundError) as exc:

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bpm_agents.lm import fast_step
 from bpm_agents.plasticity import PlasticityConfig, PlasticSynapses
 
 VARIANTS = ("lstm", "hebbian", "simple", "retroactive")
@@ -92,6 +93,10 @@ class PlasticLSTMCell(nn.Module):
         input_size: D.
         hidden_size: H.
         plasticity: the rule of the plastic path (rule ``none`` gives a plain LSTM).
+        impl: ``auto`` (the fused C++ step of :mod:`bpm_agents.lm.fast_step` on CPU for the
+            plastic rules where it builds, else the reference), ``fast`` or ``reference`` (the
+            rules of :mod:`bpm_agents.plasticity` through autograd). A plain attribute: it can be
+            changed after construction.
     Parameters:
         weight_ih: (D, 4H) input weights, gate order [i, f, g, o].
         bias: (4H,).
@@ -99,12 +104,17 @@ class PlasticLSTMCell(nn.Module):
         synapses: the plastic part of the (H, H) block of ``weight_hh`` that feeds g.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, plasticity: PlasticityConfig) -> None:
+    def __init__(
+        self, input_size: int, hidden_size: int, plasticity: PlasticityConfig, impl: str = "auto"
+    ) -> None:
         super().__init__()
         if input_size < 1 or hidden_size < 1:
             raise ValueError(
                 f"input_size and hidden_size must be >= 1, got {input_size!r}, {hidden_size!r}"
             )
+        if impl not in fast_step.IMPLS:
+            raise ValueError(f"unknown impl {impl!r}; allowed: {', '.join(fast_step.IMPLS)}")
+        self.impl = impl
         self.input_size, self.hidden_size, self.plasticity = input_size, hidden_size, plasticity
         self.weight_ih = nn.Parameter(torch.empty(input_size, 4 * hidden_size))
         self.bias = nn.Parameter(torch.zeros(4 * hidden_size))
@@ -129,6 +139,8 @@ class PlasticLSTMCell(nn.Module):
 
     def step(self, drive: Tensor, state: LSTMState) -> LSTMState:
         """One time step from the precomputed input drive ``drive`` (B, 4H)."""
+        if fast_step.use_fast(self, drive, self.impl):
+            return LSTMState(*fast_step.step(self, drive, state))
         h_prev = state.hidden
         gates = torch.addmm(drive, h_prev, self.weight_hh)
         i, f, g, o = gates.chunk(4, dim=1)
@@ -153,6 +165,9 @@ class PlasticLSTMCell(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(f"x must have shape (B, T, {self.input_size}), got {tuple(x.shape)}")
         drive = self.input_drive(x)
+        if fast_step.use_fast(self, drive, self.impl):
+            out, last = fast_step.sequence(self, drive, state)
+            return out, LSTMState(*last)
         outputs = []
         for t in range(x.shape[1]):
             state = self.step(drive[:, t], state)
@@ -254,16 +269,23 @@ class LMConfig:
 
 
 class LanguageModel(nn.Module):
-    """Embedding -> L plastic LSTM layers -> softmax decoder (tied or untied)."""
+    """Embedding -> L plastic LSTM layers -> softmax decoder (tied or untied).
 
-    def __init__(self, config: LMConfig, generator: torch.Generator | None = None) -> None:
+    ``impl`` picks each layer's step implementation (see :class:`PlasticLSTMCell`); it is a
+    run-time choice, not part of the architecture, so it is not in :class:`LMConfig`.
+    """
+
+    def __init__(
+        self, config: LMConfig, generator: torch.Generator | None = None, impl: str = "auto"
+    ) -> None:
         super().__init__()
         self.config = config
         plasticity = config.plasticity()
         self.embedding = nn.Embedding(config.vocab_size, config.emb_size)
         sizes = (config.emb_size, *config.hidden_sizes)
         self.layers = nn.ModuleList(
-            PlasticLSTMCell(sizes[k], sizes[k + 1], plasticity) for k in range(len(config.hidden_sizes))
+            PlasticLSTMCell(sizes[k], sizes[k + 1], plasticity, impl)
+            for k in range(len(config.hidden_sizes))
         )
         self.decoder = nn.Linear(config.hidden_sizes[-1], config.vocab_size)
         if config.tied:
@@ -273,6 +295,13 @@ class LanguageModel(nn.Module):
         self.drop_output = LockedDropout(config.dropout_output)
         if self.embedding.weight.device.type != "meta":
             self.reset_parameters(generator)
+
+    def set_impl(self, impl: str) -> None:
+        """Switch every layer's step between ``auto``, ``fast`` and ``reference``."""
+        if impl not in fast_step.IMPLS:
+            raise ValueError(f"unknown impl {impl!r}; allowed: {', '.join(fast_step.IMPLS)}")
+        for layer in self.layers:
+            layer.impl = impl
 
     def set_dropout_generator(self, generator: torch.Generator | None) -> None:
         for d in (self.drop_input, self.drop_hidden, self.drop_output):

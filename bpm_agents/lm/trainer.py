@@ -258,6 +258,7 @@ def run_training(
     resume: bool = False,
     progress_bar: bool = True,
     extra_config: dict[str, Any] | None = None,
+    impl: str = "auto",
 ) -> dict[str, Any]:
     """Train, validating every epoch, keep the best checkpoint, then report test perplexity.
 
@@ -270,6 +271,8 @@ def run_training(
         resume: continue from ``out/last.pt``.
         progress_bar: show a tqdm bar with tokens/s and running perplexity.
         extra_config: recorded in ``config.json`` (e.g. the command line).
+        impl: the plastic step implementation (``auto``, ``fast``, ``reference``; see
+            :class:`~bpm_agents.lm.model.PlasticLSTMCell`); same numbers to rounding.
     Returns:
         summary dict: best validation perplexity, test perplexity, epochs, steps, seconds.
     """
@@ -299,6 +302,7 @@ def run_training(
             model_config = replace(model_config, vocab_size=len(corpus.vocab))
         model = LanguageModel(model_config, init_gen).to(device)
     model.set_dropout_generator(drop_gen)
+    model.set_impl(impl)
     optimizer = torch.optim.SGD(model.parameters(), lr=train_config.lr_at(max(epoch0, 1)), weight_decay=train_config.l2)
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
@@ -409,6 +413,7 @@ def run_training(
                                "elapsed_s": elapsed0 + time.perf_counter() - run_start}  # fmt: skip
     if best_path.exists():
         best_model, _ = model_from_checkpoint(load_checkpoint(best_path, device), device)
+        best_model.set_impl(impl)
         test_loss, test_ppl = evaluate(best_model, corpus.split("test"), train_config.eval_batch_size, train_config.bptt)
         summary.update(test_ppl=test_ppl, test_loss=test_loss, checkpoint=str(best_path))
         atomic_write_text(out / "test.json", json.dumps(summary, indent=2) + "\n")
