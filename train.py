@@ -86,16 +86,6 @@ def _requested_algo(argv: list[str]) -> str | None:
     return saved.get("algo") if isinstance(saved, dict) else None
 
 
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but CUDA is not available")
-    return name
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "lm":
@@ -118,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bpm_agents.a2c import A2CConfig, NonFiniteLossError
     from bpm_agents.checkpoint import CheckpointError
+    from bpm_agents.devices import resolve_device
     from bpm_agents.training import train
 
     try:

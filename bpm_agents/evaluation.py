@@ -39,6 +39,7 @@ from bpm_agents.checkpoint import CheckpointError, load_checkpoint
 from bpm_agents.plasticity import PlasticState
 from bpm_agents.policy import PlasticActorCritic
 from bpm_agents.training import ALGO, CHECKPOINT_FILE, read_run_config
+from bpm_agents.devices import resolve_device
 
 #: two-sided 95% quantile of the standard normal (normal-approximation interval)
 Z95 = 1.96
@@ -50,19 +51,6 @@ class NoModulatorError(ValueError):
 
 
 # ---------------------------------------------------------------------------------- agents
-def resolve_device(name: str | torch.device) -> torch.device:
-    """``cpu``, ``cuda`` or ``auto`` (cuda when available) as a torch device."""
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {name!r}; allowed: cpu, cuda, auto")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but CUDA is not available")
-    return torch.device(name)
-
-
 class PlasticAgent:
     """A trained :class:`PlasticActorCritic` ready to act, with the run's env and config.
 

@@ -52,6 +52,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 import bpm_envs  # noqa: F401  (registers the bpm/ environments)
 from bpm_agents.checkpoint import CheckpointError, atomic_write_json, atomic_write_text
 from bpm_agents.training import CONFIG_FILE, PROGRESS_FILE, RunResult, StopOnCtrlC, read_run_config
+from bpm_agents.devices import resolve_device
 
 ALGOS = ("ppo", "a2c", "recurrent-ppo")
 CHECKPOINT_FILE = "checkpoint.zip"
@@ -643,14 +644,6 @@ def _parse_net_arch(text: str | None) -> list[int] | None:
     return sizes
 
 
-def _resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but CUDA is not available")
-    return name
-
-
 def train_main(argv: list[str]) -> int:
     """``train.py --algo ppo|a2c|recurrent-ppo ...``: exit 0 done, 130 interrupted, 2 on errors."""
     args = build_parser().parse_args(argv)
@@ -688,7 +681,7 @@ def train_main(argv: list[str]) -> int:
             NativeVecEnv(config.env_id, 1, config.env_kwargs).close()
         result = train(
             config, args.out, args.updates, resume=args.resume,
-            checkpoint_every=args.checkpoint_every, device=_resolve_device(args.device),
+            checkpoint_every=args.checkpoint_every, device=resolve_device(args.device),
             progress=not args.no_progress, tensorboard=not args.no_tensorboard,
         )
     except (ValueError, TypeError, CheckpointError, json.JSONDecodeError) as exc:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from bpm_agents.lm.corpus import Corpus
+from bpm_agents.devices import resolve_device
 from bpm_agents.lm.fast_step import IMPLS
 from bpm_agents.lm.model import VARIANTS, config_parameters, match_hidden_size
 from bpm_agents.lm.trainer import (
@@ -23,7 +24,6 @@ from bpm_agents.lm.trainer import (
     evaluate,
     load_checkpoint,
     model_from_checkpoint,
-    resolve_device,
     run_training,
 )
 

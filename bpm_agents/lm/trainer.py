@@ -113,17 +113,6 @@ PRESETS: dict[str, tuple[LMConfig, TrainConfig]] = {
 }  # fmt: skip
 
 
-def resolve_device(name: str) -> torch.device:
-    """``cpu``, ``cuda`` or ``auto`` (cuda when available)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available; use --device cpu")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {name!r}; allowed: cpu, cuda, auto")
-    return torch.device(name)
-
-
 @torch.no_grad()
 def evaluate(
     model: LanguageModel, ids: Tensor, batch_size: int = 10, bptt: int = 20
