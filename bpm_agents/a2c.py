@@ -20,7 +20,7 @@ Unlike the release, each element uses its own value baseline and learning starts
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import gymnasium as gym
@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 import bpm_envs  # noqa: F401  (registers the bpm/ environments)
+from bpm_agents.checkpoint import DictConfig
 from bpm_agents.plasticity import RULES, PlasticityConfig
 from bpm_agents.policy import PlasticActorCritic, PolicyConfig
 
@@ -53,7 +54,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class A2CConfig:
+class A2CConfig(DictConfig):
     """Hyper-parameters of an A2C run. ``None`` fields take the task's default (see ``resolve``)."""
 
     env_id: str = "bpm/CueReward-v0"
@@ -114,15 +115,6 @@ class A2CConfig:
             eta_e_init=self.eta_e_init if self.eta_e_init is not None else 0.1,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> A2CConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown A2C config keys: {sorted(unknown)}")
-        return cls(**d)
 
 
 class Rollout(NamedTuple):

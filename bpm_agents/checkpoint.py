@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,6 +19,21 @@ import torch
 
 #: identifies our files; a checkpoint without it is foreign
 FORMAT = "backpropamine-gym/checkpoint/v1"
+
+
+class DictConfig:
+    """Dataclass mixin: ``to_dict`` for config.json, ``from_dict`` that refuses unknown keys
+    (a run folder written by another version or another trainer) instead of ignoring them."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        unknown = set(d) - set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+        return cls(**d)
 
 
 class CheckpointError(ValueError):

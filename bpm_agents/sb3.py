@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
 import bpm_envs  # noqa: F401  (registers the bpm/ environments)
-from bpm_agents.checkpoint import CheckpointError, atomic_write_json, atomic_write_text
+from bpm_agents.checkpoint import CheckpointError, DictConfig, atomic_write_json, atomic_write_text
 from bpm_agents.training import CONFIG_FILE, PROGRESS_FILE, RunResult, StopOnCtrlC, read_run_config
 from bpm_agents.devices import resolve_device
 
@@ -202,7 +202,7 @@ def make_sb3_vec_env(
 
 # ====================================================================== config and model
 @dataclass(frozen=True)
-class SB3Config:
+class SB3Config(DictConfig):
     """Hyper-parameters of an SB3 run. ``None`` fields take the algorithm's default (``resolve``)."""
 
     algo: str = "ppo"
@@ -261,15 +261,6 @@ class SB3Config:
         assert self.n_steps is not None, "resolve() the config first"
         return self.n_envs * self.n_steps
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SB3Config:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown SB3 config keys: {sorted(unknown)}")
-        return cls(**d)
 
 
 def build_model(config: SB3Config, env: VecEnv, device: str | torch.device = "cpu") -> BaseAlgorithm:

@@ -123,3 +123,16 @@ def test_same_seed_same_run_and_state_dict_resumes_exactly():
         assert torch.equal(v, c.policy.state_dict()[k]), k
     other = A2CTrainer(A2CConfig(rule="retroactive", seed=4, **SMALL)).update()
     assert other != ma[0]
+
+
+def test_configs_round_trip_and_refuse_unknown_keys():
+    from bpm_agents.sb3 import SB3Config
+
+    a2c = A2CConfig(env_id="bpm/PlasticMaze-v0", rule="simple").resolve()
+    assert A2CConfig.from_dict(a2c.to_dict()) == a2c
+    with pytest.raises(ValueError, match=r"unknown A2CConfig keys: \['colour'\]"):
+        A2CConfig.from_dict({**a2c.to_dict(), "colour": 1})
+    sb3 = SB3Config(algo="ppo", env_id="bpm/CueReward-v0").resolve()
+    assert SB3Config.from_dict(sb3.to_dict()) == sb3
+    with pytest.raises(ValueError, match="unknown SB3Config keys"):
+        SB3Config.from_dict({"algo": "ppo", "n_layers": 3})
