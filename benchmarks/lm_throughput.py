@@ -4,7 +4,8 @@ Small preset on real PTB: embedding 200, two LSTM layers (200 units for the base
 parameter-matched size for the plastic variants), 10k softmax, batch 20, BPTT 20, SGD with
 gradient clipping; evaluation at batch 10 without gradients. The reference is ``nn.LSTM`` (its
 fused CPU kernels) with the same embedding / decoder / optimiser. Models are timed in interleaved
-rounds so that load from other processes hits them alike; the median round is reported.
+rounds so that load from other processes hits them alike (each round starts with two untimed
+training steps for every model: the allocator's cached buffers are the previous model's); the median round is reported.
 ``--impl`` times each plastic variant with the fused C++ kernel (``fast``,
 :mod:`bpm_agents.lm.fast_step`) and/or the autograd path of :mod:`bpm_agents.plasticity`
 (``reference``) in the same run; every model of one variant starts from the same weights.
@@ -55,13 +56,17 @@ def detach(state):
     return [s.detach() for s in state]
 
 
-def time_train(model, streams, steps: int, start: int, bptt: int, clip: float) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) of ``steps`` SGD steps, state carried (detached)."""
+def time_train(
+    model, streams, steps: int, start: int, bptt: int, clip: float, warmup: int = 2
+) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of ``steps`` SGD steps, state carried (detached), after
+    ``warmup`` untimed steps (the cached buffers of the model timed before are not this one's)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     state = model.initial_state(streams.shape[0])
     model.train()
-    wall, cpu = time.perf_counter(), time.process_time()
-    for k in range(steps):
+    for k in range(warmup + steps):
+        if k == warmup:
+            wall, cpu = time.perf_counter(), time.process_time()
         x, y = segment(streams, start + k * bptt, bptt)
         state = detach(state)
         logits, state = model(x, state)
@@ -129,10 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     eval_tok = args.eval_steps * args.eval_batch_size * args.bptt
     res: dict[str, dict[str, list[float]]] = {n: {"tw": [], "tc": [], "ew": [], "ec": []} for n in models}
     for name, m in models.items():  # warm-up (allocator, first-call costs)
-        time_train(m, train, 2, 0, args.bptt, 5.0)
+        time_train(m, train, 2, 0, args.bptt, 5.0, warmup=0)
         time_eval(m, valid, 2, args.bptt)
     for r in range(args.rounds):
-        start = (r + 1) * args.train_steps * args.bptt
+        start = (r + 1) * (args.train_steps + 2) * args.bptt
         for name, m in models.items():
             tw, tc = time_train(m, train, args.train_steps, start, args.bptt, 5.0)
             ew, ec = time_eval(m, valid, args.eval_steps, args.bptt)
@@ -150,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {name} | {train_tok / d['tw']:,.0f} | {ref['tw'] / d['tw']:.2f} | {train_tok / d['tc']:,.0f} | "
             f"{ref['tc'] / d['tc']:.2f} | {eval_tok / d['ew']:,.0f} | {ref['ew'] / d['ew']:.2f} | {ok} |"
         )
-    print(f"\nmedian of {args.rounds} interleaved rounds; train round = {args.train_steps} steps "
+    print(f"\nmedian of {args.rounds} interleaved rounds; train round = 2 untimed + {args.train_steps} steps "
           f"({train_tok} tokens), eval round = {args.eval_steps} segments ({eval_tok} tokens)")  # fmt: skip
     return 0
 

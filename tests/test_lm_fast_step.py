@@ -203,3 +203,38 @@ def test_without_the_kernel_auto_falls_back_to_the_reference(monkeypatch: pytest
     out, _ = cell(x, cell.initial_state(2))  # impl "auto": runs, on the reference
     cell.impl = "reference"
     torch.testing.assert_close(out, cell(x, cell.initial_state(2))[0], rtol=0, atol=0)
+
+
+def test_training_keeps_no_per_step_traces() -> None:
+    """The backward recomputes the traces: what autograd keeps for a fast segment is O(B T H),
+    while the reference keeps a (B, H, H) trace per step."""
+    B, T = 3, 6
+    x = torch.randn(B, T, D, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    kept = {}
+    for impl in ("fast", "reference"):
+        cell = make_cell("retroactive", torch.float64)
+        cell.impl = impl
+        sizes: list[int] = []
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            sizes.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out, last = cell(x, cell.initial_state(B))
+        (out.sum() + last.hebb.sum()).backward()
+        kept[impl] = sizes
+    traces = {impl: sum(n == B * H * H for n in sizes) for impl, sizes in kept.items()}
+    assert traces["fast"] == 2  # the initial Hebb and E only
+    assert traces["reference"] >= 2 * T  # Hebb and E (or their products) at every step
+    assert sum(kept["fast"]) < 0.25 * sum(kept["reference"])
+
+
+def test_backward_scratch_cache_stays_small() -> None:
+    cell = make_cell("simple", torch.float64)
+    cell.impl = "fast"
+    x = torch.randn(2, 9, D, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    for T in range(1, 10):  # nine segment lengths, nine scratch sizes
+        out, _ = cell(x[:, :T], cell.initial_state(2))
+        out.sum().backward()
+    assert 1 <= len(fast_step._SCRATCH) <= fast_step._MAX_SCRATCH

@@ -1,30 +1,36 @@
-"""Fused CPU kernel for the plastic part of :class:`~bpm_agents.lm.model.PlasticLSTMCell`.
+"""Fused CPU kernel for a whole BPTT segment of :class:`~bpm_agents.lm.model.PlasticLSTMCell`.
 
-The reference step (the cell's ``impl="reference"``) runs the rules of
-:mod:`bpm_agents.plasticity` through autograd, which makes about ten (B, H, H) element-wise passes
-forward and twenty backward per step. Here the gate arithmetic stays the reference's torch code
-(small (B, H) tensors, plain autograd) and the plastic part of each step is one
-``torch.autograd.Function`` whose forward and hand-written backward are a small C++ kernel (built
-like :mod:`bpm_agents.fast_unroll`'s: system C++ compiler at first use, cached on disk, loaded
-with ctypes, no PyTorch headers). Per batch element (the batch split over
-``torch.get_num_threads()`` C++ threads):
+The reference (the cell's ``impl="reference"``) runs the rules of :mod:`bpm_agents.plasticity`
+through autograd, one step at a time, which makes about ten (B, H, H) element-wise passes forward
+and twenty backward per step, each over the whole batch's traces. Here one
+``torch.autograd.Function`` runs a whole segment of one layer: its forward and hand-written
+backward are a C++ kernel (built like :mod:`bpm_agents.fast_unroll`'s: system C++ compiler at first
+use, cached on disk, loaded with ctypes, no PyTorch headers) that owns the LSTM gates too and works
+through the segment one batch element at a time (the batch split over ``torch.get_num_threads()``
+C++ threads), so an element's (H, H) traces stay in the core's cache from one step to the next
+instead of streaming the whole batch's through memory every step:
 
-* forward: the modulator and rates, then ONE pass over the traces that writes the new traces, a
-  byte mask of where the clip let the gradient through, and, while the new Hebb is in registers,
-  the *next* step's plastic input sum_i h_i alpha_ij Hebb'_ij (so a segment computes the plastic
-  input through :meth:`PlasticSynapses.contribution` only at its first step);
-* backward: ONE pass over the traces gives the gradients of Hebb, E, alpha, the rates, h_{t-1},
-  g and h; it needs neither the old Hebb (the mask replaces it) nor a second pass for the plastic
-  input (that gradient arrives with the next step's).
+* forward, per step: gates = drive + h_{t-1} W, the cell, the modulator and rates, then ONE pass
+  over the element's traces (updated in place) that gives, while the new Hebb is in registers, the
+  next step's plastic input sum_i h_i alpha_ij Hebb'_ij. It keeps no traces for the backward, only
+  the (B, T, H)-sized activities and rates, so training holds no (B, T, H, H) arrays.
+* backward, per element: first its traces after every step are recomputed from the segment's
+  initial state and the kept activities (a per-thread scratch of T (H, H) arrays, which stays in
+  cache), with the clip mask; then the steps in reverse, the gradients of Hebb and E updated in
+  place: ONE pass over the traces per step gives the gradients of Hebb, E, alpha, the rates,
+  h_{t-1}, g_t and h_t, then the cell and h_{t-1} W^T. What is a sum over the batch and the steps
+  (the gradients of W, of the input drive's weights, of the modulator and fan-out parameters) is
+  left to torch.
 
 The arithmetic restates the rules (:mod:`bpm_agents.plasticity`, the definition) as the cell uses
 them (pre = h_{t-1}, post = g_t, modulator read from h_t); tests/test_lm_fast_step.py compares both
 paths to rounding::
 
-    g = tanh(gates_g + sum_i s_i (alpha_ij Hebb_ij)),  s = h_{t-1}   (torch; the sum from here)
+    i, f, o = sigmoid(drive_{i,f,o} + h_{t-1} W_{i,f,o})
+    g = tanh(drive_g + h_{t-1} W_g + sum_i h_{t-1,i} alpha_ij Hebb_ij);  c = f c + i g;  h = o tanh(c)
     M = act(w_M . h + b_M),  R_j = eta (hebbian) | M (scalar) | v_j M + u_j (fan-out)
-    hebbian / simple:  Hebb <- clip(Hebb + R_j (s_i g_j))
-    retroactive:       Hebb <- clip(Hebb + R_j E_ij);  E <- (1 - eta_e) E + eta_e (s_i g_j)
+    hebbian / simple:  Hebb <- clip(Hebb + R_j (h_{t-1,i} g_j))
+    retroactive:       Hebb <- clip(Hebb + R_j E_ij);  E <- (1 - eta_e) E + eta_e (h_{t-1,i} g_j)
 
 Supported: CPU, float32 / float64 (inputs, state and parameters in one dtype), the plastic rules
 with every option of :class:`~bpm_agents.plasticity.PlasticityConfig`; first-order gradients only
@@ -54,7 +60,10 @@ IMPLS = ("auto", "fast", "reference")
 _RULE_CODES = {"none": 0, "hebbian": 1, "simple": 2, "retroactive": 3}
 
 _SOURCE = r"""
-// The plastic part of one step of the plastic LSTM cell (bpm_agents/lm/model.py) and its backward.
+// A whole BPTT segment of the plastic LSTM layer (bpm_agents/lm/model.py) and its backward, one
+// batch element at a time so that its traces stay in the core's cache from step to step. The
+// forward keeps no traces for the backward: the backward recomputes an element's traces (cheap,
+// in cache) instead of reading a whole batch's from memory.
 // The rules are DEFINED in bpm_agents/plasticity.py; this restates that arithmetic (tests compare).
 #include <algorithm>
 #include <cmath>
@@ -65,16 +74,26 @@ _SOURCE = r"""
 
 extern "C" {
 struct Args {
-  int64_t B, H, nthreads, rule, fanout, act_tanh;
+  int64_t B, T, H, nthreads, rule, fanout, act_tanh;
   double clip, eta, ee, bm;
-  // forward inputs: s = h_{t-1} (pre), x = g_t (post), h = h_t (read by the modulator)
-  void *s, *x, *h, *Hp, *Ep, *A, *wm, *fv, *fu;
-  // forward outputs: new traces, pn = the next step's plastic input sum_i h_i alpha_ij Hebb'_ij,
-  // M, the rates R, mk (uint8, may be nullptr): 1 where the clip let the gradient through
-  void *Hn, *En, *pn, *M, *R, *mk;
-  // backward inputs (gHn == nullptr: no gradient reaches this step's outputs) and outputs
-  void *gHn, *gEn, *gpn;
-  void *gs, *gx, *gh, *gH, *gE, *gA, *gR, *ga, *gee;
+  // inputs: drive (B,T,4H) = W_x x + b, gate order [i, f, g, o]; the state before the segment;
+  // W (H,4H) fixed recurrent weights (row = pre-synaptic neuron); A (H,H) alpha
+  void *drive, *h0, *c0, *hebb0, *elig0, *W, *A, *wm, *fv, *fu;
+  // outputs: hs (B,T,H), the state after the last step
+  void *hs, *cT, *hebbT, *eligT;
+  // kept for the backward when save != 0 (else nullptr): gate activations (B,T,4H), c (B,T,H),
+  // M (B,T), rates (B,T,H)
+  int64_t save;
+  void *acts, *cs, *Ms, *Rs;
+  // backward: room for one element's recomputed traces per thread, nthreads * T * H*H * (one
+  // byte for the clip mask + one Real for Hebb + one Real for E if retroactive)
+  void *scratch;
+  // backward inputs (nullptr: no gradient reached that output)
+  void *g_hs, *g_cT, *g_hebbT, *g_eligT;
+  // backward outputs: d loss / d gate pre-activations (B,T,4H) (= d loss / d drive), the state
+  // before the segment (g_hebb0 / g_elig0 may be nullptr), alpha (nthreads,H,H, summed after),
+  // rates (B,T,H), modulator pre-activation (B,T), eta_e (B)
+  void *g_gates, *g_h0, *g_c0, *g_hebb0, *g_elig0, *g_A, *g_R, *g_a, *g_ee;
 };
 }
 
@@ -82,12 +101,17 @@ namespace {
 
 enum { HEBBIAN = 1, SIMPLE = 2, RETRO = 3 };
 
-// fn(b, thread index) for every batch element: batch split over the threads round-robin
-template <typename F>
-void over_batch(int64_t B, int64_t nthreads, F fn) {
+template <typename R>
+inline R sigmoid(R z) { return (R)1 / ((R)1 + std::exp(-z)); }
+
+// fn(b, thread index, scratch) for every batch element: batch split over the threads round-robin,
+// one scratch (made by make()) per thread
+template <typename M, typename F>
+void over_batch(int64_t B, int64_t nthreads, M make, F fn) {
   const int64_t n = std::max<int64_t>(1, std::min(nthreads, B));
   auto worker = [&](int64_t t) {
-    for (int64_t b = t; b < B; b += n) fn(b, t);
+    auto scratch = make();
+    for (int64_t b = t; b < B; b += n) fn(b, t, scratch);
   };
   std::vector<std::thread> pool;
   for (int64_t t = 1; t < n; ++t) pool.emplace_back(worker, t);
@@ -95,171 +119,344 @@ void over_batch(int64_t B, int64_t nthreads, F fn) {
   for (auto &th : pool) th.join();
 }
 
-// One batch element: rates, then ONE pass that writes the new traces, the clip mask and, while
-// Hebb' is in registers, the next step's plastic input.
-template <typename R, int RULE>
-void forward_one(const Args &a, int64_t b, uint8_t *sink) {
-  const int64_t H = a.H, HH = H * H;
-  const R c = (R)a.clip, ee = (R)a.ee;
-  const R *s = (const R *)a.s + b * H, *x = (const R *)a.x + b * H, *h = (const R *)a.h + b * H;
-  const R *A = (const R *)a.A;
-  R *rate = (R *)a.R + b * H;
-  if (RULE == HEBBIAN) {
-    for (int64_t j = 0; j < H; ++j) rate[j] = (R)a.eta;
+// One row of the trace update (the rules of bpm_agents/plasticity.py):
+//   hebbian / simple:  Hebb'_ij = clip(Hebb_ij + R_j s_i x_j)
+//   retroactive:       Hebb'_ij = clip(Hebb_ij + R_j E_ij);  E'_ij = (1 - eta_e) E_ij + eta_e s_i x_j
+// with s = h_{t-1}, x = g_t. Optionally the clip mask (1 where torch.clamp passes the gradient:
+// -c <= z <= c) and the next step's plastic input pn_j += h_i alpha_ij Hebb'_ij. The forward and
+// the backward's recomputation both go through here, so they agree to the bit. In place is fine.
+template <typename R, int RULE, bool MASK, bool PN>
+inline void trace_row(const R *Hi, const R *Ei, R *Ho, R *Eo, uint8_t *Mi, R *pn, const R *Ai, R hi,
+                      const R *rate, const R *x, R si, R c, R keep, R ee, int64_t H) {
+  if (RULE == RETRO) {
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      const R e = Ei[j], z = Hi[j] + rate[j] * e;
+      const R hn = std::min(std::max(z, -c), c);
+      Ho[j] = hn;
+      if (MASK) Mi[j] = (uint8_t)((z >= -c) & (z <= c));
+      Eo[j] = keep * e + ee * (si * x[j]);
+      if (PN) pn[j] += hi * (Ai[j] * hn);
+    }
   } else {
-    const R *wm = (const R *)a.wm;
-    R mod_in = 0;
-    for (int64_t j = 0; j < H; ++j) mod_in += h[j] * wm[j];
-    mod_in += (R)a.bm;
-    const R m = a.act_tanh ? std::tanh(mod_in) : mod_in;
-    ((R *)a.M)[b] = m;
-    const R *fv = (const R *)a.fv, *fu = (const R *)a.fu;
-    for (int64_t j = 0; j < H; ++j) rate[j] = a.fanout ? m * fv[j] + fu[j] : m;
-  }
-  const R *Hp = (const R *)a.Hp + b * HH;
-  R *Hn = (R *)a.Hn + b * HH, *pn = (R *)a.pn + b * H;
-  const R *Ep = RULE == RETRO ? (const R *)a.Ep + b * HH : nullptr;
-  R *En = RULE == RETRO ? (R *)a.En + b * HH : nullptr;
-  uint8_t *mk = a.mk ? (uint8_t *)a.mk + b * HH : nullptr;
-  const R keep = (R)1 - ee;
-  for (int64_t j = 0; j < H; ++j) pn[j] = 0;
-  for (int64_t i = 0; i < H; ++i) {
-    const R si = s[i], hi = h[i];
-    const R *Hi = Hp + i * H, *Ai = A + i * H;
-    R *Ho = Hn + i * H;
-    uint8_t *Mi = mk ? mk + i * H : sink;
-    if (RULE == RETRO) {
-      const R *Ei = Ep + i * H;
-      R *Eo = En + i * H;
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        const R e = Ei[j], z = Hi[j] + rate[j] * e;
-        const R hn = std::min(std::max(z, -c), c);
-        Ho[j] = hn;
-        Mi[j] = (uint8_t)((z >= -c) & (z <= c));  // torch.clamp passes min <= z <= max
-        Eo[j] = keep * e + ee * (si * x[j]);
-        pn[j] += hi * (Ai[j] * hn);
-      }
-    } else {
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        const R z = Hi[j] + rate[j] * (si * x[j]);
-        const R hn = std::min(std::max(z, -c), c);
-        Ho[j] = hn;
-        Mi[j] = (uint8_t)((z >= -c) & (z <= c));
-        pn[j] += hi * (Ai[j] * hn);
-      }
+    for (int64_t j = 0; j < H; ++j) {
+      const R z = Hi[j] + rate[j] * (si * x[j]);
+      const R hn = std::min(std::max(z, -c), c);
+      Ho[j] = hn;
+      if (MASK) Mi[j] = (uint8_t)((z >= -c) & (z <= c));
+      if (PN) pn[j] += hi * (Ai[j] * hn);
     }
   }
 }
 
-// One batch element of the backward. The gradient reaching Hebb' is gHn plus what the next
-// plastic input sends back (h_i alpha_ij gpn_j); one pass over the traces (each row split in two
-// loops that share the row in L1) gives the gradients of Hebb, E, alpha, the rates, s, x and h.
-template <typename R, int RULE>
-void backward_one(const Args &a, int64_t b, int64_t t, std::vector<R> &buf) {
-  const int64_t H = a.H, HH = H * H;
-  const R ee = (R)a.ee;
-  const R *s = (const R *)a.s + b * H, *x = (const R *)a.x + b * H, *h = (const R *)a.h + b * H;
-  const R *A = (const R *)a.A;
-  R *gs = (R *)a.gs + b * H, *gx = (R *)a.gx + b * H, *gh = (R *)a.gh + b * H;
-  std::fill(buf.begin(), buf.end(), (R)0);
-  R *q = buf.data(), *sink = buf.data() + H, *sink2 = buf.data() + 2 * H;  // unwanted rows go to sinks
-  const R *rate = (const R *)a.R + b * H;
-  const R *Hn = (const R *)a.Hn + b * HH;
-  const uint8_t *mk = (const uint8_t *)a.mk + b * HH;
-  const R *gHn = (const R *)a.gHn + b * HH, *gpn = (const R *)a.gpn + b * H;
-  R *gH = a.gH ? (R *)a.gH + b * HH : nullptr;
-  R *gA = a.gA ? (R *)a.gA + t * HH : nullptr;
-  R *gR = (R *)a.gR + b * H;
-  const R *Ep = RULE == RETRO ? (const R *)a.Ep + b * HH : nullptr;
-  const R *gEn = RULE == RETRO ? (const R *)a.gEn + b * HH : nullptr;
-  R *gE = (RULE == RETRO && a.gE) ? (R *)a.gE + b * HH : nullptr;
-  const R keep = (R)1 - ee;
-  R gee = 0;
+template <typename R>
+struct Scratch {  // one per thread
+  std::vector<R> v, hb, eb;  // hb, eb: the element's traces, updated in place step after step
+  R *gates, *pl, *pn, *hprev, *cprev, *act, *c, *rate, *q, *gs, *gx, *gh, *ghn, *gc, *gpn;
+  Scratch(int64_t H, bool traces) : v(24 * H), hb(traces ? H * H : 0), eb(traces ? H * H : 0) {
+    R *p = v.data();
+    for (R **f : {&gates, &act}) { *f = p; p += 4 * H; }
+    for (R **f : {&pl, &pn, &hprev, &cprev, &c, &rate, &q, &gs, &gx, &gh, &ghn, &gc, &gpn}) { *f = p; p += H; }
+  }
+  Scratch(const Scratch &) = delete;  // the pointers point into v
+};
+
+// ---------------------------------------------------------------- forward, one batch element
+// Per step: gates = drive + h_{t-1} W; g = tanh(. + plastic input); c, h; the modulator and the
+// rates; then ONE pass over the element's traces (in place, in cache) that also gives, while the
+// new Hebb is in registers, the next step's plastic input sum_i h_i alpha_ij Hebb'_ij.
+template <typename R, int RULE, bool SAVE>
+void forward_elem(const Args &a, int64_t b, Scratch<R> &w) {
+  const int64_t T = a.T, H = a.H, HH = H * H, G = 4 * H;
+  const R c_clip = (R)a.clip, ee = (R)a.ee, keep = (R)1 - ee;
+  const R *W = (const R *)a.W, *A = (const R *)a.A;
+  std::memcpy(w.hprev, (const R *)a.h0 + b * H, H * sizeof(R));
+  std::memcpy(w.cprev, (const R *)a.c0 + b * H, H * sizeof(R));
+  R *hebb = w.hb.data(), *elig = RULE == RETRO ? w.eb.data() : nullptr;
+  std::memcpy(hebb, (const R *)a.hebb0 + b * HH, HH * sizeof(R));
+  if (RULE == RETRO) std::memcpy(elig, (const R *)a.elig0 + b * HH, HH * sizeof(R));
+  R *pl = w.pl, *pn = w.pn;
+  for (int64_t j = 0; j < H; ++j) pl[j] = 0;  // the first step's plastic input
   for (int64_t i = 0; i < H; ++i) {
-    const R si = s[i], hi = h[i];
-    const R *Hni = Hn + i * H, *Ai = A + i * H, *gHi = gHn + i * H;
-    const uint8_t *Mi = mk + i * H;
-    R *gHo = gH ? gH + i * H : sink;
-    R *gAi = gA ? gA + i * H : sink2;
-    R rs = 0, re = 0, rh = 0;
+    const R hi = w.hprev[i];
+    const R *Hi = hebb + i * H, *Ai = A + i * H;
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) pl[j] += hi * (Ai[j] * Hi[j]);
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t bt = b * T + t;
+    R *gates = w.gates;
+    std::memcpy(gates, (const R *)a.drive + bt * G, G * sizeof(R));
+    int64_t i = 0;
+    for (; i + 4 <= H; i += 4) {  // four rows per pass over the gates
+      const R s0 = w.hprev[i], s1 = w.hprev[i + 1], s2 = w.hprev[i + 2], s3 = w.hprev[i + 3];
+      const R *W0 = W + i * G, *W1 = W0 + G, *W2 = W1 + G, *W3 = W2 + G;
+#pragma omp simd
+      for (int64_t n = 0; n < G; ++n) gates[n] += (s0 * W0[n] + s1 * W1[n]) + (s2 * W2[n] + s3 * W3[n]);
+    }
+    for (; i < H; ++i) {
+      const R si = w.hprev[i];
+      const R *Wi = W + i * G;
+#pragma omp simd
+      for (int64_t n = 0; n < G; ++n) gates[n] += si * Wi[n];
+    }
+    R *act = SAVE ? (R *)a.acts + bt * G : w.act;
+    R *c = SAVE ? (R *)a.cs + bt * H : w.c;
+    R *h = (R *)a.hs + bt * H;
+    R *ig = act, *fg = act + H, *gg = act + 2 * H, *og = act + 3 * H;
+    for (int64_t j = 0; j < H; ++j) {
+      ig[j] = sigmoid(gates[j]);
+      fg[j] = sigmoid(gates[H + j]);
+      gg[j] = std::tanh(gates[2 * H + j] + pl[j]);
+      og[j] = sigmoid(gates[3 * H + j]);
+      c[j] = fg[j] * w.cprev[j] + ig[j] * gg[j];
+      h[j] = og[j] * std::tanh(c[j]);
+    }
+    R *rate = SAVE ? (R *)a.Rs + bt * H : w.rate;
+    if (RULE == HEBBIAN) {
+      for (int64_t j = 0; j < H; ++j) rate[j] = (R)a.eta;
+    } else {  // modulator M = act(w_M . h + b_M), rates R_j = M (scalar) or v_j M + u_j (fan-out)
+      const R *wm = (const R *)a.wm, *fv = (const R *)a.fv, *fu = (const R *)a.fu;
+      R mod_in = 0;
+      for (int64_t j = 0; j < H; ++j) mod_in += h[j] * wm[j];
+      mod_in += (R)a.bm;
+      const R m = a.act_tanh ? std::tanh(mod_in) : mod_in;
+      if (SAVE) ((R *)a.Ms)[bt] = m;
+      for (int64_t j = 0; j < H; ++j) rate[j] = a.fanout ? m * fv[j] + fu[j] : m;
+    }
+    for (int64_t j = 0; j < H; ++j) pn[j] = 0;
+    for (int64_t i = 0; i < H; ++i) {
+      R *Hi = hebb + i * H, *Ei = RULE == RETRO ? elig + i * H : nullptr;
+      trace_row<R, RULE, false, true>(Hi, Ei, Hi, Ei, nullptr, pn, A + i * H, h[i], rate, gg, w.hprev[i],
+                                      c_clip, keep, ee, H);
+    }
+    std::memcpy(w.hprev, h, H * sizeof(R));
+    std::memcpy(w.cprev, c, H * sizeof(R));
+    std::swap(pl, pn);
+  }
+  std::memcpy((R *)a.cT + b * H, w.cprev, H * sizeof(R));
+  std::memcpy((R *)a.hebbT + b * HH, hebb, HH * sizeof(R));
+  if (RULE == RETRO) std::memcpy((R *)a.eligT + b * HH, elig, HH * sizeof(R));
+}
+
+// ---------------------------------------------------------------- backward, one batch element
+// First the element's traces after every step are recomputed from the segment's initial state
+// and the kept rates and activities (into this thread's scratch, which stays in cache). Then the
+// steps in reverse; the gradients of Hebb and E stay in two (H,H) buffers updated in place.
+// Step t: (1) the trace update: ONE pass over the traces gives the gradients of Hebb_{t-1},
+// E_{t-1}, alpha, the rates, h_{t-1} (pre), g_t (post) and h_t (next plastic input and the
+// modulator); (2) the LSTM cell; (3) h_{t-1} through W. Gradients of the weights W, of the input
+// drive and of the modulator and fan-out parameters are left to torch (they are sums over b, t).
+template <typename R, int RULE>
+void backward_elem(const Args &a, int64_t b, int64_t th, Scratch<R> &w, std::vector<R> &gbuf) {
+  const int64_t T = a.T, H = a.H, HH = H * H, G = 4 * H;
+  const R ee = (R)a.ee, keep = (R)1 - ee, c_clip = (R)a.clip;
+  const R *W = (const R *)a.W, *A = (const R *)a.A;
+  const bool elig = RULE == RETRO;
+  R *gHebb = a.g_hebb0 ? (R *)a.g_hebb0 + b * HH : gbuf.data();
+  R *gE = elig ? (a.g_elig0 ? (R *)a.g_elig0 + b * HH : gbuf.data() + HH) : nullptr;
+  if (a.g_hebbT) std::memcpy(gHebb, (const R *)a.g_hebbT + b * HH, HH * sizeof(R));
+  else std::fill(gHebb, gHebb + HH, (R)0);
+  if (elig) {
+    if (a.g_eligT) std::memcpy(gE, (const R *)a.g_eligT + b * HH, HH * sizeof(R));
+    else std::fill(gE, gE + HH, (R)0);
+  }
+  R *gc = w.gc, *ghn = w.ghn, *gpn = w.gpn, *q = w.q, *gs = w.gs, *gx = w.gx, *gh = w.gh;
+  for (int64_t j = 0; j < H; ++j) {
+    gc[j] = a.g_cT ? ((const R *)a.g_cT)[b * H + j] : (R)0;
+    ghn[j] = 0;  // d loss / d h_t from the steps after t
+    gpn[j] = 0;  // d loss / d (plastic input of step t + 1)
+  }
+  R *gA = (R *)a.g_A + th * HH;
+  R gee = 0;
+  // recompute: TH[t] = Hebb after step t, TE[t] = E after step t, TM[t] = the clip mask of step t
+  const int64_t per_thread = T * HH * ((int64_t)sizeof(R) * (elig ? 2 : 1) + 1);
+  char *room = (char *)a.scratch + th * per_thread;
+  R *TH = (R *)room, *TE = elig ? TH + T * HH : nullptr;
+  uint8_t *TM = (uint8_t *)(room + T * HH * (int64_t)sizeof(R) * (elig ? 2 : 1));
+  {
+    const R *hp = (const R *)a.hebb0 + b * HH, *ep = elig ? (const R *)a.elig0 + b * HH : nullptr;
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t bt = b * T + t;
+      const R *s = t ? (const R *)a.hs + (bt - 1) * H : (const R *)a.h0 + b * H;
+      const R *rate = (const R *)a.Rs + bt * H, *x = (const R *)a.acts + bt * G + 2 * H;
+      R *Ho = TH + t * HH, *Eo = elig ? TE + t * HH : nullptr;
+      for (int64_t i = 0; i < H; ++i)
+        trace_row<R, RULE, true, false>(hp + i * H, elig ? ep + i * H : nullptr, Ho + i * H,
+                                        elig ? Eo + i * H : nullptr, TM + t * HH + i * H, nullptr, nullptr,
+                                        (R)0, rate, x, s[i], c_clip, keep, ee, H);
+      hp = Ho;
+      ep = Eo;
+    }
+  }
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const int64_t bt = b * T + t;
+    const R *s = t ? (const R *)a.hs + (bt - 1) * H : (const R *)a.h0 + b * H;
+    const R *cprev = t ? (const R *)a.cs + (bt - 1) * H : (const R *)a.c0 + b * H;
+    const R *act = (const R *)a.acts + bt * G;
+    const R *ig = act, *fg = act + H, *gg = act + 2 * H, *og = act + 3 * H;
+    const R *c = (const R *)a.cs + bt * H, *h = (const R *)a.hs + bt * H;
+    const R *rate = (const R *)a.Rs + bt * H, *x = gg;
+    const R *Hn = TH + t * HH;
+    const uint8_t *mk = TM + t * HH;
+    const R *Ep = elig ? (t ? TE + (t - 1) * HH : (const R *)a.elig0 + b * HH) : nullptr;
+    R *gR = (R *)a.g_R + bt * H;
+    // (1) the trace update of step t
+    for (int64_t j = 0; j < H; ++j) q[j] = gR[j] = 0;
+    for (int64_t i = 0; i < H; ++i) {
+      const R si = s[i], hi = h[i];
+      const R *Hni = Hn + i * H, *Ai = A + i * H;
+      const uint8_t *Mi = mk + i * H;
+      R *gHi = gHebb + i * H, *gAi = gA + i * H;
+      R rs = 0, re = 0, rh = 0;
 #pragma omp simd reduction(+ : rh)
-    for (int64_t j = 0; j < H; ++j) {  // alpha and h through the next plastic input
-      rh += (Ai[j] * Hni[j]) * gpn[j];
-      gAi[j] += Hni[j] * (hi * gpn[j]);
+      for (int64_t j = 0; j < H; ++j) {  // alpha and h_t through the next plastic input
+        rh += (Ai[j] * Hni[j]) * gpn[j];
+        gAi[j] += Hni[j] * (hi * gpn[j]);
+      }
+      if (RULE == RETRO) {
+        const R *Ei = Ep + i * H;
+        R *gEi = gE + i * H;
+#pragma omp simd reduction(+ : rs, re)
+        for (int64_t j = 0; j < H; ++j) {
+          const R e = Ei[j];
+          const R gz = Mi[j] ? gHi[j] + Ai[j] * (hi * gpn[j]) : (R)0;
+          const R gn = gEi[j];
+          gHi[j] = gz;
+          gEi[j] = rate[j] * gz + keep * gn;
+          gR[j] += gz * e;
+          re += gn * (si * x[j] - e);
+          q[j] += gn * si;
+          rs += gn * x[j];
+        }
+        gs[i] = ee * rs;
+        gee += re;
+      } else {
+#pragma omp simd reduction(+ : rs)
+        for (int64_t j = 0; j < H; ++j) {
+          const R gz = Mi[j] ? gHi[j] + Ai[j] * (hi * gpn[j]) : (R)0;
+          gHi[j] = gz;
+          q[j] += gz * si;
+          rs += gz * (rate[j] * x[j]);
+        }
+        gs[i] = rs;
+      }
+      gh[i] = rh;
     }
     if (RULE == RETRO) {
-      const R *Ei = Ep + i * H, *gEi = gEn + i * H;
-      R *gEo = gE ? gE + i * H : sink;
-#pragma omp simd reduction(+ : rs, re)
-      for (int64_t j = 0; j < H; ++j) {
-        const R e = Ei[j];
-        const R gz = Mi[j] ? gHi[j] + Ai[j] * (hi * gpn[j]) : (R)0;
-        const R gn = gEi[j];
-        gHo[j] = gz;
-        gEo[j] = rate[j] * gz + keep * gn;
-        gR[j] += gz * e;
-        re += gn * (si * x[j] - e);
-        q[j] += gn * si;
-        rs += gn * x[j];
-      }
-      gs[i] = ee * rs;
-      gee += re;
+      for (int64_t j = 0; j < H; ++j) gx[j] = ee * q[j];
     } else {
-#pragma omp simd reduction(+ : rs)
       for (int64_t j = 0; j < H; ++j) {
-        const R gz = Mi[j] ? gHi[j] + Ai[j] * (hi * gpn[j]) : (R)0;
-        gHo[j] = gz;
-        q[j] += gz * si;
-        rs += gz * (rate[j] * x[j]);
+        gR[j] = q[j] * x[j];
+        gx[j] = rate[j] * q[j];
       }
-      gs[i] = rs;
     }
-    gh[i] = rh;
-  }
-  if (RULE == RETRO) {
-    for (int64_t j = 0; j < H; ++j) gx[j] = ee * q[j];
-    ((R *)a.gee)[b] = gee;
-  } else {
+    if (RULE != HEBBIAN) {  // modulator M = act(w_M . h + b_M)
+      const R *fv = (const R *)a.fv, *wm = (const R *)a.wm;
+      R gm = 0;
+      for (int64_t j = 0; j < H; ++j) gm += gR[j] * (a.fanout ? fv[j] : (R)1);
+      const R m = ((const R *)a.Ms)[bt];
+      const R ga = a.act_tanh ? gm * ((R)1 - m * m) : gm;
+      for (int64_t j = 0; j < H; ++j) gh[j] += ga * wm[j];
+      ((R *)a.g_a)[bt] = ga;
+    }
+    // (2) the LSTM cell: h = o tanh(c), c = f c_{t-1} + i g
+    R *dg = (R *)a.g_gates + bt * G;
+    const R *ghs = a.g_hs ? (const R *)a.g_hs + bt * H : nullptr;
     for (int64_t j = 0; j < H; ++j) {
-      gR[j] = q[j] * x[j];
-      gx[j] = rate[j] * q[j];
+      const R ghj = (ghs ? ghs[j] : (R)0) + ghn[j] + gh[j];
+      const R tc = std::tanh(c[j]);
+      const R gct = gc[j] + ghj * og[j] * ((R)1 - tc * tc);
+      dg[j] = gct * gg[j] * ig[j] * ((R)1 - ig[j]);
+      dg[H + j] = gct * cprev[j] * fg[j] * ((R)1 - fg[j]);
+      const R dgg = (gct * ig[j] + gx[j]) * ((R)1 - gg[j] * gg[j]);
+      dg[2 * H + j] = dgg;
+      dg[3 * H + j] = ghj * tc * og[j] * ((R)1 - og[j]);
+      gc[j] = gct * fg[j];
+      gpn[j] = dgg;  // the plastic input adds to g's pre-activation
+    }
+    // (3) h_{t-1}: through W and through the trace update (pre); four rows at a time, so four
+    // independent sums are in flight
+    int64_t i = 0;
+    for (; i + 4 <= H; i += 4) {
+      const R *W0 = W + i * G, *W1 = W0 + G, *W2 = W1 + G, *W3 = W2 + G;
+      R r0 = 0, r1 = 0, r2 = 0, r3 = 0;
+#pragma omp simd reduction(+ : r0, r1, r2, r3)
+      for (int64_t n = 0; n < G; ++n) {
+        const R d = dg[n];
+        r0 += W0[n] * d;
+        r1 += W1[n] * d;
+        r2 += W2[n] * d;
+        r3 += W3[n] * d;
+      }
+      ghn[i] = r0 + gs[i];
+      ghn[i + 1] = r1 + gs[i + 1];
+      ghn[i + 2] = r2 + gs[i + 2];
+      ghn[i + 3] = r3 + gs[i + 3];
+    }
+    for (; i < H; ++i) {
+      const R *Wi = W + i * G;
+      R r = 0;
+#pragma omp simd reduction(+ : r)
+      for (int64_t n = 0; n < G; ++n) r += Wi[n] * dg[n];
+      ghn[i] = r + gs[i];
     }
   }
-  if (RULE != HEBBIAN) {  // modulator M = act(w_M . h + b_M)
-    const R *fv = (const R *)a.fv, *wm = (const R *)a.wm;
-    R gm = 0;
-    for (int64_t j = 0; j < H; ++j) gm += gR[j] * (a.fanout ? fv[j] : (R)1);
-    const R m = ((const R *)a.M)[b];
-    const R ga = a.act_tanh ? gm * ((R)1 - m * m) : gm;
-    for (int64_t j = 0; j < H; ++j) gh[j] += ga * wm[j];
-    ((R *)a.ga)[b] = ga;
+  // the first step's plastic input sum_i h0_i alpha_ij Hebb0_ij
+  const R *h0 = (const R *)a.h0 + b * H, *hebb0 = (const R *)a.hebb0 + b * HH;
+  for (int64_t i = 0; i < H; ++i) {
+    const R hi = h0[i];
+    const R *Hi = hebb0 + i * H, *Ai = A + i * H;
+    R *gHi = gHebb + i * H, *gAi = gA + i * H;
+    R rh = 0;
+#pragma omp simd reduction(+ : rh)
+    for (int64_t j = 0; j < H; ++j) {
+      rh += (Ai[j] * Hi[j]) * gpn[j];
+      gAi[j] += Hi[j] * (hi * gpn[j]);
+      gHi[j] += Ai[j] * (hi * gpn[j]);
+    }
+    ghn[i] += rh;
   }
+  std::memcpy((R *)a.g_h0 + b * H, ghn, H * sizeof(R));
+  std::memcpy((R *)a.g_c0 + b * H, gc, H * sizeof(R));
+  if (elig) ((R *)a.g_ee)[b] = gee;
 }
 
 template <typename R>
 void forward(const Args &a) {
-  over_batch(a.B, a.nthreads, [&](int64_t b, int64_t) {
-    std::vector<uint8_t> sink(a.H);  // the mask row when no mask is kept
-    switch (a.rule) {
-      case HEBBIAN: forward_one<R, HEBBIAN>(a, b, sink.data()); break;
-      case SIMPLE: forward_one<R, SIMPLE>(a, b, sink.data()); break;
-      default: forward_one<R, RETRO>(a, b, sink.data()); break;
-    }
-  });
+  over_batch(
+      a.B, a.nthreads, [&] { return Scratch<R>(a.H, true); },
+      [&](int64_t b, int64_t, Scratch<R> &w) {
+        switch (a.rule * 2 + (a.save ? 1 : 0)) {
+          case 2 * HEBBIAN: forward_elem<R, HEBBIAN, false>(a, b, w); break;
+          case 2 * HEBBIAN + 1: forward_elem<R, HEBBIAN, true>(a, b, w); break;
+          case 2 * SIMPLE: forward_elem<R, SIMPLE, false>(a, b, w); break;
+          case 2 * SIMPLE + 1: forward_elem<R, SIMPLE, true>(a, b, w); break;
+          case 2 * RETRO: forward_elem<R, RETRO, false>(a, b, w); break;
+          default: forward_elem<R, RETRO, true>(a, b, w); break;
+        }
+      });
 }
 
 template <typename R>
+struct BackScratch {
+  Scratch<R> w;
+  std::vector<R> gbuf;  // the trace gradients when the caller keeps none
+  explicit BackScratch(int64_t H) : w(H, false), gbuf(2 * H * H) {}
+};
+
+template <typename R>
 void backward(const Args &a) {
-  over_batch(a.B, a.nthreads, [&](int64_t b, int64_t t) {
-    std::vector<R> buf(3 * a.H);
-    switch (a.rule) {
-      case HEBBIAN: backward_one<R, HEBBIAN>(a, b, t, buf); break;
-      case SIMPLE: backward_one<R, SIMPLE>(a, b, t, buf); break;
-      default: backward_one<R, RETRO>(a, b, t, buf); break;
-    }
-  });
+  over_batch(
+      a.B, a.nthreads, [&] { return BackScratch<R>(a.H); },
+      [&](int64_t b, int64_t t, BackScratch<R> &s) {
+        switch (a.rule) {
+          case HEBBIAN: backward_elem<R, HEBBIAN>(a, b, t, s.w, s.gbuf); break;
+          case SIMPLE: backward_elem<R, SIMPLE>(a, b, t, s.w, s.gbuf); break;
+          default: backward_elem<R, RETRO>(a, b, t, s.w, s.gbuf); break;
+        }
+      });
 }
 
 }  // namespace
@@ -271,34 +468,37 @@ typedef float Real;
 #endif
 
 extern "C" {
-void bpm_lstm_forward(const Args *a) { forward<Real>(*a); }
-void bpm_lstm_backward(const Args *a) { backward<Real>(*a); }
+void bpm_lstm_segment_forward(const Args *a) { forward<Real>(*a); }
+void bpm_lstm_segment_backward(const Args *a) { backward<Real>(*a); }
 }
 """
-
-_PTRS = (
-    "s", "x", "h", "Hp", "Ep", "A", "wm", "fv", "fu",
-    "Hn", "En", "pn", "M", "R", "mk",
-    "gHn", "gEn", "gpn",
-    "gs", "gx", "gh", "gH", "gE", "gA", "gR", "ga", "gee",
+_INTS = ("B", "T", "H", "nthreads", "rule", "fanout", "act_tanh")
+_DOUBLES = ("clip", "eta", "ee", "bm")
+_INPUTS = ("drive", "h0", "c0", "hebb0", "elig0", "W", "A", "wm", "fv", "fu", "hs", "cT", "hebbT", "eligT")
+_SAVED = ("acts", "cs", "Ms", "Rs")
+_GRADS = (
+    "g_hs", "g_cT", "g_hebbT", "g_eligT",
+    "g_gates", "g_h0", "g_c0", "g_hebb0", "g_elig0", "g_A", "g_R", "g_a", "g_ee",
 )  # fmt: skip
 
 
 class _Args(ctypes.Structure):
     _fields_ = (
-        [(n, ctypes.c_int64) for n in ("B", "H", "nthreads", "rule", "fanout", "act_tanh")]
-        + [(n, ctypes.c_double) for n in ("clip", "eta", "ee", "bm")]
-        + [(n, ctypes.c_void_p) for n in _PTRS]
+        [(n, ctypes.c_int64) for n in _INTS]
+        + [(n, ctypes.c_double) for n in _DOUBLES]
+        + [(n, ctypes.c_void_p) for n in _INPUTS]
+        + [("save", ctypes.c_int64)]
+        + [(n, ctypes.c_void_p) for n in (*_SAVED, "scratch", *_GRADS)]
     )
 
 
 # 256-bit vectors: with 512 the wide backward loop spills registers (and torch uses AVX2 too)
 _KERNEL = CppKernel(
-    "plastic_lstm",
+    "plastic_lstm_segment",
     _SOURCE,
     {
-        "bpm_lstm_forward": ([ctypes.POINTER(_Args)], None),
-        "bpm_lstm_backward": ([ctypes.POINTER(_Args)], None),
+        "bpm_lstm_segment_forward": ([ctypes.POINTER(_Args)], None),
+        "bpm_lstm_segment_backward": ([ctypes.POINTER(_Args)], None),
     },
     flags=["-mprefer-vector-width=256"],
 )
@@ -315,7 +515,7 @@ def kernel_available() -> bool:
 
 
 def unsupported_reason(cell: PlasticLSTMCell, drive: Tensor) -> str | None:
-    """Why the fast step cannot run ``cell`` on ``drive`` (``None`` when it can)."""
+    """Why the fast path cannot run ``cell`` on ``drive`` (``None`` when it can)."""
     if drive.device.type != "cpu" or any(p.device.type != "cpu" for p in cell.parameters()):
         return f"the fast LSTM step runs on CPU only (input on {drive.device})"
     if drive.dtype not in (torch.float32, torch.float64):
@@ -349,115 +549,151 @@ def use_fast(cell: PlasticLSTMCell, drive: Tensor, impl: str) -> bool:
     return reason is None
 
 
-def _ptr(t: Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
-
-
-def _call(dtype: torch.dtype, name: str, meta: dict, **ptrs: Tensor | None) -> None:
+def _call(name: str, meta: dict, tensors: dict[str, Tensor | None]) -> None:
     libs = _library()
     assert libs is not None
-    args = _Args(**meta, **{k: _ptr(v) for k, v in ptrs.items()})
-    getattr(libs[dtype], name)(ctypes.byref(args))
+    ptrs = {k: (None if v is None else v.data_ptr()) for k, v in tensors.items()}
+    args = _Args(**meta, **ptrs)
+    getattr(libs[tensors["drive"].dtype], name)(ctypes.byref(args))
 
 
-def _forward(meta, s, x, h, Hp, Ep, A, wm, fv, fu, save):
-    """Run the forward kernel: (Hebb', E', next plastic input, M, R, clip mask or None)."""
-    B, H = s.shape
+# The backward's room for recomputed traces (one element per thread at a time, a few MB for the
+# small PTB model), kept between calls: a fresh buffer of that size would page-fault on every call.
+_SCRATCH: dict[int, Tensor] = {}
+_MAX_SCRATCH = 4
+
+
+def _scratch(nbytes: int) -> Tensor:
+    """A byte buffer of ``nbytes``, taken out of the cache (a concurrent call makes its own)."""
+    buf = _SCRATCH.pop(nbytes, None)
+    return buf if buf is not None else torch.empty(nbytes, dtype=torch.uint8)
+
+
+def _run_forward(
+    meta: dict, inputs: dict[str, Tensor | None], save: bool
+) -> tuple[dict[str, Tensor | None], dict[str, Tensor | None]]:
+    """Outputs (hs, cT, hebbT, eligT) and, when ``save``, what the backward needs (no traces: the
+    backward recomputes them)."""
+    B, T, H = meta["B"], meta["T"], meta["H"]
+    dt = inputs["drive"].dtype
     rule = meta["rule"]
-    dt = s.dtype
-    modulated, elig = rule in (2, 3), rule == 3
-    Hn = torch.empty(B, H, H, dtype=dt)
-    En = torch.empty(B, H, H, dtype=dt) if elig else None
-    pn = torch.empty(B, H, dtype=dt)
-    M = torch.empty(B, dtype=dt) if modulated else None
-    R = torch.empty(B, H, dtype=dt)
-    mk = torch.empty(B, H, H, dtype=torch.uint8) if save else None
-    _call(
-        dt, "bpm_lstm_forward", meta, s=s, x=x, h=h, Hp=Hp, Ep=Ep, A=A, wm=wm, fv=fv, fu=fu,
-        Hn=Hn, En=En, pn=pn, M=M, R=R, mk=mk,
-    )
-    return Hn, En, pn, M, R, mk
+    elig = rule == 3
+    out = {
+        "hs": torch.empty(B, T, H, dtype=dt),
+        "cT": torch.empty(B, H, dtype=dt),
+        "hebbT": torch.empty(B, H, H, dtype=dt),
+        "eligT": torch.empty(B, H, H, dtype=dt) if elig else None,
+    }
+    saved: dict[str, Tensor | None] = dict.fromkeys(_SAVED)
+    if save:
+        saved.update(
+            acts=torch.empty(B, T, 4 * H, dtype=dt), cs=torch.empty(B, T, H, dtype=dt),
+            Ms=torch.empty(B, T, dtype=dt) if rule in (2, 3) else None, Rs=torch.empty(B, T, H, dtype=dt),
+        )  # fmt: skip
+    _call("bpm_lstm_segment_forward", {**meta, "save": int(save)}, {**inputs, **out, **saved})
+    return out, saved
 
 
-class _PlasticFunction(torch.autograd.Function):
-    """(h_{t-1}, g_t, h_t, Hebb, E, A, eta, eta_e, w_M, b_M, v, u) -> (Hebb', E', next plastic input)."""
+class _SegmentFunction(torch.autograd.Function):
+    """(drive, h0, c0, hebb0, elig0, W, A, eta, eta_e, w_M, b_M, v, u) -> (hs, c_T, hebb_T, elig_T)."""
 
     @staticmethod
-    def forward(ctx, meta, s, x, h, Hp, Ep, A, eta, ee, wm, bm, fv, fu):  # type: ignore[override]
-        Hn, En, pn, M, R, mk = _forward(meta, s, x, h, Hp, Ep, A, wm, fv, fu, save=True)
+    def forward(ctx, meta, drive, h0, c0, hebb0, elig0, W, A, eta, ee, wm, bm, fv, fu):  # type: ignore[override]
+        inputs = dict(drive=drive, h0=h0, c0=c0, hebb0=hebb0, elig0=elig0, W=W, A=A, wm=wm, fv=fv, fu=fu)
+        out, saved = _run_forward(meta, inputs, save=True)
+        ctx.set_materialize_grads(False)  # an output nothing depends on sends None: no zero fill
         ctx.meta = meta
-        # the old Hebb is not needed: the clip mask replaces it
-        ctx.save_for_backward(s, x, h, Ep, A, wm, fv, Hn, M, R, mk)
-        return Hn, En if En is not None else torch.empty(0, dtype=s.dtype), pn
+        ctx.has = {k: v is not None for k, v in saved.items()}
+        keep = [v for v in saved.values() if v is not None]
+        ctx.save_for_backward(h0, c0, hebb0, elig0, W, A, wm, fv, fu, out["hs"], *keep)
+        eligT = out["eligT"] if out["eligT"] is not None else torch.empty(0, dtype=drive.dtype)
+        return out["hs"], out["cT"], out["hebbT"], eligT
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, gHn, gEn, gpn):  # type: ignore[override]
+    def backward(ctx, g_hs, g_cT, g_hebbT, g_eligT):  # type: ignore[override]
         meta = ctx.meta
-        s, x, h, Ep, A, wm, fv, Hn, M, R, mk = ctx.saved_tensors
-        B, H = s.shape
-        dt = s.dtype
-        rule = meta["rule"]
-        modulated, elig = rule in (2, 3), rule == 3
+        B, T, H, rule = meta["B"], meta["T"], meta["H"], meta["rule"]
+        h0, c0, hebb0, elig0, W, A, wm, fv, fu, hs, *rest = ctx.saved_tensors
+        it = iter(rest)
+        saved = {k: (next(it) if has else None) for k, has in ctx.has.items()}
         need = ctx.needs_input_grad
-        if gHn is None and gpn is None and (not elig or gEn is None):
-            return (None,) * 13  # nothing reached this step's outputs
-        gHn = torch.zeros(B, H, H, dtype=dt) if gHn is None else gHn.contiguous()
-        gpn = torch.zeros(B, H, dtype=dt) if gpn is None else gpn.contiguous()
-        if elig:
-            gEn = torch.zeros(B, H, H, dtype=dt) if gEn is None else gEn.contiguous()
-        else:
-            gEn = None
+        dt = hs.dtype
+        modulated, elig = rule in (2, 3), rule == 3
         nt = max(1, min(meta["nthreads"], B))
-        gs, gx, gh = (torch.empty(B, H, dtype=dt) for _ in range(3))
-        gH = torch.empty(B, H, H, dtype=dt) if need[4] else None
-        gE = torch.empty(B, H, H, dtype=dt) if (elig and need[5]) else None
-        gA = torch.zeros(nt, H, H, dtype=dt) if need[6] else None
-        gR = torch.zeros(B, H, dtype=dt)
-        ga = torch.zeros(B, dtype=dt) if modulated else None
-        gee = torch.zeros(B, dtype=dt) if elig else None
-        _call(
-            dt, "bpm_lstm_backward", meta, s=s, x=x, h=h, Ep=Ep, A=A, wm=wm, fv=fv, Hn=Hn, M=M, R=R,
-            mk=mk, gHn=gHn, gEn=gEn, gpn=gpn, gs=gs, gx=gx, gh=gh, gH=gH, gE=gE, gA=gA, gR=gR, ga=ga,
-            gee=gee,
-        )
-        g_A = (gA[0] if nt == 1 else gA.sum(0)) if gA is not None else None
-        g_eta = gR.sum().reshape(()) if (rule == 1 and need[7]) else None
-        g_ee = gee.sum().reshape(()) if (elig and need[8]) else None
+
+        def contiguous(g: Tensor | None) -> Tensor | None:
+            return None if g is None else g.contiguous()
+
+        grads = {
+            "g_hs": contiguous(g_hs), "g_cT": contiguous(g_cT), "g_hebbT": contiguous(g_hebbT),
+            "g_eligT": contiguous(g_eligT) if elig else None,
+            "g_gates": torch.empty(B, T, 4 * H, dtype=dt), "g_h0": torch.empty(B, H, dtype=dt),
+            "g_c0": torch.empty(B, H, dtype=dt),
+            "g_hebb0": torch.empty(B, H, H, dtype=dt) if need[4] else None,
+            "g_elig0": torch.empty(B, H, H, dtype=dt) if (elig and need[5]) else None,
+            "g_A": torch.zeros(nt, H, H, dtype=dt), "g_R": torch.empty(B, T, H, dtype=dt),
+            "g_a": torch.empty(B, T, dtype=dt) if modulated else None,
+            "g_ee": torch.empty(B, dtype=dt) if elig else None,
+        }  # fmt: skip
+        nbytes = nt * T * H * H * (dt.itemsize * (2 if elig else 1) + 1)
+        scratch = _scratch(nbytes)
+        tensors = dict(drive=hs, h0=h0, c0=c0, hebb0=hebb0, elig0=elig0 if elig else None, W=W, A=A, wm=wm,
+                       fv=fv, fu=fu, hs=hs, **saved, scratch=scratch, **grads)  # fmt: skip
+        _call("bpm_lstm_segment_backward", {**meta, "save": 1}, tensors)
+        _SCRATCH[nbytes] = scratch
+        while len(_SCRATCH) > _MAX_SCRATCH:  # sizes no longer in use (e.g. a short last segment) go
+            del _SCRATCH[next(iter(_SCRATCH))]
+        g_gates = grads["g_gates"]
+        g_W = None
+        if need[6]:  # sum over b, t of h_{t-1}^T dgates
+            h_prev = torch.cat([h0.unsqueeze(1), hs[:, :-1]], dim=1).reshape(B * T, H)
+            g_W = h_prev.t() @ g_gates.reshape(B * T, 4 * H)
+        g_A = (grads["g_A"][0] if nt == 1 else grads["g_A"].sum(0)) if need[7] else None
+        g_R = grads["g_R"]
+        g_eta = g_R.sum().reshape(()) if (rule == 1 and need[8]) else None
+        g_ee = grads["g_ee"].sum().reshape(()) if (elig and need[9]) else None
         g_wm = g_bm = g_fv = g_fu = None
         if modulated:
-            g_wm = ga @ h if need[9] else None
-            g_bm = ga.sum().reshape(1) if need[10] else None
+            g_a = grads["g_a"]
+            g_wm = g_a.reshape(1, B * T) @ hs.reshape(B * T, H) if need[10] else None
+            g_wm = g_wm.reshape(H) if g_wm is not None else None
+            g_bm = g_a.sum().reshape(1) if need[11] else None
             if meta["fanout"]:
-                g_fv = M @ gR if need[11] else None
-                g_fu = gR.sum(0) if need[12] else None
-        return (None, gs, gx, gh, gH, gE, g_A, g_eta, g_ee, g_wm, g_bm, g_fv, g_fu)
+                g_fv = saved["Ms"].reshape(1, B * T) @ g_R.reshape(B * T, H) if need[12] else None
+                g_fv = g_fv.reshape(H) if g_fv is not None else None
+                g_fu = g_R.sum((0, 1)) if need[13] else None
+        return (
+            None, g_gates if need[1] else None, grads["g_h0"] if need[2] else None,
+            grads["g_c0"] if need[3] else None, grads["g_hebb0"], grads["g_elig0"], g_W, g_A,
+            g_eta, g_ee, g_wm, g_bm, g_fv, g_fu,
+        )  # fmt: skip
 
 
 class _Prepared:
-    """The synapses' parameters in the kernel's layout, gathered once per segment."""
+    """The cell's parameters in the kernel's layout."""
 
-    def __init__(self, cell: PlasticLSTMCell, batch: int) -> None:
+    def __init__(self, cell: PlasticLSTMCell, batch: int, steps: int) -> None:
         cfg, syn = cell.plasticity, cell.synapses
         H = cell.hidden_size
         self.elig = cfg.eligibility
         modulated = cfg.modulated
         # per-neuron alpha is broadcast to (H, H); autograd sums its gradient back
-        self.A = (syn.alpha.expand(H, H) if syn.alpha.dim() == 1 else syn.alpha).contiguous()
+        A = (syn.alpha.expand(H, H) if syn.alpha.dim() == 1 else syn.alpha).contiguous()
         eta = syn.eta if cfg.rule == "hebbian" else None
         ee = syn.eta_e if self.elig else None
         bm = syn.modulator.bias if modulated else None
         self.params = (
-            eta, ee,
+            cell.weight_hh.contiguous(), A, eta, ee,
             syn.modulator.weight.reshape(H).contiguous() if modulated else None,
             bm,
             syn.fanout_weight.contiguous() if cfg.fanout else None,
             syn.fanout_bias.contiguous() if cfg.fanout else None,
         )  # fmt: skip
         self.meta = {
-            "B": batch, "H": H, "nthreads": max(1, torch.get_num_threads()), "rule": _RULE_CODES[cfg.rule],
-            "fanout": int(cfg.fanout), "act_tanh": int(cfg.modulator_activation == "tanh"),
-            "clip": float(cfg.clip),
+            "B": batch, "T": steps, "H": H, "nthreads": max(1, torch.get_num_threads()),
+            "rule": _RULE_CODES[cfg.rule], "fanout": int(cfg.fanout),
+            "act_tanh": int(cfg.modulator_activation == "tanh"), "clip": float(cfg.clip),
             "eta": float(eta.detach()) if eta is not None else 0.0,
             "ee": float(ee.detach()) if ee is not None else 0.0,
             "bm": float(bm.detach()) if bm is not None else 0.0,
@@ -483,32 +719,40 @@ def _check_state(cell: PlasticLSTMCell, drive: Tensor, state: LSTMState) -> None
         raise ValueError(f"state.elig must have shape ({B}, {H}, {H}), got {tuple(state.elig.shape)}")
 
 
-def _one_step(cell, prep: _Prepared, drive: Tensor, state, pl: Tensor):
-    """(h, c, hebb, elig, next plastic input) after one step; ``pl`` is this step's plastic input.
+def sequence(cell: PlasticLSTMCell, drive: Tensor, state: LSTMState) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """A segment on the fast path; same contract and numbers (to rounding) as the reference.
 
-    The gate arithmetic is the reference cell's, in torch (vectorised, plain autograd); only the
-    plastic part after it runs in the kernel.
+    Args:
+        cell: the cell (its parameters and plasticity config).
+        drive: (B, T, 4H) input drive W_x x + b, T >= 1.
+        state: (hidden (B, H), cell (B, H), hebb (B, H, H), elig (B, H, H) or (B, 0, 0)).
+    Returns:
+        hidden (B, T, H) and the final (h, c, hebb, elig); an unused eligibility trace is passed
+        through.
     """
-    h_prev, c_prev, hebb, elig = state
-    gates = torch.addmm(drive, h_prev, cell.weight_hh)
-    i, f, g, o = gates.chunk(4, dim=1)
-    g = torch.tanh(g + pl)
-    c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * g
-    h = torch.sigmoid(o) * torch.tanh(c)
-    Ep = elig.contiguous() if prep.elig else elig[:0]
-    tensors = (h_prev.contiguous(), g, h, hebb.contiguous(), Ep, prep.A, *prep.params)
+    if drive.dim() != 3 or drive.shape[1] < 1 or drive.shape[2] != 4 * cell.hidden_size:
+        raise ValueError(
+            f"drive must have shape (B, T >= 1, {4 * cell.hidden_size}), got {tuple(drive.shape)}"
+        )
+    B, T = drive.shape[:2]
+    _check_state(cell, drive, state)
+    prep = _Prepared(cell, B, T)
+    h0, c0, hebb0, elig0 = (t.contiguous() for t in state)
+    elig_in = elig0 if prep.elig else None
+    tensors = (drive.contiguous(), h0, c0, hebb0, elig_in, *prep.params)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        Hn, En, pn = _PlasticFunction.apply(prep.meta, *tensors)
+        hs, cT, hebbT, eligT = _SegmentFunction.apply(prep.meta, *tensors)
     else:
+        W, A, _, _, wm, _, fv, fu = prep.params
+        inputs = dict(drive=tensors[0], h0=h0, c0=c0, hebb0=hebb0, elig0=elig_in, W=W, A=A, wm=wm, fv=fv, fu=fu)
         with torch.no_grad():
-            _, _, wm, _, fv, fu = prep.params
-            Hn, En, pn, _, _, _ = _forward(prep.meta, *tensors[:6], wm, fv, fu, save=False)
-    return h, c, Hn, En if prep.elig else elig, pn
+            out, _ = _run_forward(prep.meta, inputs, save=False)
+        hs, cT, hebbT, eligT = out["hs"], out["cT"], out["hebbT"], out["eligT"]
+    return hs, (hs[:, -1], cT, hebbT, eligT if prep.elig else state.elig)
 
 
 def step(cell: PlasticLSTMCell, drive: Tensor, state: LSTMState) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The cell's step on the fast path (a plastic rule); same contract and numbers (to rounding)
-    as the reference.
+    """The cell's step on the fast path (a segment of one step).
 
     Args:
         cell: the cell (its parameters and plasticity config).
@@ -517,24 +761,6 @@ def step(cell: PlasticLSTMCell, drive: Tensor, state: LSTMState) -> tuple[Tensor
     Returns:
         (h, c, hebb, elig) after the step; an unused eligibility trace is passed through.
     """
-    B = drive.shape[0]
-    _check_state(cell, drive, state)
-    pl = cell.synapses.contribution(state.hidden, state.hebb)
-    return _one_step(cell, _Prepared(cell, B), drive, state, pl)[:4]
-
-
-def sequence(cell: PlasticLSTMCell, drive: Tensor, state: LSTMState) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """A segment on the fast path: ``drive`` (B, T, 4H) -> hidden (B, T, H) and the final
-    (h, c, hebb, elig). Each step's kernel also computes the next step's plastic input, so only the
-    first step's goes through :meth:`PlasticSynapses.contribution`."""
-    B, T = drive.shape[:2]
-    _check_state(cell, drive, state)
-    prep = _Prepared(cell, B)
-    pl = cell.synapses.contribution(state.hidden, state.hebb)
-    st = tuple(state)
-    outputs = []
-    for t in range(T):
-        h, c, Hn, En, pl = _one_step(cell, prep, drive[:, t], st, pl)
-        st = (h, c, Hn, En)
-        outputs.append(h)
-    return torch.stack(outputs, dim=1), st
+    if drive.dim() != 2:
+        raise ValueError(f"drive must have shape (B, {4 * cell.hidden_size}), got {tuple(drive.shape)}")
+    return sequence(cell, drive.unsqueeze(1), state)[1]
