@@ -6,7 +6,7 @@ gradient clipping; evaluation at batch 10 without gradients. The reference is ``
 fused CPU kernels) with the same embedding / decoder / optimiser. Models are timed in interleaved
 rounds so that load from other processes hits them alike (each round starts with two untimed
 training steps for every model: the allocator's cached buffers are the previous model's); the median round is reported.
-``--impl`` times each plastic variant with the fused C++ kernel (``fast``,
+``--impl`` times each plastic variant with the C++ segment kernel (``fast``,
 :mod:`bpm_agents.lm.fast_step`) and/or the autograd path of :mod:`bpm_agents.plasticity`
 (``reference``) in the same run; every model of one variant starts from the same weights.
 
@@ -16,12 +16,17 @@ training steps for every model: the allocator's cached buffers are the previous 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
+# as in train.py: idle OpenMP threads sleep instead of spinning on the cores the plastic kernel's
+# own threads need (set OMP_WAIT_POLICY=ACTIVE to time torch's default instead)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -124,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         for impl in impls if v != "lstm" else impls[:1]:
             name = v if (len(impls) == 1 or v == "lstm") else f"{v}[{impl}]"
             models[name] = LanguageModel(cfg, torch.Generator().manual_seed(k), impl=impl)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch_size} x bptt {args.bptt}, "
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, OMP_WAIT_POLICY {os.environ['OMP_WAIT_POLICY']}, "
+          f"batch {args.batch_size} x bptt {args.bptt}, "
           f"eval batch {args.eval_batch_size}; parameter target {target:,}")  # fmt: skip
     for name, m in models.items():
         hidden = m.lstm.hidden_size if name == "nn.LSTM" else m.config.hidden_sizes[0]

@@ -50,7 +50,7 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads (torch.set_num_threads)")
     p.add_argument(
         "--impl", choices=IMPLS, default="auto",
-        help="plastic step: fused C++ kernel where available (auto), always (fast), or the plain reference",
+        help="plastic layers: the C++ segment kernel where available (auto), always (fast), or the plain autograd reference",
     )  # fmt: skip
     g = p.add_argument_group("overrides of the preset")
     g.add_argument("--lr", type=float)

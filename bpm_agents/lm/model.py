@@ -93,7 +93,7 @@ class PlasticLSTMCell(nn.Module):
         input_size: D.
         hidden_size: H.
         plasticity: the rule of the plastic path (rule ``none`` gives a plain LSTM).
-        impl: ``auto`` (the fused C++ step of :mod:`bpm_agents.lm.fast_step` on CPU for the
+        impl: ``auto`` (the C++ segment kernel of :mod:`bpm_agents.lm.fast_step` on CPU for the
             plastic rules where it builds, else the reference), ``fast`` or ``reference`` (the
             rules of :mod:`bpm_agents.plasticity` through autograd). A plain attribute: it can be
             changed after construction.
