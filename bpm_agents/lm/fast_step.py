@@ -124,7 +124,8 @@ void over_batch(int64_t B, int64_t nthreads, M make, F fn) {
 //   retroactive:       Hebb'_ij = clip(Hebb_ij + R_j E_ij);  E'_ij = (1 - eta_e) E_ij + eta_e s_i x_j
 // with s = h_{t-1}, x = g_t. Optionally the clip mask (1 where torch.clamp passes the gradient:
 // -c <= z <= c) and the next step's plastic input pn_j += h_i alpha_ij Hebb'_ij. The forward and
-// the backward's recomputation both go through here, so they agree to the bit. In place is fine.
+// the backward's recomputation both go through here: one expression of the rule for both. Each
+// element is read before it is written, so Ho == Hi and Eo == Ei (in place) are fine.
 template <typename R, int RULE, bool MASK, bool PN>
 inline void trace_row(const R *Hi, const R *Ei, R *Ho, R *Eo, uint8_t *Mi, R *pn, const R *Ai, R hi,
                       const R *rate, const R *x, R si, R c, R keep, R ee, int64_t H) {
