@@ -12,6 +12,7 @@ from bpm_agents.lm.model import (
     VARIANTS,
     LanguageModel,
     LMConfig,
+    LockedDropout,
     LSTMState,
     PlasticLSTMCell,
     config_parameters,
@@ -21,7 +22,7 @@ from bpm_agents.lm.model import (
     plasticity_for,
     with_hidden,
 )
-from bpm_agents.lm.trainer import evaluate
+from bpm_agents.lm.trainer import PRESETS, evaluate
 
 
 
@@ -273,3 +274,53 @@ def test_config_validation_names_bad_values() -> None:
         LMConfig.from_dict({"variant": "lstm", "colour": 1})
     cfg = small_config("simple", tied=False)
     assert LMConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_locked_dropout_shares_its_mask_over_time_and_follows_the_seed() -> None:
+    drop = LockedDropout(0.25)
+    x = torch.ones(4, 7, 200)
+    drop.generator = torch.Generator().manual_seed(3)
+    y = drop(x)
+    # one mask per (sequence, feature), constant along time, scaled so the mean is kept
+    assert torch.equal(y, y[:, :1, :].expand_as(y))
+    torch.testing.assert_close(y.unique(), torch.tensor([0.0, 1 / 0.75]))
+    dropped = (y[:, 0, :] == 0).float().mean().item()
+    assert 0.18 < dropped < 0.32  # 800 Bernoulli(0.25) draws: 0.25 +- 2.6 sigma
+    drop.generator = torch.Generator().manual_seed(3)
+    assert torch.equal(drop(x), y)
+    drop.eval()
+    assert torch.equal(drop(x), x)
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match=f"dropout must be in \\[0, 1\\), got {bad}"):
+            LockedDropout(bad)
+
+
+def test_model_dropout_is_active_in_training_only_and_seeded() -> None:
+    cfg = replace(small_config("retroactive"), dropout_input=0.3, dropout_hidden=0.3, dropout_output=0.3)
+    model = LanguageModel(cfg, torch.Generator().manual_seed(0))
+    tokens = torch.randint(0, cfg.vocab_size, (3, 6), generator=torch.Generator().manual_seed(1))
+
+    def run(seed: int) -> torch.Tensor:
+        model.set_dropout_generator(torch.Generator().manual_seed(seed))
+        return model(tokens, model.initial_state(3))[0]
+
+    model.train()
+    assert torch.equal(run(5), run(5))
+    assert not torch.allclose(run(5), run(6))
+    model.eval()
+    assert torch.equal(run(5), run(6))
+    no_dropout = LanguageModel(replace(cfg, dropout_input=0.0, dropout_hidden=0.0, dropout_output=0.0),
+                               torch.Generator().manual_seed(0)).eval()  # fmt: skip
+    torch.testing.assert_close(run(5), no_dropout(tokens, no_dropout.initial_state(3))[0])
+
+
+def test_large_preset_is_tied_per_neuron_alpha_and_matches_its_budget() -> None:
+    base = replace(PRESETS["large"][0], vocab_size=10_000)
+    assert base.tied and base.alpha == "neuron" and base.hidden_sizes == (1150, 1150, 400)
+    # tied: the decoder adds only its bias, so the count is emb V*E + layers + V
+    layer = lambda d, h: d * 4 * h + 4 * h + h * 4 * h  # noqa: E731
+    lstm_count = 10_000 * 400 + layer(400, 1150) + layer(1150, 1150) + layer(1150, 400) + 10_000
+    assert config_parameters(base) == lstm_count
+    for variant, (cfg, count) in matched_configs(base).items():
+        assert cfg.hidden_sizes[-1] == 400 and cfg.hidden_sizes[0] == cfg.hidden_sizes[1]
+        assert 0.995 * lstm_count <= count <= lstm_count, variant
