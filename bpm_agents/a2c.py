@@ -118,13 +118,18 @@ class A2CConfig(DictConfig):
 
 
 class Rollout(NamedTuple):
-    """B lock-step episodes: obs (B, T, D), actions (B, T), rewards (B, T), modulators (B, T) or None."""
+    """B lock-step episodes: obs (B, T, D), actions (B, T), rewards (B, T), modulators (B, T) or None.
+
+    ``record`` is what the fused acting kernel stored for the backward (an ``ActingRecord``), or
+    ``None`` where acting ran op by op; learning reuses it while the parameters are unchanged.
+    """
 
     obs: Tensor
     actions: Tensor
     rewards: Tensor
     modulators: Tensor | None
     infos: list[dict[str, Any]]
+    record: Any = None
 
 
 def discounted_returns(rewards: Tensor, gamma: float) -> Tensor:
@@ -207,48 +212,48 @@ def collect_rollout(
     keep_infos: bool = False,
     impl: str = "auto",
 ) -> Rollout:
-    """Run one episode in every env of ``envs`` in lock-step, acting with ``policy.step``.
+    """Run one episode in every env of ``envs`` in lock-step through ``policy.episode_actor``.
 
-    ``impl`` picks the implementation of each step (see ``PlasticRNN.step``): the fused kernel
-    by default where it applies, ``reference`` for the plain rules.
+    ``impl`` picks the actor: the fused kernel by default where it applies (it also records what
+    the backward needs, see :attr:`Rollout.record`), ``reference`` for ``policy.step`` op by op.
+    Both sample with the same uniforms, drawn at once for the whole rollout from ``generator``
+    on the CPU (reproducible on any device).
 
     All episodes start together at ``envs.reset()`` and last the env's ``episode_length`` steps.
-    Actions are sampled on the CPU from ``generator`` so runs are reproducible on any device.
     """
-    device = next(policy.parameters()).device
     length = envs.unwrapped.task.episode_length
     obs, info = envs.reset()
     batch = obs.shape[0]
-    state = policy.initial_state(batch, device)
+    uniforms = torch.rand(batch, length, generator=generator, dtype=torch.float64)
+    actor = policy.episode_actor(batch, length, uniforms, impl=impl)
     obs_seq = np.empty((batch, length, obs.shape[1]), dtype=np.float32)
     act_seq = np.empty((batch, length), dtype=np.int64)
     rew_seq = np.empty((batch, length), dtype=np.float32)
-    mods: list[Tensor] = []
     infos = [info] if keep_infos else []
     for t in range(length):
         obs_seq[:, t] = obs
-        out = policy.step(torch.from_numpy(obs).to(device), state, impl=impl)
-        state = out.state
-        probs = torch.softmax(out.logits.float(), dim=-1).cpu()
-        actions = torch.multinomial(probs, 1, generator=generator).squeeze(-1).numpy()
+        actions = actor.step(obs)
         obs, rewards, _, _, info = envs.step(actions)
         act_seq[:, t] = actions
         rew_seq[:, t] = rewards
-        if out.modulator is not None:
-            mods.append(out.modulator.cpu())
         if keep_infos:
             infos.append(info)
+    mods = actor.modulators
     return Rollout(
         torch.from_numpy(obs_seq),
         torch.from_numpy(act_seq),
         torch.from_numpy(rew_seq),
-        torch.stack(mods, dim=1) if mods else None,
+        None if mods is None else mods.clone(),
         infos,
+        actor.record(),
     )
 
 
 class A2CTrainer:
     """Holds the env, the policy, the optimizer and every generator of one A2C run.
+
+    One update acts once and learns once: the fused acting kernel records the forward, and
+    ``learn`` runs only its backward (``unroll_impl="reference"`` replays op by op instead).
 
     ``update()`` performs one update; ``state_dict()`` / ``load_state_dict()`` capture all of it
     (weights, optimizer, action generator, env generators, update count) so a resumed run
@@ -270,10 +275,15 @@ class A2CTrainer:
         self.updates_done = 0
 
     def compute_loss(self, rollout: Rollout) -> tuple[LossTerms, Any]:
-        """Replay ``rollout`` through the policy with autograd and return the loss terms."""
+        """The loss terms of ``rollout`` with autograd: from the acting record where it is valid
+        (only the backward runs), else by replaying the episodes (``unroll``)."""
         obs = rollout.obs.to(self.device)
-        state = self.policy.initial_state(obs.shape[0], self.device)
-        out = self.policy.unroll(obs, state, impl=self.config.unroll_impl)
+        record = rollout.record
+        if record is not None and self.config.unroll_impl != "reference" and record.matches(self.policy.core):
+            out = self.policy.unroll_recorded(obs, record)
+        else:
+            state = self.policy.initial_state(obs.shape[0], self.device)
+            out = self.policy.unroll(obs, state, impl=self.config.unroll_impl)
         returns = discounted_returns(rollout.rewards.to(self.device), self.config.gamma)
         terms = a2c_loss(
             out.logits,

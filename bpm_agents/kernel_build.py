@@ -1,10 +1,12 @@
 """Build the small C++ kernels of the fast paths at first use, once per machine.
 
-A :class:`CppKernel` compiles its source with the system C++ compiler (no PyTorch headers, so a
+A :class:`CppKernel` compiles its source (a ``.cpp`` file of ``bpm_agents/ops/csrc`` with the
+headers beside it, or a source string) with the system C++ compiler (no PyTorch headers, so a
 build takes seconds) into a float32 and a float64 shared library (``-DBPM_F64``), caches them on
-disk under a key of source, compiler, flags, CPU and Python, and loads them with ctypes. Any build
-problem leaves the kernel unavailable with a reason (and one warning), so callers fall back to
-their plain PyTorch reference.
+disk under a key of the sources, compiler, flags, CPU and Python, and loads them with ctypes. A
+build prints one line to stderr (the first call waits for it). Any build problem, or a library
+whose ``abi_check`` fails, leaves the kernel unavailable with a reason (and one warning), so
+callers fall back to their plain PyTorch reference.
 
 Environment: ``BPM_DISABLE_FAST_UNROLL=1`` turns every kernel off; ``BPM_KERNEL_CACHE`` moves the
 cache (default ``~/.cache/backpropamine-gym``); ``BPM_KERNEL_CFLAGS`` adds compiler flags; ``CXX``
@@ -23,7 +25,7 @@ import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -62,19 +64,36 @@ class CppKernel:
 
     Args:
         name: file-name stem of the cached libraries.
-        source: the C++ source; ``Real`` is ``double`` where ``BPM_F64`` is defined.
+        source: the C++ source text, or the path (a ``pathlib.Path``) of a ``.cpp`` file (its folder is on the include
+            path, and every ``.h`` there is part of the cache key); ``Real`` is ``double`` where
+            ``BPM_F64`` is defined.
         functions: exported symbol -> (argtypes, restype), set on each loaded library.
         flags: compiler flags beyond the common ones.
+        abi_check: called with each loaded library; returns ``None`` if it fits the Python side,
+            else the reason (the kernel is then unavailable rather than corrupting memory).
     """
 
     def __init__(
         self,
         name: str,
-        source: str,
+        source: str | os.PathLike[str],
         functions: dict[str, tuple[list[Any], Any]],
         flags: Sequence[str] = (),
+        abi_check: Callable[[ctypes.CDLL], str | None] | None = None,
     ) -> None:
-        self.name, self.source, self.functions, self.flags = name, source, functions, list(flags)
+        self.source_path: str | None = None
+        self.include_dir: str | None = None
+        if isinstance(source, os.PathLike):
+            self.source_path = os.fspath(source)
+            self.include_dir = os.path.dirname(os.path.abspath(self.source_path))
+            with open(self.source_path, encoding="utf-8") as fh:
+                source = fh.read()
+            for header in sorted(os.listdir(self.include_dir)):
+                if header.endswith(".h"):
+                    with open(os.path.join(self.include_dir, header), encoding="utf-8") as fh:
+                        source += "\n// header " + header + "\n" + fh.read()  # only for the key
+        self.name, self.source, self.functions, self.flags = name, str(source), functions, list(flags)
+        self.abi_check = abi_check
         self.error: str | None = None  # why the kernel is unavailable, once known
         self._libs: dict[torch.dtype, ctypes.CDLL] | None = None
         self._lock = threading.Lock()
@@ -115,6 +134,8 @@ class CppKernel:
         }
         missing = [dt for dt in _PRECISIONS if not os.path.exists(targets[dt])]
         if missing:
+            print(f"backpropamine-gym: compiling the C++ kernel '{self.name}' (once per machine, "
+                  "about 10-30 s)...", file=sys.stderr, flush=True)
             self._compile(compiler, flags, missing, targets, cache)
         libs = {}
         for dt, path in targets.items():
@@ -123,15 +144,23 @@ class CppKernel:
                 fn = getattr(lib, symbol)
                 fn.argtypes = argtypes
                 fn.restype = restype
+            if self.abi_check is not None:
+                problem = self.abi_check(lib)
+                if problem is not None:
+                    raise RuntimeError(f"{path} does not fit this version of the package: {problem}")
             libs[dt] = lib
         return libs
 
     def _compile(self, compiler, flags, missing, targets, cache) -> None:
         """Build the missing precisions in parallel into a temporary folder, then move them in."""
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            src = os.path.join(tmp, f"{self.name}.cpp")
-            with open(src, "w") as fh:
-                fh.write(self.source)
+            if self.source_path is not None:
+                src = self.source_path
+                flags = [*flags, "-I", self.include_dir]
+            else:
+                src = os.path.join(tmp, f"{self.name}.cpp")
+                with open(src, "w") as fh:
+                    fh.write(self.source)
             errors: list[str] = []
             for arch in (["-march=native"], []):  # not every compiler knows -march=native
                 procs = {

@@ -89,9 +89,9 @@ class PlasticRNN(nn.Module):
             state: state before the first step.
             episode_starts: optional (B, T) bool; where True the state is zeroed before that step.
             impl: ``reference`` (step by step, plain autograd), ``fast`` (the fused sequence
-                kernel of :mod:`bpm_agents.fast_unroll`; ValueError where it does not apply) or
-                ``auto`` (fast where :func:`bpm_agents.fast_unroll.supports` says so, else reference;
-                the reference is kept for the rule ``none`` and off the CPU).
+                kernel of :mod:`bpm_agents.ops.plastic_rnn`; ValueError where it does not apply) or
+                ``auto`` (fast where :func:`bpm_agents.ops.plastic_rnn.supports` says so, else the
+                reference: off the CPU, other dtypes, no compiler).
         Returns:
             hidden (B, T, N), modulators (B, T) or ``None``, final state.
         """
@@ -103,7 +103,7 @@ class PlasticRNN(nn.Module):
             )
         if impl == "reference":
             return self.reference_unroll(inputs, state, episode_starts)
-        from bpm_agents import fast_unroll  # late import: the kernel builds at first use
+        from bpm_agents.ops import plastic_rnn as fast_unroll  # late: the kernel builds at first use
 
         if impl == "fast":
             reason = fast_unroll.unsupported_reason(self, inputs)

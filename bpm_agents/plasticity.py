@@ -119,6 +119,33 @@ class PlasticState(NamedTuple):
         return PlasticState(self.hidden.detach(), self.hebb.detach(), self.elig.detach())
 
 
+class KernelStatic(NamedTuple):
+    """The non-trained options of a rule, as fused kernels take them."""
+
+    rule: str
+    fanout: bool
+    act_tanh: bool
+    clip: float
+
+
+class KernelParams(NamedTuple):
+    """The trained plastic parameters of one layer for fused kernels; ``None`` where absent.
+
+    Attributes:
+        alpha: (n_pre, n_post) (a per-neuron alpha is expanded). eta, eta_e: () scalars.
+        mod_weight: (modulator_size,), mod_bias: (1,): M = act(mod_weight . z + mod_bias).
+        fanout_weight, fanout_bias: (n_post,) v and u of the fan-out rate v_j M + u_j.
+    """
+
+    alpha: Tensor | None
+    eta: Tensor | None
+    eta_e: Tensor | None
+    mod_weight: Tensor | None
+    mod_bias: Tensor | None
+    fanout_weight: Tensor | None
+    fanout_bias: Tensor | None
+
+
 class PlasticSynapses(nn.Module):
     """The plastic part of one recurrent weight matrix: alpha, the rates, the modulator, the rule.
 
@@ -216,6 +243,29 @@ class PlasticSynapses(nn.Module):
         hebb = torch.clamp(hebb + self.rate(m) * elig, -c, c)
         elig = (1 - self.eta_e) * elig + self.eta_e * product
         return hebb, elig, m
+
+    def kernel_static(self) -> KernelStatic | None:
+        """The rule's options as the fused kernels take them; ``None`` if they have no fast path."""
+        cfg = self.config
+        return KernelStatic(
+            cfg.rule, bool(cfg.fanout), cfg.modulator_activation == "tanh", float(cfg.clip)
+        )
+
+    def kernel_params(self) -> KernelParams:
+        """The plastic parameters as the fused kernels take them (views: gradients flow back)."""
+        cfg = self.config
+        alpha = None
+        if cfg.plastic:
+            alpha = self.alpha.expand(self.n_pre, self.n_post) if self.alpha.dim() == 1 else self.alpha
+        return KernelParams(
+            alpha=alpha,
+            eta=self.eta if cfg.rule == "hebbian" else None,
+            eta_e=self.eta_e if cfg.eligibility else None,
+            mod_weight=self.modulator.weight.reshape(-1) if cfg.modulated else None,
+            mod_bias=self.modulator.bias if cfg.modulated else None,
+            fanout_weight=self.fanout_weight if cfg.fanout else None,
+            fanout_bias=self.fanout_bias if cfg.fanout else None,
+        )
 
     def extra_repr(self) -> str:
         return f"n_pre={self.n_pre}, n_post={self.n_post}, {self.config}"

@@ -10,7 +10,7 @@ the ``episode_starts`` argument for the elements whose episode starts.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -37,6 +37,63 @@ class PolicyConfig:
         d = dict(d)
         d["plasticity"] = PlasticityConfig(**d["plasticity"])
         return cls(**d)
+
+
+def sample_actions(logits: Tensor, uniforms: Tensor) -> Tensor:
+    """Sample one action per row by inverse CDF: the first action whose cumulative probability
+    exceeds the row's uniform draw.
+
+    Args:
+        logits: (B, A) policy logits. uniforms: (B,) draws in [0, 1).
+    Returns:
+        (B,) int64 actions. The fused acting kernel samples the same way (in float64).
+    """
+    cdf = torch.softmax(logits.double(), dim=-1).cumsum(-1)
+    taken = (cdf <= uniforms.to(cdf).unsqueeze(-1)).sum(-1)
+    return taken.clamp(max=logits.shape[-1] - 1)
+
+
+class EpisodeActor(Protocol):
+    """Acts B lock-step episodes from the zero state, one step per call (see ``episode_actor``)."""
+
+    def step(self, obs: np.ndarray) -> np.ndarray:
+        """obs (B, D) -> sampled actions (B,) int64."""
+        ...
+
+    @property
+    def modulators(self) -> Tensor | None:
+        """(B, steps so far) modulators, or ``None`` for unmodulated rules."""
+        ...
+
+    def record(self) -> Any:
+        """What learning may reuse (an ``ActingRecord``), or ``None``."""
+        ...
+
+
+class _ReferenceActor:
+    """Acting op by op with :meth:`PlasticActorCritic.step`: the definition the fused Actor matches."""
+
+    def __init__(self, policy: PlasticActorCritic, batch: int, length: int, uniforms: Tensor) -> None:
+        self.policy, self.uniforms, self.t = policy, uniforms, 0
+        self.device = next(policy.parameters()).device
+        self.state = policy.initial_state(batch, self.device)
+        self._mods: list[Tensor] = []
+
+    def step(self, obs: np.ndarray) -> np.ndarray:
+        out = self.policy.step(torch.from_numpy(np.asarray(obs)).to(self.device), self.state, impl="reference")
+        self.state = out.state
+        if out.modulator is not None:
+            self._mods.append(out.modulator.cpu())
+        actions = sample_actions(out.logits.cpu(), self.uniforms[:, self.t])
+        self.t += 1
+        return actions.numpy()
+
+    @property
+    def modulators(self) -> Tensor | None:
+        return torch.stack(self._mods, dim=1) if self._mods else None
+
+    def record(self) -> None:
+        return None
 
 
 class StepOutput(NamedTuple):
@@ -92,6 +149,50 @@ class PlasticActorCritic(nn.Module):
         hidden, mods, state = self.core.unroll(obs, state, episode_starts, impl=impl)
         return UnrollOutput(
             self.policy_head(hidden), self.value_head(hidden).squeeze(-1), mods, state
+        )
+
+    @torch.no_grad()
+    def episode_actor(
+        self, batch: int, length: int, uniforms: Tensor, impl: str = "auto"
+    ) -> EpisodeActor:
+        """An actor for ``batch`` new episodes of ``length`` steps, sampling with ``uniforms``.
+
+        Args:
+            batch: B. length: T.
+            uniforms: (B, T) float64 draws in [0, 1); step t samples with column t
+                (:func:`sample_actions`).
+            impl: ``auto`` (the fused kernel where it applies: CPU, float32/64, compiler,
+                <= 64 actions; else the reference), ``fast`` (the kernel or ValueError),
+                ``reference`` (:meth:`step` op by op).
+        Returns:
+            An :class:`EpisodeActor`; the fused one records what :meth:`unroll_recorded` needs.
+        """
+        if impl not in ("auto", "fast", "reference"):
+            raise ValueError(f"impl must be one of auto, fast, reference; got {impl!r}")
+        if impl != "reference":
+            from bpm_agents.ops import plastic_rnn  # late: the kernel builds at first use
+
+            try:
+                return plastic_rnn.Actor(
+                    self.core, self.policy_head.weight, self.policy_head.bias, batch, length, uniforms
+                )
+            except ValueError:
+                if impl == "fast":
+                    raise
+        return _ReferenceActor(self, batch, length, uniforms)
+
+    def unroll_recorded(self, obs: Tensor, record: Any) -> UnrollOutput:
+        """Like :meth:`unroll` from the zero state, reusing the forward done while acting.
+
+        ``record`` is ``EpisodeActor.record()`` of the fused actor that acted on ``obs`` (B, T, D)
+        with the current parameters; only the backward runs. The final state is not kept
+        (``state`` is ``None``).
+        """
+        from bpm_agents.ops import plastic_rnn
+
+        hidden, mods = plastic_rnn.unroll_recorded(self.core, obs, record)
+        return UnrollOutput(
+            self.policy_head(hidden), self.value_head(hidden).squeeze(-1), mods, None  # type: ignore[arg-type]
         )
 
     # ------------------------------------------------------------------ SB3-style acting

@@ -136,3 +136,25 @@ def test_configs_round_trip_and_refuse_unknown_keys():
     assert SB3Config.from_dict(sb3.to_dict()) == sb3
     with pytest.raises(ValueError, match="unknown SB3Config keys"):
         SB3Config.from_dict({"algo": "ppo", "n_layers": 3})
+
+
+@pytest.mark.parametrize("env_id,rule", [("bpm/CueReward-v0", "retroactive"), ("bpm/PlasticMaze-v0", "none"),
+                                         ("bpm/PlasticMaze-v0", "hebbian")])
+def test_learning_from_the_acting_record_equals_the_replay(env_id, rule):
+    """Act once, learn once: the gradients of the A2C loss from the acting record equal those of
+    replaying the episodes (float32, rounding only), for the policy, value and plastic weights."""
+    trainer = A2CTrainer(A2CConfig(env_id=env_id, rule=rule, hidden_size=24, batch_size=3, seed=1))
+    rollout = trainer.collect()
+    assert rollout.record is not None
+
+    def grads(r):
+        trainer.optimizer.zero_grad(set_to_none=True)
+        terms, _ = trainer.compute_loss(r)
+        terms.total.backward()
+        return terms.total.item(), {n: p.grad.clone() for n, p in trainer.policy.named_parameters()}
+
+    loss_rec, g_rec = grads(rollout)
+    loss_rep, g_rep = grads(rollout._replace(record=None))
+    assert loss_rec == pytest.approx(loss_rep, rel=1e-5)
+    for name in g_rep:
+        torch.testing.assert_close(g_rec[name], g_rep[name], rtol=1e-4, atol=1e-6, msg=name)

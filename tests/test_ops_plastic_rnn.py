@@ -1,4 +1,4 @@
-"""The fast unroll (bpm_agents/fast_unroll.py) against the reference (PlasticRNN.reference_unroll).
+"""The fast unroll (bpm_agents/ops/plastic_rnn.py) against the reference (PlasticRNN.reference_unroll).
 
 Every rule and option, saturated clipping, resets in the middle of the batch, gradients w.r.t. every
 parameter, the inputs and the initial state; float64 for tight checks, float32 at the paper's sizes.
@@ -7,13 +7,16 @@ parameter, the inputs and the initial state; float64 for tight checks, float32 a
 from __future__ import annotations
 
 import copy
+import ctypes
 import itertools
 import os
+
+import numpy as np
 
 import pytest
 import torch
 
-from bpm_agents import fast_unroll
+from bpm_agents.ops import plastic_rnn as fast_unroll
 from bpm_agents.networks import PlasticRNN
 from bpm_agents.plasticity import PlasticityConfig, PlasticState
 
@@ -255,18 +258,19 @@ def test_dispatch(monkeypatch):
     assert calls == [1, 1]
 
 
-def test_auto_keeps_reference_for_plain_rnn(monkeypatch):
-    """Rule ``none``: the reference's batched matmul is faster, so auto keeps it; fast still runs."""
+def test_auto_takes_kernel_for_plain_rnn_too(monkeypatch):
+    """Rule ``none``: acting and learning from the record are faster in the kernel, so auto takes
+    it for every rule; the reference gives the same numbers."""
     net, inputs, state, starts = _problem(PlasticityConfig(rule="none"))
     calls = []
     real = fast_unroll.unroll
     monkeypatch.setattr(fast_unroll, "unroll", lambda *a, **k: calls.append(1) or real(*a, **k))
-    assert not fast_unroll.supports(net, inputs)
+    assert fast_unroll.supports(net, inputs)
     h_auto, m_auto, _ = net.unroll(inputs, state, starts)
-    assert calls == [] and m_auto is None
-    h_fast, _, _ = net.unroll(inputs, state, starts, impl="fast")
+    assert calls == [1] and m_auto is None
+    h_ref, _, _ = net.unroll(inputs, state, starts, impl="reference")
     assert calls == [1]
-    torch.testing.assert_close(h_fast, h_auto, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(h_auto, h_ref, rtol=1e-12, atol=1e-12)
 
 
 def test_unsupported_dtype_falls_back_or_raises():
@@ -323,3 +327,121 @@ def test_short_training_same_curve_as_reference():
             assert fast[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-6), key
     for pf, pr in zip(curves["fast-params"], curves["reference-params"]):
         torch.testing.assert_close(pf, pr, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------ acting and learning from it
+def _policy_problem(cfg, B=4, T=13, N=7, D=5, A=3, dtype=torch.float64, seed=0, scale=1.0):
+    """A policy with large random weights (traces hit the clip), fixed observations, uniforms."""
+    from bpm_agents.policy import PlasticActorCritic, PolicyConfig
+
+    g = torch.Generator().manual_seed(seed)
+    policy = PlasticActorCritic(PolicyConfig(D, A, N, cfg)).to(dtype)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.copy_(scale * torch.randn(p.shape, generator=g, dtype=dtype))
+    obs = 2 * torch.randn(B, T, D, generator=g, dtype=dtype)
+    uniforms = torch.rand(B, T, generator=g, dtype=torch.float64)
+    return policy, obs, uniforms
+
+
+def _act(policy, obs, uniforms, impl, checkpoint_every=None):
+    B, T, _ = obs.shape
+    if impl == "fast":
+        actor = fast_unroll.Actor(policy.core, policy.policy_head.weight, policy.policy_head.bias,
+                                  B, T, uniforms, checkpoint_every=checkpoint_every)
+    else:
+        actor = policy.episode_actor(B, T, uniforms, impl="reference")
+    actions = [actor.step(obs[:, t].numpy()) for t in range(T)]
+    return actor, np.stack(actions, 1)
+
+
+def _grads_of(policy, out_hidden, out_mods, leaves=()):
+    weights = torch.linspace(-1, 1, out_hidden.shape[-1], dtype=out_hidden.dtype)
+    loss = (policy.policy_head(out_hidden).pow(2).sum() + (out_hidden * weights).sum()
+            + out_hidden.pow(2).sum())
+    if out_mods is not None:
+        loss = loss + (out_mods * torch.arange(out_mods.shape[1], dtype=out_mods.dtype)).sum()
+    params = [p for p in policy.parameters()]
+    return torch.autograd.grad(loss, params, allow_unused=True)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=str)
+def test_actor_acts_and_records_like_the_reference(cfg):
+    """The fused actor samples the same actions as policy.step + sample_actions, records the same
+    activities, and learning from its record gives the reference's gradients (every parameter)."""
+    policy, obs, uniforms = _policy_problem(cfg)
+    fast, a_fast = _act(policy, obs, uniforms, "fast", checkpoint_every=4)
+    ref, a_ref = _act(policy, obs, uniforms, "reference")
+    np.testing.assert_array_equal(a_fast, a_ref)
+    assert len(set(a_fast.ravel().tolist())) > 1  # the draws do pick different actions
+    hidden_ref, mods_ref, _ = policy.core.reference_unroll(obs, policy.initial_state(obs.shape[0]))
+    torch.testing.assert_close(fast.x, hidden_ref, rtol=1e-12, atol=1e-12)
+    if cfg.modulated:
+        torch.testing.assert_close(fast.modulators, mods_ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ref.modulators, mods_ref, rtol=1e-12, atol=1e-12)
+    else:
+        assert fast.modulators is None and ref.modulators is None
+    hidden_rec, mods_rec = fast_unroll.unroll_recorded(policy.core, obs, fast.record())
+    g_rec = _grads_of(policy, hidden_rec, mods_rec)
+    g_ref = _grads_of(policy, hidden_ref, mods_ref)
+    names = [n for n, _ in policy.named_parameters()]
+    for name, a, b in zip(names, g_rec, g_ref):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_actor_is_thread_count_invariant_and_float32_close(threads):
+    """The persistent pool gives the same numbers at 1 and 2 threads (each element is computed by
+    one thread), and float32 at paper-like sizes stays close to float64."""
+    cfg = PlasticityConfig(rule="retroactive", fanout=True)
+    torch.set_num_threads(threads)
+    policy, obs, uniforms = _policy_problem(cfg, B=6, T=20, N=33, D=9, A=4, scale=0.3)
+    fast, a64 = _act(policy, obs, uniforms, "fast")
+    torch.set_num_threads(1)
+    single, a1 = _act(policy, obs, uniforms, "fast")
+    np.testing.assert_array_equal(a64, a1)
+    assert torch.equal(fast.x, single.x)
+    p32 = copy.deepcopy(policy).float()
+    f32, _ = _act(p32, obs.float(), uniforms, "fast")
+    torch.testing.assert_close(f32.x.double(), fast.x, rtol=1e-4, atol=1e-4)
+
+
+def test_record_refused_after_a_parameter_change_and_a2c_replays():
+    cfg = PlasticityConfig(rule="simple")
+    policy, obs, uniforms = _policy_problem(cfg)
+    fast, _ = _act(policy, obs, uniforms, "fast")
+    record = fast.record()
+    assert record.matches(policy.core)
+    with torch.no_grad():
+        policy.core.w.add_(0.1)
+    assert not record.matches(policy.core)
+    with pytest.raises(ValueError, match="parameters changed"):
+        policy.unroll_recorded(obs, record)
+    with pytest.raises(ValueError, match="built for 13 steps"):
+        fast.step(obs[:, 0].numpy())
+
+
+def test_sample_actions_by_inverse_cdf_by_hand():
+    from bpm_agents.policy import sample_actions
+
+    logits = torch.log(torch.tensor([[0.2, 0.5, 0.3]] * 5, dtype=torch.float64))
+    u = torch.tensor([0.1, 0.19, 0.21, 0.69, 0.71], dtype=torch.float64)
+    assert sample_actions(logits, u).tolist() == [0, 0, 1, 1, 2]
+    assert sample_actions(logits[:1], torch.tensor([0.999999])).tolist() == [2]
+
+
+def test_library_with_another_layout_is_refused():
+    class FakeLib:
+        def __init__(self, value):
+            self.value = value
+
+        def bpm_abi(self):
+            return self.value
+
+    good = fast_unroll.ABI_VERSION * 100000 + ctypes.sizeof(fast_unroll._Args) * 10 + 4
+    assert fast_unroll._abi_check(FakeLib(good)) is None
+    problem = fast_unroll._abi_check(FakeLib(good + 80))  # an Args 8 bytes larger
+    assert problem is not None and "bytes" in problem
+    assert fast_unroll._abi_check(FakeLib(good + 100000)) is not None  # another ABI version
