@@ -14,7 +14,10 @@ from torch import Tensor, nn
 
 from bpm_agents.plasticity import PlasticityConfig, PlasticState, PlasticSynapses
 
-UNROLL_IMPLS = ("auto", "reference", "fast")
+UNROLL_IMPLS = ("auto", "reference", "fast", "chunked")
+
+#: steps per recomputed segment of the ``chunked`` unroll (memory ~ T / k traces instead of ~9 T)
+CHUNK_STEPS = 16
 
 
 class PlasticRNN(nn.Module):
@@ -89,9 +92,12 @@ class PlasticRNN(nn.Module):
             state: state before the first step.
             episode_starts: optional (B, T) bool; where True the state is zeroed before that step.
             impl: ``reference`` (step by step, plain autograd), ``fast`` (the fused sequence
-                kernel of :mod:`bpm_agents.ops.plastic_rnn`; ValueError where it does not apply) or
-                ``auto`` (fast where :func:`bpm_agents.ops.plastic_rnn.supports` says so, else the
-                reference: off the CPU, other dtypes, no compiler).
+                kernel of :mod:`bpm_agents.ops.plastic_rnn`; ValueError where it does not apply),
+                ``chunked`` (the reference in segments of :data:`CHUNK_STEPS` steps under
+                ``torch.utils.checkpoint``: any device, the traces kept only at segment
+                boundaries, each segment recomputed in the backward) or ``auto`` (fast where
+                :func:`bpm_agents.ops.plastic_rnn.supports` says so; else chunked when
+                gradients are needed and the rule is plastic; else the reference).
         Returns:
             hidden (B, T, N), modulators (B, T) or ``None``, final state.
         """
@@ -103,6 +109,8 @@ class PlasticRNN(nn.Module):
             )
         if impl == "reference":
             return self.reference_unroll(inputs, state, episode_starts)
+        if impl == "chunked":
+            return self.chunked_unroll(inputs, state, episode_starts)
         from bpm_agents.ops import plastic_rnn as fast_unroll  # late: the kernel builds at first use
 
         if impl == "fast":
@@ -112,7 +120,48 @@ class PlasticRNN(nn.Module):
             return fast_unroll.unroll(self, inputs, state, episode_starts)
         if fast_unroll.supports(self, inputs):
             return fast_unroll.unroll(self, inputs, state, episode_starts)
+        if torch.is_grad_enabled() and self.plasticity.plastic and inputs.shape[1] > CHUNK_STEPS:
+            return self.chunked_unroll(inputs, state, episode_starts)
         return self.reference_unroll(inputs, state, episode_starts)
+
+    def chunked_unroll(
+        self,
+        inputs: Tensor,
+        state: PlasticState,
+        episode_starts: Tensor | None = None,
+        chunk: int = CHUNK_STEPS,
+    ) -> tuple[Tensor, Tensor | None, PlasticState]:
+        """The reference unroll in segments of ``chunk`` steps, each under activation checkpointing.
+
+        Autograd keeps only each segment's inputs (the state at its start: O(T / chunk) traces)
+        and recomputes the segment in the backward, instead of keeping about nine (B, N, N)
+        tensors per step. Same numbers as :meth:`reference_unroll` (the same ops in the same
+        order), on any device.
+        """
+        from torch.utils.checkpoint import checkpoint
+
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk!r}")
+        hiddens, modulators = [], []
+        for t0 in range(0, inputs.shape[1], chunk):
+            starts = None if episode_starts is None else episode_starts[:, t0 : t0 + chunk]
+            hidden, mods, *traces = checkpoint(
+                self._segment, inputs[:, t0 : t0 + chunk], starts, *state, use_reentrant=False
+            )
+            state = PlasticState(hidden[:, -1], *traces)
+            hiddens.append(hidden)
+            modulators.append(mods)
+        mods = torch.cat(modulators, dim=1) if self.plasticity.modulated else None
+        return torch.cat(hiddens, dim=1), mods, state
+
+    def _segment(
+        self, inputs: Tensor, starts: Tensor | None, hidden: Tensor, hebb: Tensor, elig: Tensor
+    ) -> tuple[Tensor, ...]:
+        """One segment of :meth:`chunked_unroll` (tensors only, as checkpoint needs)."""
+        out, mods, final = self.reference_unroll(inputs, PlasticState(hidden, hebb, elig), starts)
+        if mods is None:
+            mods = out.new_zeros(out.shape[0], 0)
+        return out, mods, final.hebb, final.elig
 
     def reference_unroll(
         self, inputs: Tensor, state: PlasticState, episode_starts: Tensor | None = None

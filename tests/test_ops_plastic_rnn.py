@@ -76,6 +76,8 @@ def _run(net, inputs, state, episode_starts, impl, checkpoint_every=None):
     net.zero_grad(set_to_none=True)
     if impl == "reference":
         hidden, mods, final = net.reference_unroll(inputs, state, episode_starts)
+    elif impl == "chunked":
+        hidden, mods, final = net.chunked_unroll(inputs, state, episode_starts, chunk=checkpoint_every)
     else:
         hidden, mods, final = fast_unroll.unroll(net, inputs, state, episode_starts, checkpoint_every)
     B, T, N = hidden.shape
@@ -445,3 +447,37 @@ def test_library_with_another_layout_is_refused():
     problem = fast_unroll._abi_check(FakeLib(good + 80))  # an Args 8 bytes larger
     assert problem is not None and "bytes" in problem
     assert fast_unroll._abi_check(FakeLib(good + 100000)) is not None  # another ABI version
+
+
+@pytest.mark.parametrize("cfg", [PlasticityConfig(rule="retroactive", clip=0.6, fanout=True),
+                                 PlasticityConfig(rule="hebbian", clip=0.6),
+                                 PlasticityConfig(rule="simple", clip=0.6, alpha="neuron")], ids=str)
+def test_chunked_unroll_matches_reference_and_keeps_fewer_traces(cfg):
+    """The memory-lean path for other devices: same outputs and gradients as the reference, and
+    autograd keeps a few traces per segment instead of several per step."""
+    net, inputs, state, starts = _problem(cfg, B=3, T=24, N=6)
+    out_ref, grads_ref = _run(net, inputs, state, starts, "reference")
+    out, grads = _run(net, inputs, state, starts, "chunked", checkpoint_every=6)
+    for key in out_ref:
+        torch.testing.assert_close(out[key], out_ref[key], rtol=0, atol=0, msg=key)
+    for key in grads_ref:
+        torch.testing.assert_close(grads[key], grads_ref[key], rtol=1e-12, atol=1e-12, msg=key)
+
+    def saved_bytes(fn):
+        sizes = []
+
+        def pack(t):
+            sizes.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn()
+        return sum(sizes)
+
+    chunked = saved_bytes(lambda: net.chunked_unroll(inputs, state, starts, chunk=6))
+    reference = saved_bytes(lambda: net.reference_unroll(inputs, state, starts))
+    trace = 3 * 6 * 6 * 8  # one (B, N, N) float64 tensor
+    # 4 segments, each keeping its start state (at most hebb + elig) and its inputs (< 1 KiB)
+    assert chunked <= 4 * (2 * trace + 1024)
+    assert reference >= 24 * 2 * trace  # the reference keeps several traces per step
+    assert reference >= 5 * chunked
