@@ -1,16 +1,24 @@
-"""Seconds per A2C update and peak memory of the plastic agents, fast path vs reference vs release.
+"""Seconds per whole A2C training step (act B episodes, then learn), ours against the previous
+implementation and the paper's release, at 1 and 2 threads.
 
-An *update* here is what issue 4 times: the replay of B recorded episodes of T steps through the
-policy with autograd, the backward pass, gradient clipping and the Adam step
-(``A2CTrainer.learn``). The *rollout* (acting without autograd: ``A2CTrainer.collect``, env
-stepping and sampling included, each step through the same implementation) is timed separately;
-a training update of ``train.py`` costs their sum.
+A *step* is what ``train.py`` does per update: ``A2CTrainer.collect`` (acting B = 30 episodes in
+lock-step: env stepping, the network, sampling) then ``A2CTrainer.learn`` (loss, backward,
+gradient clip, Adam). Both halves are timed apart and summed.
 
-Each (configuration, implementation) runs in a fresh subprocess so that peak RSS
-(``ru_maxrss``) belongs to that configuration alone. Release figures: ``shared/docs/paper.md`` §7.
+Implementations, each in a fresh subprocess (so peak RSS, ``ru_maxrss``, is that run's alone):
 
-    python benchmarks/train_throughput.py                      # all rows, fast and reference
-    python benchmarks/train_throughput.py --rows cue-retroactive --impls fast --updates 10
+* ``ours``: act once through the fused acting kernel (it records what the backward needs), learn
+  once (backward only) - ``A2CTrainer.update`` as ``train.py`` runs it;
+* ``previous``: the implementation before it, act-then-replay: each acting step is a one-step
+  call of the sequence kernel (traces copied in and out, threads spawned per call, torch ops for
+  the heads and ``torch.multinomial``), then the whole episode is replayed with autograd (for the
+  rule ``none``: the plain torch reference for both, as before);
+* ``reference``: acting and learning op by op with the rules of ``plasticity.py``.
+
+Release figures: measured side by side on 2026-12-01 (issue 12) and ``shared/docs/paper.md`` §7.
+
+    python benchmarks/train_throughput.py                            # all rows, 1 and 2 threads
+    python benchmarks/train_throughput.py --rows cue-retroactive --threads 2 --updates 10
 """
 
 from __future__ import annotations
@@ -26,27 +34,49 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# name: (env id, rule, N, release s/update, release peak RSS GB, target s/update, target RSS GB)
+# name: (env id, rule, N, release s/update (issue 12, 2026-12-01; else paper.md §7), target s)
 ROWS = {
-    "cue-retroactive": ("bpm/CueReward-v0", "retroactive", 200, 1.83, 5.5, 0.20, 1.0),
-    "cue-simple": ("bpm/CueReward-v0", "simple", 200, 1.38, 3.8, 0.15, None),
-    "cue-hebbian": ("bpm/CueReward-v0", "hebbian", 200, None, None, None, None),
-    "cue-none": ("bpm/CueReward-v0", "none", 200, 0.130, 0.33, None, None),
-    "maze-simple": ("bpm/PlasticMaze-v0", "simple", 100, 0.76, 1.75, 0.08, None),
-    "maze-retroactive": ("bpm/PlasticMaze-v0", "retroactive", 100, 0.95, 2.5, 0.10, None),
-    "maze-hebbian": ("bpm/PlasticMaze-v0", "hebbian", 100, None, None, None, None),
-    "maze-none": ("bpm/PlasticMaze-v0", "none", 100, 0.19, 0.34, None, None),
+    "cue-retroactive": ("bpm/CueReward-v0", "retroactive", 200, 1.68, 0.15),
+    "cue-simple": ("bpm/CueReward-v0", "simple", 200, 1.56, 0.12),
+    "cue-none": ("bpm/CueReward-v0", "none", 200, 0.130, 0.06),
+    "maze-simple": ("bpm/PlasticMaze-v0", "simple", 100, 0.80, 0.08),
+    "maze-retroactive": ("bpm/PlasticMaze-v0", "retroactive", 100, 0.96, 0.09),
+    "maze-none": ("bpm/PlasticMaze-v0", "none", 139, 0.26, 0.06),
 }
+IMPLS = ("ours", "previous", "reference")
 
 
-def _cpu_seconds() -> float:
-    """CPU time of this process, all threads: less sensitive than wall time to other jobs."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+def _previous_collect(trainer):
+    """Acting as it was before the fused actor: ``policy.step`` per step, multinomial sampling."""
+    import numpy as np
+    import torch
+
+    from bpm_agents.a2c import Rollout
+
+    policy, envs = trainer.policy, trainer.envs
+    impl = "fast" if trainer.config.rule != "none" else "reference"
+    length = envs.unwrapped.task.episode_length
+    obs, _ = envs.reset()
+    batch = obs.shape[0]
+    state = policy.initial_state(batch)
+    obs_seq = np.empty((batch, length, obs.shape[1]), dtype=np.float32)
+    act_seq = np.empty((batch, length), dtype=np.int64)
+    rew_seq = np.empty((batch, length), dtype=np.float32)
+    with torch.no_grad():
+        for t in range(length):
+            obs_seq[:, t] = obs
+            out = policy.step(torch.from_numpy(obs), state, impl=impl)
+            state = out.state
+            probs = torch.softmax(out.logits.float(), dim=-1)
+            actions = torch.multinomial(probs, 1, generator=trainer.generator).squeeze(-1).numpy()
+            obs, rewards, _, _, _ = envs.step(actions)
+            act_seq[:, t] = actions
+            rew_seq[:, t] = rewards
+    return Rollout(torch.from_numpy(obs_seq), torch.from_numpy(act_seq), torch.from_numpy(rew_seq), None, [])
 
 
 def worker(row: str, impl: str, updates: int, warmup: int, threads: int) -> dict:
-    """Time ``updates`` updates (after ``warmup``) of one configuration in this process."""
+    """Time ``updates`` whole steps (after ``warmup``) of one configuration in this process."""
     import torch
 
     torch.set_num_threads(threads)
@@ -54,114 +84,92 @@ def worker(row: str, impl: str, updates: int, warmup: int, threads: int) -> dict
     from bpm_agents.a2c import A2CConfig, A2CTrainer
 
     env_id, rule, hidden, *_ = ROWS[row]
-    trainer = A2CTrainer(
-        A2CConfig(env_id=env_id, rule=rule, hidden_size=hidden, batch_size=30, seed=0, unroll_impl=impl)
-    )
-    horizon = trainer.envs.unwrapped.task.episode_length
-    replay, rollout_s, replay_cpu = [], [], []
+    unroll = {"ours": "auto", "previous": "fast" if rule != "none" else "reference",
+              "reference": "reference"}[impl]
+    trainer = A2CTrainer(A2CConfig(env_id=env_id, rule=rule, hidden_size=hidden, batch_size=30,
+                                   seed=0, unroll_impl=unroll))
+    act, learn = [], []
     for i in range(warmup + updates):
-        # A2CTrainer.update() is learn(collect()); the two halves are timed apart
         t0 = time.perf_counter()
-        rollout = trainer.collect()
-        t1, c1 = time.perf_counter(), _cpu_seconds()
+        rollout = _previous_collect(trainer) if impl == "previous" else trainer.collect()
+        t1 = time.perf_counter()
         trainer.learn(rollout)
-        t2, c2 = time.perf_counter(), _cpu_seconds()
+        t2 = time.perf_counter()
         if i >= warmup:
-            replay.append(t2 - t1)
-            replay_cpu.append(c2 - c1)
-            rollout_s.append(t1 - t0)
+            act.append(t1 - t0)
+            learn.append(t2 - t1)
     return {
-        "row": row, "impl": impl, "rule": rule, "N": hidden, "T": horizon, "B": 30,
-        "threads": threads, "update_s": replay, "update_cpu_s": replay_cpu, "rollout_s": rollout_s,
+        "row": row, "impl": impl, "threads": threads, "act_s": act, "learn_s": learn,
+        "step_s": [a + b for a, b in zip(act, learn)],
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
     }
 
 
-def _run_subprocess(row, impl, args) -> dict:
-    cmd = [
-        sys.executable, os.path.abspath(__file__), "--worker", row, impl,
-        "--updates", str(args.updates), "--warmup", str(args.warmup), "--threads", str(args.threads),
-    ]
+def _run_subprocess(row, impl, threads, policy, args) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", row, impl,
+           "--updates", str(args.updates), "--warmup", str(args.warmup), "--threads", str(threads)]
     env = dict(os.environ)
-    if args.omp_wait_policy != "default":
-        # read by libgomp when torch loads, hence set for the fresh worker process
-        env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
+    env.pop("OMP_WAIT_POLICY", None)
+    if policy != "default":
+        env["OMP_WAIT_POLICY"] = policy.upper()  # read by libgomp when torch loads
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark worker {row}/{impl} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _fmt(x, spec=".3f", none="n/a"):
-    return none if x is None else format(x, spec)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma list from: {', '.join(ROWS)}")
-    parser.add_argument("--impls", default="fast,reference", help="comma list of unroll impls")
-    parser.add_argument("--updates", type=int, default=5, help="timed updates per configuration")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed updates first")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument(
-        "--omp-wait-policy", choices=("passive", "active", "default"), default="passive",
-        help="OMP_WAIT_POLICY of the workers. passive (default): idle OpenMP threads sleep instead "
-        "of spinning, which on a CPU shared with other jobs is the difference between 0.7 s and "
-        "30 s per rollout with 2 threads; default: leave the environment as it is",
-    )
+    parser.add_argument("--impls", default="ours,previous", help=f"comma list from: {', '.join(IMPLS)}")
+    parser.add_argument("--threads", default="1,2", help="comma list of torch thread counts")
+    parser.add_argument("--omp-wait-policies", default="default,passive",
+                        help="comma list of OMP_WAIT_POLICY settings for 'ours' (default = unset); "
+                             "'previous' and 'reference' run under the first one")
+    parser.add_argument("--updates", type=int, default=5, help="timed steps per configuration")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--json", help="write all measurements to this file")
     parser.add_argument("--worker", nargs=2, metavar=("ROW", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-
     if args.worker:
-        print(json.dumps(worker(*args.worker, args.updates, args.warmup, args.threads)))
+        print(json.dumps(worker(*args.worker, args.updates, args.warmup, int(args.threads))))
         return 0
     rows = [r for r in args.rows.split(",") if r]
     impls = [i for i in args.impls.split(",") if i]
-    bad = [r for r in rows if r not in ROWS] + [i for i in impls if i not in ("fast", "reference")]
-    if bad or args.updates < 1 or args.warmup < 0 or args.threads < 1:
+    threads = [int(t) for t in args.threads.split(",") if t]
+    policies = [p for p in args.omp_wait_policies.split(",") if p]
+    bad = ([r for r in rows if r not in ROWS] + [i for i in impls if i not in IMPLS]
+           + [p for p in policies if p not in ("default", "passive", "active")])
+    if bad or args.updates < 1 or args.warmup < 0 or not threads or min(threads) < 1:
         parser.error(f"bad arguments: {bad or 'updates/warmup/threads'}")
 
-    print(f"# threads={args.threads} OMP_WAIT_POLICY={args.omp_wait_policy} updates={args.updates} "
-          f"warmup={args.warmup}; median and min over the timed updates", flush=True)
+    med = statistics.median
+    print(f"# updates={args.updates} warmup={args.warmup}, B=30; medians over the timed steps", flush=True)
     results = []
     for row in rows:
-        for impl in impls:
-            res = _run_subprocess(row, impl, args)
-            results.append(res)
-            print(
-                f"# {row:17s} {impl:9s} update median {statistics.median(res['update_s']):.3f} s "
-                f"(min {min(res['update_s']):.3f}), rollout median "
-                f"{statistics.median(res['rollout_s']):.3f} s, peak RSS {res['peak_rss_gb']:.2f} GB",
-                flush=True,
-            )
+        for th in threads:
+            for impl in impls:
+                for pol in (policies if impl == "ours" else policies[:1]):
+                    res = _run_subprocess(row, impl, th, pol, args)
+                    res["policy"] = pol
+                    results.append(res)
+                    print(f"# {row:17s} {impl:9s} threads={th} omp={pol:8s} step {med(res['step_s']):.3f} s "
+                          f"(act {med(res['act_s']):.3f}, learn {med(res['learn_s']):.3f}), "
+                          f"peak RSS {res['peak_rss_gb']:.2f} GB", flush=True)
     print()
-    print(
-        "| config | N | T | impl | update s (median / min) | update CPU s | env steps/s "
-        "| rollout s (median) "
-        "| peak RSS GB | release s | x faster than release | x faster than our reference "
-        "| target s | met |"
-    )
-    print("|---" * 14 + "|")
-    ref = {r["row"]: statistics.median(r["update_s"]) for r in results if r["impl"] == "reference"}
+    print("| config | threads | impl | OMP_WAIT_POLICY | step s | act s | learn s | peak RSS GB "
+          "| x previous | x release | target s | met |")
+    print("|---" * 12 + "|")
+    prev = {(r["row"], r["threads"]): med(r["step_s"]) for r in results if r["impl"] == "previous"}
     for res in results:
-        _, _, _, rel_s, rel_gb, target_s, target_gb = ROWS[res["row"]]
-        med, best = statistics.median(res["update_s"]), min(res["update_s"])
-        steps = res["B"] * res["T"] / med
-        vs_rel = rel_s / med if rel_s else None
-        vs_ref = ref[res["row"]] / med if res["row"] in ref else None
-        met = None
-        if target_s is not None:
-            met = med <= target_s and (target_gb is None or res["peak_rss_gb"] <= target_gb)
-        rollout_txt = f"{statistics.median(res['rollout_s']):.3f}"
-        print(
-            f"| {res['row']} | {res['N']} | {res['T']} | {res['impl']} | {med:.3f} / {best:.3f} "
-            f"| {statistics.median(res['update_cpu_s']):.3f} | {steps:,.0f} | {rollout_txt} | {res['peak_rss_gb']:.2f} "
-            f"| {_fmt(rel_s)} ({_fmt(rel_gb, '.2f')} GB) | {_fmt(vs_rel, '.1f')} "
-            f"| {_fmt(vs_ref, '.1f')} | {_fmt(target_s, '.2f')}"
-            f"{'' if target_gb is None else f', {target_gb} GB'} | "
-            f"{'n/a' if met is None else ('yes' if met else 'no')} |"
-        )
+        _, _, _, release, target = ROWS[res["row"]]
+        step = med(res["step_s"])
+        p = prev.get((res["row"], res["threads"]))
+        met = "n/a" if res["impl"] != "ours" else ("yes" if step <= target and res["peak_rss_gb"] <= 0.6 else "no")
+        print(f"| {res['row']} | {res['threads']} | {res['impl']} | {res['policy']} | {step:.3f} "
+              f"| {med(res['act_s']):.3f} | {med(res['learn_s']):.3f} | {res['peak_rss_gb']:.2f} "
+              f"| {'n/a' if p is None else f'{p / step:.1f}'} | {release / step:.1f} | {target:.2f} | {met} |")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)

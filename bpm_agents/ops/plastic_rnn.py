@@ -70,7 +70,7 @@ CHECKPOINT_EVERY = 16
 #: the fused policy head samples among at most this many actions
 MAX_ACTIONS = 64
 #: must equal BPM_RNN_ABI in csrc/plastic_rnn.cpp
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 _RULE_CODES = {"none": 0, "hebbian": 1, "simple": 2, "retroactive": 3}
 _CSRC = Path(__file__).resolve().parent / "csrc"
@@ -97,7 +97,7 @@ class _Args(ctypes.Structure):
             (n, ctypes.c_void_p)
             for n in (
                 "obs", "w_in", "b_in", "w_pi", "b_pi", "uniform", "actions",
-                "S", "rec", "Hp", "Ep", "Wp", "Ap",
+                "S", "rec", "Hp", "Ep", "Wp", "Ap", "WinT",
             )
         ]
     )
@@ -511,8 +511,9 @@ class Actor:
         H0 = z(B, N, N) if cfg.plastic else None
         E0 = z(B, N, N) if cfg.eligibility else None
         self._state = [z(B, P), z(B, P), z(B, N * P) if cfg.plastic else None,
-                       z(B, N * P) if cfg.eligibility else None, z(N * P), z(N * P) if cfg.plastic else None]
-        S, rec, Hp, Ep, Wp, Ap = self._state
+                       z(B, N * P) if cfg.eligibility else None, z(N * P), z(N * P) if cfg.plastic else None,
+                       z(D * P)]
+        S, rec, Hp, Ep, Wp, Ap, WinT = self._state
         self.actions = np.zeros(B, dtype=np.int64)
         m = self._meta
         self._args = _Args(
@@ -526,7 +527,7 @@ class Actor:
             D=D, n_actions=n_actions, t=0, w_in=_ptr(self._keep[5]), b_in=_ptr(self._keep[6]),
             w_pi=_ptr(self._keep[7]), b_pi=_ptr(self._keep[8]), uniform=_ptr(self._keep[9]),
             actions=_ptr(self.actions), S=_ptr(S), rec=_ptr(rec), Hp=_ptr(Hp), Ep=_ptr(Ep),
-            Wp=_ptr(Wp), Ap=_ptr(Ap),
+            Wp=_ptr(Wp), Ap=_ptr(Ap), WinT=_ptr(WinT),
         )
         self._lib.bpm_act_begin(ctypes.byref(self._args))
         self._H0, self._E0 = H0, E0  # read by act_begin only; kept alive with the args

@@ -7,7 +7,7 @@
 #include "bpm_common.h"
 
 // Bump BPM_RNN_ABI whenever Args changes: the Python side checks it (and sizeof(Args)) at load.
-#define BPM_RNN_ABI 2
+#define BPM_RNN_ABI 3
 
 extern "C" {
 struct Args {
@@ -22,6 +22,7 @@ struct Args {
   int64_t D, n_actions, t;
   void *obs, *w_in, *b_in, *w_pi, *b_pi, *uniform, *actions;
   void *S, *rec, *Hp, *Ep, *Wp, *Ap;  // state (B, P), next recurrent drive (B, P), traces (B, N*P), padded w, A
+  void *WinT;                         // W_in transposed and padded, (D, P)
 };
 }
 
@@ -475,14 +476,17 @@ void act_step_one(const Args &a, int64_t b) {
   x.assign(P, (R)0);
   rate.assign(P, (R)0);
   rx.assign(P, (R)0);
-  // drive = W_in u + b + (recurrent drive computed at the end of the previous step)
-  const R *u = (const R *)a.obs + b * D, *win = (const R *)a.w_in, *bin = (const R *)a.b_in;
-  for (int64_t j = 0; j < N; ++j) {
-    R acc = bin[j];
-    const R *wj = win + j * D;
-    for (int64_t d = 0; d < D; ++d) acc += wj[d] * u[d];
-    x[j] = std::tanh(acc + rec[j]);
+  // drive = W_in u + b + (recurrent drive computed at the end of the previous step); W_in is
+  // stored transposed (D, P) so the sum over inputs is a vector loop over neurons
+  const R *u = (const R *)a.obs + b * D, *winT = (const R *)a.WinT, *bin = (const R *)a.b_in;
+  std::memcpy(x.data(), bin, N * sizeof(R));
+  for (int64_t d = 0; d < D; ++d) {
+    const R ud = u[d];
+    const R *wd = winT + d * P;
+#pragma omp simd
+    for (int64_t j = 0; j < P; ++j) x[j] += ud * wd[j];
   }
+  for (int64_t j = 0; j < N; ++j) x[j] = std::tanh(x[j] + rec[j]);
   if (a.save) std::memcpy((R *)a.pre + (b * T + t) * N, s, N * sizeof(R));
   std::memcpy((R *)a.x + (b * T + t) * N, x.data(), N * sizeof(R));
   R m = 0;
@@ -510,10 +514,11 @@ void act_step_one(const Args &a, int64_t b) {
   const R *wpi = (const R *)a.w_pi, *bpi = (const R *)a.b_pi;
   double logits[64], mx = -INFINITY, tot = 0;
   for (int64_t q = 0; q < nA; ++q) {
-    R acc = bpi[q];
+    R acc = 0;
     const R *wq = wpi + q * N;
+#pragma omp simd reduction(+ : acc)
     for (int64_t j = 0; j < N; ++j) acc += wq[j] * x[j];
-    logits[q] = (double)acc;
+    logits[q] = (double)(acc + bpi[q]);
     mx = std::max(mx, logits[q]);
   }
   for (int64_t q = 0; q < nA; ++q) tot += (logits[q] = std::exp(logits[q] - mx));
@@ -529,6 +534,12 @@ void act_step_one(const Args &a, int64_t b) {
 
 template <typename R>
 void act_begin(const Args &a) {
+  const int64_t N = a.N, P = padded(N), D = a.D;
+  R *winT = (R *)a.WinT;
+  const R *win = (const R *)a.w_in;  // (N, D), as torch.nn.Linear stores it
+  std::fill(winT, winT + D * P, (R)0);
+  for (int64_t j = 0; j < N; ++j)
+    for (int64_t d = 0; d < D; ++d) winT[d * P + j] = win[j * D + d];
   pad_rows((const R *)a.w, (R *)a.Wp, a.N, padded(a.N));
   if (a.rule != NONE) pad_rows((const R *)a.A, (R *)a.Ap, a.N, padded(a.N));
   auto fn = [&](int64_t b, int) { act_begin_one<R>(a, b); };
