@@ -4,6 +4,7 @@
 Examples:
     python train.py --env bpm/CueReward-v0 --plasticity retroactive --updates 5000 --seed 0 --out runs/cue-retro
     python train.py --out runs/cue-retro --updates 8000 --resume
+    python train.py --algo plastic-ppo --env bpm/PlasticMaze-v0 --plasticity simple --updates 300 --out runs/maze-ppo
     python train.py --algo recurrent-ppo --env bpm/CueReward-v0 --updates 200 --out runs/cue-rppo
     python train.py lm --help          # Penn Treebank language models (see README)
 """
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--algo", default="plastic-a2c", choices=["plastic-a2c", "a2c", "ppo", "recurrent-ppo"], help="our plastic A2C, or a Stable-Baselines3 / sb3-contrib peer ('train.py --algo ppo --help' lists the peers' flags); --resume reads it from the run folder")
+    p.add_argument("--algo", default="plastic-a2c", choices=["plastic-a2c", "plastic-ppo", "a2c", "ppo", "recurrent-ppo"], help="our plastic A2C (the paper's) or plastic PPO (whole-episode minibatches), or a Stable-Baselines3 / sb3-contrib peer ('train.py --algo ppo --help' lists the peers' flags); --resume reads it from the run folder")
     p.add_argument("--env", default="bpm/CueReward-v0", help=f"environment id: {', '.join(TASK_DEFAULTS)}")
     p.add_argument("--plasticity", default="retroactive", choices=RULES, help="plasticity rule of the recurrent weights")
     p.add_argument("--updates", type=int, default=1000, help="total number of updates of the run (one update = --batch-size episodes)")
@@ -52,13 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model and A2C (default: the paper's per-task values)")
     g.add_argument("--hidden-size", type=int, default=None, help="N recurrent units (cue 200; maze 100, rnn 139, hebbian 101)")
     g.add_argument("--batch-size", type=int, default=30, help="B episodes per update, run in lock-step")
-    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (1e-4)")
-    g.add_argument("--adam-eps", type=float, default=None, help="Adam epsilon (cue 1e-6, maze 1e-4)")
-    g.add_argument("--grad-clip", type=float, default=None, help="gradient-norm clip (cue 2.0, maze 4.0)")
-    g.add_argument("--gamma", type=float, default=0.9, help="discount of the Monte-Carlo returns")
-    g.add_argument("--value-coef", type=float, default=0.1, help="value loss coefficient")
-    g.add_argument("--entropy-coef", type=float, default=None, help="coefficient of the sum-of-squared-probabilities penalty (cue 0.1, maze 0.03)")
-    g.add_argument("--entropy-mode", default="sum_squares", choices=ENTROPY_MODES, help="'sum_squares' (paper) or true 'entropy' bonus")
+    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (A2C 1e-4; PPO 3e-4)")
+    g.add_argument("--adam-eps", type=float, default=None, help="Adam epsilon (A2C: cue 1e-6, maze 1e-4; PPO 1e-5)")
+    g.add_argument("--grad-clip", type=float, default=None, help="gradient-norm clip (A2C: cue 2.0, maze 4.0; PPO 0.5)")
+    g.add_argument("--gamma", type=float, default=None, help="discount (A2C 0.9, the paper's; PPO 0.99)")
+    g.add_argument("--value-coef", type=float, default=None, help="value loss coefficient (A2C 0.1; PPO 0.5)")
+    g.add_argument("--entropy-coef", type=float, default=None, help="coefficient of the entropy term (A2C: sum-of-squares penalty, cue 0.1, maze 0.03; PPO: entropy bonus 0.01)")
+    g.add_argument("--entropy-mode", default=None, choices=ENTROPY_MODES, help="'sum_squares' (paper, A2C default) or true 'entropy' bonus (PPO default)")
     g.add_argument("--trace-clip", type=float, default=1.0, help="Hebbian traces are clipped to [-c, c]")
     g.add_argument("--fanout", action="store_true", help="per-neuron modulation v_j*M+u_j (modulated rules)")
     g.add_argument("--modulator-activation", default="tanh", choices=MODULATOR_ACTIVATIONS, help="activation of M(t)")
@@ -66,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eta-e-init", type=float, default=None, help="initial eligibility rate (cue 0.1, maze 0.01)")
     g.add_argument("--env-kwargs", default="{}", help='JSON options for the environment, e.g. \'{"fixed_cues": true}\'')
     g.add_argument("--unroll", default="auto", choices=["auto", "reference", "fast"], help="replay implementation: fast path where available, or the plain reference")
+    q = p.add_argument_group("plastic PPO (--algo plastic-ppo; defaults of common PPO implementations)")
+    q.add_argument("--gae-lambda", type=float, default=0.95, help="GAE lambda (1 = Monte-Carlo returns)")
+    q.add_argument("--clip-range", type=float, default=0.2, help="policy ratio clip epsilon")
+    q.add_argument("--value-clip", type=float, default=None, help="clip the value change around the acting value (off by default)")
+    q.add_argument("--ppo-epochs", type=int, default=4, help="epochs over each rollout")
+    q.add_argument("--minibatches", type=int, default=3, help="minibatches of whole episodes per epoch")
+    q.add_argument("--no-normalize-advantage", action="store_true", help="do not normalise advantages per minibatch")
     return p
 
 
@@ -92,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         from bpm_agents.lm.cli import train_main
 
         return train_main(argv[1:])
-    if _requested_algo(argv) not in (None, "plastic-a2c"):
+    if _requested_algo(argv) not in (None, "plastic-a2c", "plastic-ppo"):
         # SB3 peers have their own flags (--n-envs, --n-steps, ...): hand them the raw argv.
         from bpm_agents.sb3 import train_main as sb3_train_main
 
@@ -117,15 +125,31 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--env-kwargs must be a JSON object, got {args.env_kwargs!r}")
         config = None
         if not args.resume:
-            config = A2CConfig(
+            given = {  # flags left unset take the algorithm's (and task's) defaults
+                k: v for k, v in dict(
+                    gamma=args.gamma, lr=args.lr, adam_eps=args.adam_eps, grad_clip=args.grad_clip,
+                    value_coef=args.value_coef, entropy_coef=args.entropy_coef,
+                    entropy_mode=args.entropy_mode,
+                ).items() if v is not None
+            }
+            common = dict(
                 env_id=args.env, rule=args.plasticity, env_kwargs=env_kwargs,
-                hidden_size=args.hidden_size, batch_size=args.batch_size, gamma=args.gamma,
-                lr=args.lr, adam_eps=args.adam_eps, grad_clip=args.grad_clip,
-                value_coef=args.value_coef, entropy_coef=args.entropy_coef,
-                entropy_mode=args.entropy_mode, trace_clip=args.trace_clip, fanout=args.fanout,
+                hidden_size=args.hidden_size, batch_size=args.batch_size,
+                trace_clip=args.trace_clip, fanout=args.fanout,
                 modulator_activation=args.modulator_activation, eta_init=args.eta_init,
-                eta_e_init=args.eta_e_init, seed=args.seed, unroll_impl=args.unroll,
-            ).resolve()
+                eta_e_init=args.eta_e_init, seed=args.seed, unroll_impl=args.unroll, **given,
+            )
+            if args.algo == "plastic-ppo":
+                from bpm_agents.ppo import PPOConfig
+
+                config = PPOConfig(
+                    **common, gae_lambda=args.gae_lambda, clip_range=args.clip_range,
+                    value_clip=args.value_clip, n_epochs=args.ppo_epochs,
+                    n_minibatches=args.minibatches,
+                    normalize_advantage=not args.no_normalize_advantage,
+                ).resolve()
+            else:
+                config = A2CConfig(**common).resolve()
         result = train(
             config, args.out, args.updates, resume=args.resume,
             checkpoint_every=args.checkpoint_every, device=resolve_device(args.device),

@@ -38,7 +38,7 @@ from bpm_agents.a2c import A2CConfig, build_policy
 from bpm_agents.checkpoint import CheckpointError, load_checkpoint
 from bpm_agents.plasticity import PlasticState
 from bpm_agents.policy import PlasticActorCritic
-from bpm_agents.training import ALGO, CHECKPOINT_FILE, read_run_config
+from bpm_agents.training import ALGO, CHECKPOINT_FILE, read_run_config, trainer_classes
 from bpm_agents.devices import resolve_device
 
 #: two-sided 95% quantile of the standard normal (normal-approximation interval)
@@ -142,7 +142,8 @@ def load_agent(run_dir: str | Path, device: str | torch.device = "cpu") -> Any:
     """
     device = resolve_device(device)
     meta = read_run_config(run_dir)
-    if meta["algo"] != ALGO:
+    ours = trainer_classes()
+    if meta["algo"] not in ours:
         try:
             from bpm_agents.sb3 import load_agent as load_sb3_agent
         except ImportError as exc:
@@ -157,7 +158,7 @@ def load_agent(run_dir: str | Path, device: str | torch.device = "cpu") -> Any:
         return agent
 
     try:
-        config = A2CConfig.from_dict(meta["config"]).resolve()
+        config = ours[meta["algo"]][0].from_dict(meta["config"]).resolve()
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{Path(run_dir) / 'config.json'} holds a bad config: {exc}") from None
     state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE, map_location=device)
@@ -183,7 +184,9 @@ def load_agent(run_dir: str | Path, device: str | torch.device = "cpu") -> Any:
     except (RuntimeError, TypeError, ValueError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint does not fit the run's policy: {first}") from None
-    return PlasticAgent(policy.to(device), config, updates_done, run_dir)
+    agent = PlasticAgent(policy.to(device), config, updates_done, run_dir)
+    agent.algo = meta["algo"]
+    return agent
 
 
 def _make_env(env_id: str, env_kwargs: dict[str, Any], render_mode: str | None = None) -> gym.Env:

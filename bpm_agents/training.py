@@ -45,6 +45,21 @@ CSV_FIELDS = [
 ALGO = "plastic-a2c"
 
 
+def trainer_classes() -> dict[str, tuple[type, type]]:
+    """The algorithms of our own trainer: name -> (config class, trainer class)."""
+    from bpm_agents.ppo import PlasticPPOTrainer, PPOConfig
+
+    return {ALGO: (A2CConfig, A2CTrainer), "plastic-ppo": (PPOConfig, PlasticPPOTrainer)}
+
+
+def algo_of(config: A2CConfig) -> str:
+    """The ``algo`` name a config trains with (``plastic-a2c`` or ``plastic-ppo``)."""
+    for name, (config_cls, _) in trainer_classes().items():
+        if type(config) is config_cls:
+            return name
+    raise TypeError(f"no trainer for config type {type(config).__name__}")
+
+
 @dataclass
 class RunResult:
     """How a call to :func:`train` ended."""
@@ -73,10 +88,14 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
 def load_trainer(run_dir: str | Path, device: str | torch.device = "cpu") -> A2CTrainer:
     """Rebuild the trainer of a run folder from its config and latest checkpoint."""
     meta = read_run_config(run_dir)
-    if meta["algo"] != ALGO:
-        raise CheckpointError(f"{run_dir} was trained with {meta['algo']!r}, not {ALGO!r}")
-    config = A2CConfig.from_dict(meta["config"])
-    trainer = A2CTrainer(config, device)
+    algos = trainer_classes()
+    if meta["algo"] not in algos:
+        raise CheckpointError(
+            f"{run_dir} was trained with {meta['algo']!r}, not one of {', '.join(algos)}"
+        )
+    config_cls, trainer_cls = algos[meta["algo"]]
+    config = config_cls.from_dict(meta["config"])
+    trainer = trainer_cls(config, device)
     state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE, map_location=trainer.device)
     if state.get("env_id") != trainer.config.env_id:
         raise CheckpointError(
@@ -170,9 +189,10 @@ def train(
                 f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
             )
         assert config is not None
-        trainer = A2CTrainer(config, device)
+        algo = algo_of(config)
+        trainer = trainer_classes()[algo][1](config, device)
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / CONFIG_FILE, {"algo": ALGO, "config": trainer.config.to_dict()})
+        atomic_write_json(run_dir / CONFIG_FILE, {"algo": algo, "config": trainer.config.to_dict()})
 
     progress_path = run_dir / PROGRESS_FILE
     wall_offset = _truncate_progress(progress_path, trainer.updates_done)
@@ -182,7 +202,7 @@ def train(
     def save() -> None:
         save_checkpoint(
             run_dir / CHECKPOINT_FILE,
-            {"algo": ALGO, "env_id": trainer.config.env_id, "trainer": trainer.state_dict(),
+            {"algo": algo_of(trainer.config), "env_id": trainer.config.env_id, "trainer": trainer.state_dict(),
              "config_json": json.dumps(trainer.config.to_dict())},
         )
 

@@ -432,6 +432,12 @@ class ActingRecord:
         """Whether ``net``'s parameters are those the record was made with."""
         return self.versions == _versions(net)
 
+    def select(self, index: Tensor) -> ActingRecord:
+        """The record of the batch elements ``index`` (a 1-d index tensor), e.g. a minibatch."""
+        pick = lambda t: None if t is None else t[index].contiguous()  # noqa: E731
+        return ActingRecord(pick(self.x), pick(self.pre), pick(self.m), pick(self.ckH),
+                            pick(self.ckE), pick(self.h0), self.k, self.versions)
+
 
 def _versions(net: PlasticRNN) -> tuple[int, ...]:
     # in-place updates (optimizer steps, load_state_dict, copy_) bump a tensor's version counter
