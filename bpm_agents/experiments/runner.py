@@ -48,7 +48,9 @@ except ImportError:  # pragma: no cover
 
 MANIFEST = "sweep.json"
 LOCKS = ".locks"
-BACKENDS = ("local", "ray")
+#: local: a spawn process pool; ray: one Ray task per run; inline: this process, one run after
+#: another (debugging, notebooks, tests: no process start-up)
+BACKENDS = ("local", "ray", "inline")
 
 
 class SweepError(ValueError):
@@ -589,6 +591,8 @@ def run_sweep(
     if tasks:
         if backend == "local":
             result.interrupted = _run_local(tasks, workers, record, progress)
+        elif backend == "inline":
+            result.interrupted = _run_inline(tasks, record, progress)
         else:
             result.interrupted = _run_ray(tasks, workers, ray_address, record, progress)
     progress.close()
@@ -640,6 +644,25 @@ def _run_local(tasks: list[dict[str, Any]], workers: int, record: Callable[[dict
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
     return interrupts > 0
+
+
+def _run_inline(tasks: list[dict[str, Any]], record: Callable[[dict[str, Any]], None],
+                progress: Progress) -> bool:
+    """Run the tasks in this process one after another; returns True if interrupted (Ctrl-C:
+    train() stops the current run after its update and saves it, and the sweep stops)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        for task in tasks:
+            outcome = run_one(task)
+            record(outcome)
+            progress.tick()
+            if outcome["status"] in ("interrupted", "aborted"):
+                return True
+    finally:
+        torch.set_num_threads(threads)  # run_one sets one thread; give the caller its own back
+    return False
 
 
 def _outcome(fut: Future, task: dict[str, Any]) -> dict[str, Any]:
@@ -779,7 +802,10 @@ def sweep_status(out: str | Path, target: int | None = None, window: int = 100) 
         spu = seconds_per_update(progress) if progress.exists() else math.nan
         quiet = max(60.0, 3 * spu) if math.isfinite(spu) else 60.0
         fresh = progress.exists() and time.time() - progress.stat().st_mtime < quiet
-        if lock_is_held(lock_path(out, cond, seed)) or (fresh and (goal is None or (saved or 0) < goal)):
+        lock = lock_path(out, cond, seed)
+        # a runner's run is running iff its lock is held; a folder without a lock file may be
+        # trained by a plain train.py, seen only by its progress.csv changing
+        if lock_is_held(lock) or (not lock.exists() and fresh and (goal is None or (saved or 0) < goal)):
             state = "running"
         elif goal is not None and saved is not None and saved >= goal:
             state = "done"
@@ -806,8 +832,8 @@ def format_status(rows: list[RunStatus], window: int = 100) -> str:
             r.state,
         ])
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in body]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in body]
     states = [r.state.split(" ")[0] for r in rows]
     summary = ", ".join(f"{states.count(s)} {s}" for s in ("done", "running", "stopped", "failed", "pending") if states.count(s))
     lines.append(f"{len(rows)} runs: {summary or 'none'}")
