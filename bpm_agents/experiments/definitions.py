@@ -32,7 +32,7 @@ from bpm_agents.plasticity import RULES
 
 #: a name that is safe as a folder name on every OS and in a shell
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-#: claim relations: ">" better is above worse; ">=" worse is never significantly above better
+#: claim relations: ">" better is above worse; ">=" worse is not significantly above better
 RELATIONS = (">", ">=")
 #: A2CConfig fields an override may not set: they are the experiment's or the condition's own
 #: fields (env_id, rule, hidden_size) or the sweep's (seed), so two layers never disagree
@@ -60,7 +60,8 @@ class Claim:
 
     ``relation`` ">": at the final common update the median of ``better`` is above the median of
     ``worse`` (and, with ``significant``, the rank-sum test gives p < 0.05). ``relation`` ">=":
-    ``worse`` is at no compared update significantly (p < 0.05) above ``better``.
+    ``worse`` is significantly (p < 0.05) above ``better`` at no more than 5% of the compared
+    updates (the test's own false-positive rate: "never" would fail by chance).
     """
 
     better: str
