@@ -217,6 +217,40 @@ def test_sweep_adopts_a_train_py_folder_and_refuses_a_different_config(tiny, tmp
     assert "differing fields" in capsys.readouterr().err
 
 
+def test_progress_line_and_a_folder_another_process_is_training(tiny, tmp_path):
+    import io
+    import threading
+
+    out = tmp_path / "sweep"
+    stream = io.StringIO()
+    run_sweep(tiny, out, [0], 3, backend="inline", stream=stream, progress_every=1e-9, busy_window=0)
+    text = stream.getvalue()
+    assert "2 runs in" in text and "2 new, 0 to resume, 0 finished" in text
+    assert "runs 2/2 finished | updates 6/6 (100.0%)" in text.splitlines()[-1]
+    # a train.py still writing one folder (its progress.csv keeps changing): left alone, reported
+    progress = out / "none-N8" / "seed0" / "progress.csv"
+    before = progress.read_bytes()
+    stop = threading.Event()
+
+    def writer() -> None:
+        while not stop.is_set():
+            os.utime(progress)
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        res = run_sweep(tiny, out, [0], 5, backend="inline", stream=None, busy_window=0.5)
+    finally:
+        stop.set()
+        thread.join()
+    status = {o["condition"]: o["status"] for o in res.outcomes}
+    assert status == {"none-N8": "busy", "hebbian-N8": "done"} and res.exit_code == 1
+    assert progress.read_bytes() == before
+    assert "another process" in json.loads((out / "sweep.json").read_text())["failures"]["none-N8/seed0"]["message"]
+    assert {r.condition: r.state for r in sweep_status(out)}["none-N8"] == "failed (busy)"
+
+
 def test_status_table(tiny, tmp_path, capsys):
     out = tmp_path / "sweep"
     sweep(tiny, out, 3, seeds=(0,))
