@@ -263,6 +263,15 @@ def test_status_table(tiny, tmp_path, capsys):
     r = next(r for r in rows if (r.condition, r.seed) == ("hebbian-N8", 1))
     assert r.recent_reward == pytest.approx(np.mean([float(x) for x in rewards(out / "hebbian-N8" / "seed1")]))
     assert {r.state for r in sweep_status(out, target=5) if r.seed == 0} == {"stopped"}
+    exp_file = tmp_path / "tiny.json"
+    exp_file.write_text(json.dumps(tiny_dict()))
+    assert main(["status", str(out), "--experiment", str(exp_file), "--seeds", "0-2", "--json"]) == 0
+    listed = {(r["condition"], r["seed"]): r["state"] for r in json.loads(capsys.readouterr().out)}
+    assert len(listed) == 6 and listed[("none-N8", 2)] == "pending" and listed[("none-N8", 1)] == "done"
+    with (out / "hebbian-N8" / "seed1" / "progress.csv").open("a") as f:
+        f.write("6,12,240,0.5,1.0,0.1")  # half a row, as while a run writes it: not counted
+    again = next(r for r in sweep_status(out) if (r.condition, r.seed) == ("hebbian-N8", 1))
+    assert again.recent_reward == r.recent_reward and again.updates_logged == 5
     (out / "none-N8" / "seed7").mkdir()  # an empty folder is not a run
     assert main(["status", str(out), "--window", "2"]) == 0
     text = capsys.readouterr().out

@@ -58,6 +58,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     s.add_argument("dir", help="sweep folder")
     s.add_argument("--updates", type=int, default=None, help="target updates (default: from the folder's sweep.json)")
     s.add_argument("--window", type=int, default=100, help="updates in the recent mean reward")
+    s.add_argument("--experiment", default=None, help="list this experiment's runs too (pending ones included), e.g. for a folder without sweep.json")
+    s.add_argument("--seeds", default=None, help="with --experiment: its seeds, e.g. 0-4")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     rep = sub.add_parser("report", formatter_class=d, help="figure, table and claims of a sweep folder",
@@ -93,6 +95,10 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         return {"run": _run, "status": _status, "report": _report, "list": _list}[args.command](args, prog)
     except (ExperimentError, SweepError, ReportError) as exc:
         print(f"{prog} {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # e.g. a read-only or full --out: the user's to fix, not a bug
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"{prog} {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{prog} {args.command}: interrupted", file=sys.stderr)
@@ -141,7 +147,14 @@ def _status(args: argparse.Namespace, prog: str) -> int:
 
     if args.window < 1:
         raise SweepError(f"--window must be >= 1, got {args.window}")
-    rows = sweep_status(args.dir, target=args.updates, window=args.window)
+    from bpm_agents.experiments.definitions import get_experiment
+    from bpm_agents.experiments.runner import parse_seeds
+
+    if args.seeds and not args.experiment:
+        raise SweepError("--seeds needs --experiment")
+    experiment = get_experiment(args.experiment) if args.experiment else None
+    seeds = parse_seeds(args.seeds) if args.seeds else None
+    rows = sweep_status(args.dir, target=args.updates, window=args.window, experiment=experiment, seeds=seeds)
     if not rows:
         raise SweepError(f"{args.dir} holds no runs of a sweep (no sweep.json and no <condition>/seed<k>/ folders)")
     print(status_json(rows) if args.json else format_status(rows, args.window))

@@ -114,9 +114,17 @@ def last_logged_update(progress_csv: str | Path) -> int:
 
 
 def read_rewards(progress_csv: str | Path) -> list[float]:
-    """The ``reward_mean`` column of a progress.csv, in update order."""
+    """The ``reward_mean`` column of a progress.csv, in update order.
+
+    A run being trained may have half a row at the end (it is being written): that row is left out.
+    """
+    out = []
     with Path(progress_csv).open(newline="") as f:
-        return [float(r["reward_mean"]) for r in csv.DictReader(f) if r.get("update", "").isdigit()]
+        for r in csv.DictReader(f):
+            if not r.get("update", "").isdigit() or r.get("eta_e") is None:  # eta_e: the last column
+                continue
+            out.append(float(r["reward_mean"]))
+    return out
 
 
 def seconds_per_update(progress_csv: str | Path) -> float:
@@ -761,10 +769,11 @@ def discover_runs(out: str | Path) -> list[tuple[str, int]]:
     return sorted(found)
 
 
-def sweep_status(out: str | Path, target: int | None = None, window: int = 100) -> list[RunStatus]:
-    """The state of every run of the sweep in ``out`` (expected ones from sweep.json, plus any
-    run folder found), with updates, the mean reward of the last ``window`` updates and a state:
-    done, running, stopped, failed (..), pending."""
+def sweep_status(out: str | Path, target: int | None = None, window: int = 100,
+                 experiment: Experiment | None = None, seeds: list[int] | None = None) -> list[RunStatus]:
+    """The state of every run of the sweep in ``out`` (expected ones from sweep.json, or from
+    ``experiment`` x ``seeds``, plus any run folder found), with updates, the mean reward of the
+    last ``window`` updates and a state: done, running, stopped, failed (..), pending."""
     from bpm_agents.checkpoint import CheckpointError, load_checkpoint
 
     out = Path(out)
@@ -775,6 +784,11 @@ def sweep_status(out: str | Path, target: int | None = None, window: int = 100) 
     failures: dict[str, Any] = manifest.get("failures", {})
     keys: dict[tuple[str, int], None] = {}
     order = [c["name"] for c in manifest.get("experiment", {}).get("conditions", [])]
+    if experiment is not None:
+        order = [c.name for c in experiment.conditions]
+        for cond in order:
+            for seed in seeds or []:
+                keys[(cond, seed)] = None
     for key in targets:
         cond, seed = key.rsplit("/seed", 1)
         keys[(cond, int(seed))] = None
