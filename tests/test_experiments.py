@@ -38,7 +38,7 @@ from bpm_agents.experiments import (
 from bpm_agents.experiments.cli import main
 from bpm_agents.experiments.definitions import Claim
 from bpm_agents.experiments.report import ConditionData, moving_average, table_marks
-from bpm_agents.experiments.runner import format_status, ray_available
+from bpm_agents.experiments.runner import ray_available
 from bpm_agents.training import CSV_FIELDS, load_trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -39,7 +39,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", formatter_class=d, help="run (or continue) every condition x seed of an experiment",
                        description="Run every condition x seed as OUT/<condition>/seed<k>/ (the folder train.py "
-                       "writes). Rerunning the same command continues unfinished runs and skips finished ones.")
+                       "writes). Rerunning the same command continues unfinished runs and skips finished ones.",
+                       epilog="exit codes: 0 every run reached --updates; 1 some run diverged, failed or was "
+                       "busy (being trained by another process; see sweep.json); 2 bad input or a folder "
+                       "that does not fit (nothing started); 130 interrupted (rerun to continue)")
     r.add_argument("experiment", help="a built-in experiment (fig1, a5, fig2) or a path to a .json definition")
     r.add_argument("--seeds", default="0-4", help="seeds of every condition, e.g. 0-4 or 0,2,5-7")
     r.add_argument("--updates", type=int, required=True, help="target updates of every run (total, not added)")

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from bpm_agents.experiments.definitions import Claim, Experiment
-from bpm_agents.experiments.runner import SweepError, discover_runs, read_rewards, run_dir_of
+from bpm_agents.experiments.runner import discover_runs, read_rewards, run_dir_of
 
 ALPHA = 0.05
 
@@ -385,5 +385,5 @@ def write_report(report: Report, prefix: str | Path) -> list[Path]:
     return paths
 
 
-__all__ = ["Report", "ReportError", "SweepError", "build_report", "check_claim", "load_sweep",
+__all__ = ["Report", "ReportError", "build_report", "check_claim", "load_sweep",
            "moving_average", "table_marks", "write_report"]

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from bpm_agents.experiments.definitions import Experiment, ExperimentError, resolve_run_config
+from bpm_agents.experiments.definitions import Experiment, resolve_run_config
 
 try:  # advisory locks between runners; absent on Windows, where runs are not locked
     import fcntl
