@@ -1,0 +1,389 @@
+"""The report of a sweep: curves, rank-sum tests and the paper's claims, from the run folders only.
+
+Statistics as in the paper: each run's per-update mean episode reward is smoothed by a trailing
+moving average (``window`` updates; fewer at the start); at every update the per-seed smoothed
+values of two conditions are compared by the two-sided Wilcoxon rank-sum test
+(``scipy.stats.ranksums``). Runs of unequal length are compared up to the shortest common update,
+and the report says so.
+
+A claim ``better > worse`` holds at this budget when, at the final common update, the median of
+``better`` is above that of ``worse`` (and p < 0.05 if the claim asks for significance); a claim
+``better >= worse`` holds when ``worse`` is significantly above ``better`` at no more than 5% of
+the compared updates (the false-positive rate of the test itself).
+Each claim also reports the fraction of compared updates where p < 0.05.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bpm_agents.experiments.definitions import Claim, Experiment
+from bpm_agents.experiments.runner import discover_runs, read_rewards, run_dir_of
+
+ALPHA = 0.05
+
+
+class ReportError(ValueError):
+    """A sweep folder that cannot be reported on, with the reason."""
+
+
+def moving_average(x: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over the last ``window`` values (the first ones average what exists)."""
+    if window < 1:
+        raise ReportError(f"window must be >= 1, got {window}")
+    x = np.asarray(x, dtype=float)
+    c = np.concatenate([[0.0], np.cumsum(x)])
+    idx = np.arange(1, len(x) + 1)
+    lo = np.maximum(0, idx - window)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+@dataclass
+class ConditionData:
+    """The smoothed curves of one condition's seeds."""
+
+    name: str
+    seeds: list[int] = field(default_factory=list)
+    curves: list[np.ndarray] = field(default_factory=list)  # smoothed, one per seed
+    batch_sizes: set[int] = field(default_factory=set)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(c) for c in self.curves]
+
+    @property
+    def common(self) -> int:
+        """Updates that every seed has (0 without runs)."""
+        return min(self.lengths) if self.curves else 0
+
+    def matrix(self, updates: int) -> np.ndarray:
+        """(seeds, updates) smoothed values of the first ``updates`` updates."""
+        return np.stack([c[:updates] for c in self.curves])
+
+    def at(self, update: int) -> np.ndarray:
+        """Smoothed values at ``update`` (1-based) of the seeds that reached it."""
+        return np.array([c[update - 1] for c in self.curves if len(c) >= update])
+
+
+def load_sweep(out: str | Path, experiment: Experiment | None, window: int) -> tuple[list[ConditionData], list[str]]:
+    """Read every run folder of ``out``: per condition, the smoothed reward curve of each seed.
+
+    Conditions are the experiment's (in its order, including those without runs) or, without an
+    experiment, every ``<condition>/seed<k>`` folder found. Returns the data and notes (warnings).
+    """
+    out = Path(out)
+    if not out.is_dir():
+        raise ReportError(f"sweep folder {out} does not exist")
+    found = discover_runs(out)
+    names = [c.name for c in experiment.conditions] if experiment else sorted({c for c, _ in found})
+    if not found:
+        raise ReportError(f"{out} holds no run folders (<condition>/seed<k>/config.json)")
+    notes: list[str] = []
+    data = []
+    for name in names:
+        cond = ConditionData(name)
+        for c, seed in found:
+            if c != name:
+                continue
+            run_dir = run_dir_of(out, c, seed)
+            try:
+                cfg = json.loads((run_dir / "config.json").read_text())["config"]
+                rewards = read_rewards(run_dir / "progress.csv")
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ReportError(f"{run_dir} is not a readable run folder: {exc}") from None
+            if experiment is not None:
+                expected = experiment.condition(name)
+                if cfg.get("rule") != expected.rule or cfg.get("env_id") != experiment.env_id:
+                    notes.append(f"{run_dir}: rule {cfg.get('rule')!r} / env {cfg.get('env_id')!r} do not "
+                                 f"match condition {name!r} of experiment {experiment.name!r}")
+            if not rewards:
+                notes.append(f"{run_dir}: no updates logged yet; left out")
+                continue
+            cond.seeds.append(seed)
+            cond.curves.append(moving_average(np.array(rewards), window))
+            cond.batch_sizes.add(int(cfg.get("batch_size", 0)))
+        if not cond.curves:
+            notes.append(f"condition {name}: no runs with logged updates")
+        elif len(set(cond.lengths)) > 1:
+            notes.append(f"condition {name}: seeds have {min(cond.lengths)}-{max(cond.lengths)} updates; "
+                         f"its curve stops at the shortest, {cond.common}")
+        data.append(cond)
+    extra = sorted({c for c, _ in found} - set(names))
+    if extra:
+        notes.append(f"folders of conditions not in the experiment were ignored: {', '.join(extra)}")
+    return data, notes
+
+
+def _ranksums(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        from scipy.stats import ranksums
+    except ImportError:
+        raise ReportError("the report needs scipy: pip install 'scipy>=1.10'") from None
+    res = ranksums(a, b, axis=0)
+    return np.atleast_1d(res.statistic), np.atleast_1d(res.pvalue)
+
+
+def check_claim(claim: Claim, a: ConditionData, b: ConditionData, alpha: float = ALPHA) -> dict[str, Any]:
+    """Test one claim on two conditions' smoothed curves; returns the verdict and the statistics.
+
+    ``verdict`` is ``holds``, ``does not hold`` or ``not testable`` (fewer than 2 seeds a side).
+    """
+    res: dict[str, Any] = {
+        "claim": claim.label, "better": claim.better, "worse": claim.worse,
+        "relation": claim.relation, "significant_required": claim.significant, "text": claim.text,
+        "n_better": len(a.curves), "n_worse": len(b.curves),
+    }
+    updates = min(a.common, b.common)
+    if len(a.curves) < 2 or len(b.curves) < 2 or updates < 1:
+        res.update(verdict="not testable",
+                   reason=f"needs >= 2 seeds with logged updates on each side (have {len(a.curves)} and {len(b.curves)})",
+                   compared_updates=updates)
+        return res
+    stat, p = _ranksums(a.matrix(updates), b.matrix(updates))
+    med_a = float(np.median(a.matrix(updates)[:, -1]))
+    med_b = float(np.median(b.matrix(updates)[:, -1]))
+    sig = p < alpha
+    better_sig, worse_sig = sig & (stat > 0), sig & (stat < 0)
+    if claim.relation == ">":
+        holds = med_a > med_b and (not claim.significant or bool(sig[-1]))
+    else:
+        # "no worse": worse significantly above better at no more updates than the test's own
+        # false-positive rate; demanding "at no update" would fail by chance over thousands
+        holds = float(worse_sig.mean()) <= alpha
+    res.update(
+        verdict="holds" if holds else "does not hold",
+        compared_updates=updates,
+        limited_by_shortest=updates < max(max(a.lengths), max(b.lengths)),
+        final={"update": updates, "median_better": med_a, "median_worse": med_b,
+               "statistic": float(stat[-1]), "p": float(p[-1])},
+        fraction_p_below_alpha=float(sig.mean()),
+        fraction_better_significant=float(better_sig.mean()),
+        fraction_worse_significant=float(worse_sig.mean()),
+        statistic=stat, p=p,
+    )
+    return res
+
+
+def _nice_step(last: int, count: int) -> int:
+    base = 1
+    while True:
+        for m in (1, 2, 5):
+            if last / (base * m) <= count:
+                return base * m
+        base *= 10
+
+
+def table_marks(last: int, count: int = 6) -> list[int]:
+    """Round update marks (1-2-5 steps), at most ``count`` up to ``last``, plus ``last`` itself."""
+    if last < 1:
+        return []
+    step = _nice_step(last, count)
+    marks = list(range(step, last + 1, step))
+    if not marks or marks[-1] != last:
+        marks.append(last)
+    return marks
+
+
+@dataclass
+class Report:
+    """Everything a report shows; ``to_json`` / ``text`` / ``figure`` render it."""
+
+    title: str
+    window: int
+    batch_size: int | None
+    conditions: list[ConditionData]
+    claims: list[dict[str, Any]]
+    marks: list[int]
+    notes: list[str]
+
+    def table(self) -> dict[str, list[dict[str, Any]]]:
+        rows: dict[str, list[dict[str, Any]]] = {}
+        for c in self.conditions:
+            rows[c.name] = []
+            for m in self.marks:
+                v = c.at(m)
+                q = np.percentile(v, [25, 50, 75]) if len(v) else [math.nan] * 3
+                rows[c.name].append({"update": m, "median": float(q[1]), "q25": float(q[0]),
+                                     "q75": float(q[2]), "n": int(len(v))})
+        return rows
+
+    def text(self) -> str:
+        lines = [self.title, f"moving average over {self.window} updates"
+                 + (f"; one update = {self.batch_size} episodes" if self.batch_size else "")]
+        lines.append("")
+        lines.append("runs: " + "; ".join(
+            f"{c.name}: {len(c.curves)} seed{'' if len(c.curves) == 1 else 's'}" + (f", {c.common} updates" if c.curves else "")
+            + (f" ({min(c.lengths)}-{max(c.lengths)})" if c.curves and len(set(c.lengths)) > 1 else "")
+            for c in self.conditions))
+        lines.append("")
+        lines.append("smoothed episode reward: median [q25, q75] (n seeds) at update (episodes)")
+        table = self.table()
+        cells = [["update"] + [c.name for c in self.conditions]]
+        for i, m in enumerate(self.marks):
+            ep = f" ({m * self.batch_size:,})" if self.batch_size else ""
+            row = [f"{m}{ep}"]
+            for c in self.conditions:
+                t = table[c.name][i]
+                row.append("-" if t["n"] == 0 else f"{t['median']:.2f} [{t['q25']:.2f}, {t['q75']:.2f}] ({t['n']})")
+            cells.append(row)
+        widths = [max(len(r[j]) for r in cells) for j in range(len(cells[0]))]
+        lines += ["  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip() for r in cells]
+        lines.append("")
+        lines.append(f"claims (two-sided rank-sum test of per-seed smoothed values, p < {ALPHA}):")
+        for c in self.claims:
+            sig = " (significant)" if c["significant_required"] else ""
+            head = f"- {c['claim']}{sig}: "
+            if c["verdict"] == "not testable":
+                lines.append(head + f"NOT TESTABLE: {c['reason']}")
+                continue
+            f = c["final"]
+            limited = " (the shortest common run length)" if c["limited_by_shortest"] else ""
+            lines.append(
+                head + ("HOLDS" if c["verdict"] == "holds" else "DOES NOT HOLD") + " at this budget. "
+                f"At update {f['update']}{limited}: median {f['median_better']:.2f} vs {f['median_worse']:.2f}, "
+                f"statistic {f['statistic']:.3f}, p = {f['p']:.4g}; p < {ALPHA} at "
+                f"{100 * c['fraction_p_below_alpha']:.1f}% of updates 1-{c['compared_updates']} "
+                f"({100 * c['fraction_better_significant']:.1f}% with {c['better']} above, "
+                f"{100 * c['fraction_worse_significant']:.1f}% below)"
+            )
+            if c["text"]:
+                lines.append(f"  paper: {c['text']}")
+        if not self.claims:
+            lines.append("- none (no experiment definition: pass --experiment NAME to check its claims)")
+        if self.notes:
+            lines.append("")
+            lines.append("notes:")
+            lines += [f"- {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def to_json(self) -> dict[str, Any]:
+        def r(x: np.ndarray) -> list[Any]:
+            return [None if not math.isfinite(v) else round(float(v), 5) for v in x]
+
+        conditions = {}
+        for c in self.conditions:
+            entry: dict[str, Any] = {"seeds": c.seeds, "lengths": c.lengths, "common_updates": c.common}
+            if c.curves:
+                q = np.percentile(c.matrix(c.common), [25, 50, 75], axis=0)
+                entry.update(q25=r(q[0]), median=r(q[1]), q75=r(q[2]))
+            conditions[c.name] = entry
+        claims = []
+        for c in self.claims:
+            c = dict(c)
+            for key in ("statistic", "p"):
+                if key in c:
+                    c[key + "_per_update"] = [None if not math.isfinite(v) else float(f"{v:.5g}") for v in c.pop(key)]
+            claims.append(c)
+        return {"title": self.title, "window": self.window, "batch_size": self.batch_size,
+                "alpha": ALPHA, "conditions": conditions, "table": self.table(),
+                "claims": claims, "notes": self.notes}
+
+    def curves_csv(self) -> str:
+        """Every run's smoothed curve, one column per run (empty past a run's end)."""
+        cols = [(c.name, s, curve) for c in self.conditions for s, curve in zip(c.seeds, c.curves)]
+        longest = max((len(x[2]) for x in cols), default=0)
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["update"] + [f"{n}/seed{s}" for n, s, _ in cols])
+        for i in range(longest):
+            w.writerow([i + 1] + [f"{x[2][i]:.4f}" if i < len(x[2]) else "" for x in cols])
+        return buf.getvalue()
+
+    def figure(self, path: str | Path) -> None:
+        """The paper-style figure: median and IQR band per condition, p < 0.05 markers per claim."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(9, 5.5), layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        lows, highs = [], []
+        colours = {}
+        for c in self.conditions:
+            if not c.curves:
+                continue
+            q = np.percentile(c.matrix(c.common), [25, 50, 75], axis=0)
+            x = np.arange(1, c.common + 1)
+            (line,) = ax.plot(x, q[1], lw=1.5, label=f"{c.name} (n={len(c.curves)})")
+            colours[c.name] = line.get_color()
+            ax.fill_between(x, q[0], q[2], color=line.get_color(), alpha=0.2, lw=0)
+            lows.append(q[0].min())
+            highs.append(q[2].max())
+        if lows:
+            lo, hi = min(lows), max(highs)
+            span = (hi - lo) or 1.0
+            testable = [c for c in self.claims if c["verdict"] != "not testable"]
+            for i, c in enumerate(testable):
+                sig = np.flatnonzero(c["p"] < ALPHA) + 1
+                step = max(1, len(c["p"]) // 300)  # at most ~300 markers a row
+                sig = sig[sig % step == 0] if step > 1 else sig
+                y = lo - (i + 1) * 0.05 * span
+                ax.plot(sig, np.full(len(sig), y), ls="none", marker="|", ms=6,
+                        color=colours.get(c["better"], "k"),
+                        label=f"p < {ALPHA}: {c['better']} vs {c['worse']}")
+            ax.set_ylim(lo - (len(testable) + 1) * 0.05 * span, hi + 0.05 * span)
+        ax.set_xlabel("updates")
+        ax.set_ylabel(f"episode reward (moving average over {self.window} updates)")
+        if self.batch_size:
+            b = self.batch_size
+            top = ax.secondary_xaxis("top", functions=(lambda u: u * b, lambda e: e / b))
+            top.set_xlabel(f"episodes (updates x {b})")
+        ax.set_title(self.title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+        fig.savefig(path, dpi=120)
+
+
+def build_report(out: str | Path, experiment: Experiment | None = None, window: int = 100,
+                 marks: list[int] | None = None, protocol: str | None = None) -> Report:
+    """Read the run folders of ``out`` and compute the report (nothing is written)."""
+    data, notes = load_sweep(out, experiment, window)
+    batch = {b for c in data for b in c.batch_sizes}
+    batch_size = next(iter(batch)) if len(batch) == 1 else None
+    if len(batch) > 1:
+        notes.append(f"runs have different batch sizes {sorted(batch)}: the episodes axis is left out")
+    claims = []
+    if experiment is not None:
+        by_name = {c.name: c for c in data}
+        claims = [check_claim(cl, by_name[cl.better], by_name[cl.worse]) for cl in experiment.claims]
+        compared = {c["compared_updates"] for c in claims if c["verdict"] != "not testable"}
+        longest = max((max(c.lengths) for c in data if c.curves), default=0)
+        if compared and min(compared) < longest:
+            notes.append(f"runs have unequal lengths (longest {longest} updates): each claim is compared "
+                         "up to the shortest run of its two conditions")
+    last = max((max(c.lengths) for c in data if c.curves), default=0)
+    marks = sorted(set(marks)) if marks else table_marks(last)
+    if any(m < 1 for m in marks):
+        raise ReportError(f"update marks must be >= 1, got {marks}")
+    name = experiment.name if experiment else Path(out).name
+    title = f"{name}" + (f" (protocol {protocol})" if protocol else "") + f": {Path(out)}"
+    return Report(title, window, batch_size, data, claims, marks, notes)
+
+
+def write_report(report: Report, prefix: str | Path) -> list[Path]:
+    """Write ``PREFIX.txt``, ``PREFIX.json``, ``PREFIX.png`` and ``PREFIX_curves.csv``."""
+    from bpm_agents.checkpoint import atomic_write_json, atomic_write_text
+
+    prefix = Path(prefix)
+    paths = [prefix.with_name(prefix.name + s) for s in (".txt", ".json", ".png", "_curves.csv")]
+    try:
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(paths[0], report.text())
+        atomic_write_json(paths[1], report.to_json())
+        report.figure(paths[2])
+        atomic_write_text(paths[3], report.curves_csv())
+    except OSError as exc:
+        raise ReportError(f"cannot write the report to {prefix}*: {exc.strerror or exc}") from None
+    return paths
+
+
+__all__ = ["Report", "ReportError", "build_report", "check_claim", "load_sweep",
+           "moving_average", "table_marks", "write_report"]

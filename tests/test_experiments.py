@@ -1,0 +1,457 @@
+"""Experiments: definitions, the sweep runner (inline, process pool, Ray), status and the report.
+
+Runs are tiny (hidden size 8, batch 2, 20-step episodes, the reference unroll, a few updates).
+Most runner tests use the inline backend (the same run_one, no process start-up, which costs
+~10 s a process on a loaded 2-core machine); one end-to-end test drives the command line with
+the process pool and kills it with SIGKILL, one runs the Ray backend on a local instance.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bpm_agents.a2c import A2CConfig
+from bpm_agents.checkpoint import load_checkpoint
+from bpm_agents.experiments import (
+    BUILTIN,
+    ExperimentError,
+    SweepError,
+    build_report,
+    check_claim,
+    experiment_from_dict,
+    parse_seeds,
+    resolve_run_config,
+    run_sweep,
+    sweep_status,
+    write_report,
+)
+from bpm_agents.experiments.cli import main
+from bpm_agents.experiments.definitions import Claim
+from bpm_agents.experiments.report import ConditionData, moving_average, table_marks
+from bpm_agents.experiments.runner import ray_available
+from bpm_agents.training import CSV_FIELDS, load_trainer, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_OVERRIDES = {"batch_size": 2, "unroll_impl": "reference"}
+
+
+def tiny_dict(name: str = "tiny") -> dict:
+    return {
+        "name": name,
+        "env_id": "bpm/CueReward-v0",
+        "env_kwargs": {"episode_length": 20},
+        "conditions": [
+            {"name": "none-N8", "rule": "none", "hidden_size": 8, "overrides": dict(TINY_OVERRIDES)},
+            {"name": "hebbian-N8", "rule": "hebbian", "hidden_size": 8, "overrides": dict(TINY_OVERRIDES)},
+        ],
+        "protocols": {"paper": {}, "fast": {"lr": 1e-3}},
+        "claims": [{"better": "hebbian-N8", "worse": "none-N8", "relation": ">", "significant": True}],
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return experiment_from_dict(tiny_dict())
+
+
+def rewards(run_dir: Path) -> list[str]:
+    """reward_mean column as written (strings: compared bit for bit)."""
+    with (run_dir / "progress.csv").open(newline="") as f:
+        return [r["reward_mean"] for r in csv.DictReader(f)]
+
+
+def sweep(exp, out, updates, seeds=(0,), **kw):
+    return run_sweep(exp, out, list(seeds), updates, backend="inline", stream=None, busy_window=0,
+                     checkpoint_every=kw.pop("checkpoint_every", 2), **kw)
+
+
+# ---------------------------------------------------------------- definitions
+
+
+def test_builtin_experiments_are_the_papers():
+    assert list(BUILTIN) == ["fig1", "a5", "fig2"]
+    cue = ["none-N200", "hebbian-N200", "simple-N200", "retroactive-N200"]
+    assert [c.name for c in BUILTIN["fig1"].conditions] == cue
+    assert [c.name for c in BUILTIN["a5"].conditions] == cue
+    assert BUILTIN["a5"].env_kwargs == {"fixed_cues": True}
+    assert [c.name for c in BUILTIN["fig2"].conditions] == [
+        "simple-N100", "retroactive-N100", "hebbian-N101", "none-N139", "none-N100"]
+    assert {c.label for c in BUILTIN["fig2"].claims} == {
+        "simple-N100 > hebbian-N101", "retroactive-N100 > hebbian-N101", "simple-N100 > none-N139"}
+    for exp in BUILTIN.values():
+        assert exp.protocols == {"paper": {}}
+        assert experiment_from_dict(json.loads(json.dumps(exp.to_dict()))) == exp
+
+
+def test_paper_protocol_equals_the_train_py_config():
+    # what `train.py --env E --plasticity R --hidden-size N --seed S` builds: folders it wrote are adopted
+    for exp in BUILTIN.values():
+        for cond in exp.conditions:
+            cfg = resolve_run_config(exp, cond.name, "paper", seed=3)
+            assert cfg == A2CConfig(env_id=exp.env_id, rule=cond.rule, hidden_size=cond.hidden_size,
+                                    env_kwargs=exp.env_kwargs, seed=3).resolve()
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda d: d.pop("env_id"), ["missing field 'env_id'"]),
+    (lambda d: d.update(colour=1), ["unknown field", "colour"]),
+    (lambda d: d.update(env_id="bpm/Nope-v0"), ["bpm/Nope-v0"]),
+    (lambda d: d["conditions"][0].update(rule="oja"), ["none-N8", "'oja'", "hebbian"]),
+    (lambda d: d["conditions"][0].update(hidden_size=0), ["hidden_size", "0"]),
+    (lambda d: d["conditions"][0].update(name="a/b"), ["'a/b'"]),
+    (lambda d: d["conditions"][1].update(name="none-N8"), ["used twice"]),
+    (lambda d: d["conditions"][0]["overrides"].update(lr="fast"), ["lr", "'fast'"]),
+    (lambda d: d["conditions"][0]["overrides"].update(seed=1), ["'seed'", "--seeds"]),
+    (lambda d: d["conditions"][0]["overrides"].update(learning_rate=1), ["learning_rate", "allowed"]),
+    (lambda d: d["conditions"][0]["overrides"].update(lr=-1.0), ["lr must be > 0"]),
+    (lambda d: d["conditions"][0]["overrides"].update(unroll_impl="gpu"), ["unroll_impl", "'gpu'"]),
+    (lambda d: d["protocols"]["fast"].update(batch_size=4), ["both set", "batch_size"]),
+    (lambda d: d["claims"][0].update(worse="rnn"), ["worse", "'rnn'"]),
+    (lambda d: d["claims"][0].update(relation="<"), ["relation", "'<'"]),
+    (lambda d: d.update(env_kwargs={"colour": 1}), ["env_kwargs", "colour"]),
+])
+def test_user_experiment_validation_names_the_bad_field(change, words):
+    d = tiny_dict()
+    change(d)
+    with pytest.raises(ExperimentError) as err:
+        experiment_from_dict(d, source="my.json")
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_cli_bad_experiment_file_exit_2_without_traceback(tmp_path, capsys):
+    path = tmp_path / "bad.json"
+    d = tiny_dict()
+    d["conditions"][0]["rule"] = "oja"
+    path.write_text(json.dumps(d))
+    assert main(["run", str(path), "--updates", "2", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "rule 'oja'" in err and "Traceback" not in err
+    (tmp_path / "broken.json").write_text("{")
+    assert main(["run", str(tmp_path / "broken.json"), "--updates", "2", "--out", str(tmp_path / "o")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    assert main(["run", "fig9", "--updates", "2", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown experiment 'fig9'" in capsys.readouterr().err
+    assert main(["run", "fig2", "--seeds", "3-1", "--updates", "2", "--out", str(tmp_path / "o")]) == 2
+    assert "bad seed list '3-1'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_parse_seeds():
+    assert parse_seeds("0-4") == [0, 1, 2, 3, 4]
+    assert parse_seeds("3,0,7-8,3") == [0, 3, 7, 8]
+    for bad in ("", "a", "-1", "2-", "1,,2"):
+        with pytest.raises(SweepError):
+            parse_seeds(bad)
+
+
+# ---------------------------------------------------------------- the runner
+
+
+def test_sweep_writes_ordinary_run_folders_resumes_and_skips(tiny, tmp_path):
+    out = tmp_path / "sweep"
+    res = sweep(tiny, out, 3, seeds=(0, 1))
+    assert sorted(o["status"] for o in res.outcomes) == ["done"] * 4 and res.exit_code == 0
+    for cond in ("none-N8", "hebbian-N8"):
+        for seed in (0, 1):
+            run_dir = out / cond / f"seed{seed}"
+            trainer = load_trainer(run_dir)  # an ordinary run folder
+            assert trainer.updates_done == 3
+            assert trainer.config == resolve_run_config(tiny, cond, "paper", seed)
+            assert len(rewards(run_dir)) == 3
+    # continue to 6: equals a straight 6-update run bit for bit
+    res = sweep(tiny, out, 6, seeds=(0, 1))
+    assert sorted(o["status"] for o in res.outcomes) == ["done"] * 4
+    straight = tmp_path / "straight"
+    train(resolve_run_config(tiny, "hebbian-N8", "paper", 1), straight, 6, progress=False, tensorboard=False)
+    assert rewards(out / "hebbian-N8" / "seed1") == rewards(straight)
+    assert len(set(rewards(straight))) > 1  # the rewards do change from update to update
+    # again: nothing to do, nothing touched
+    stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "sweep.json"}
+    res = sweep(tiny, out, 6, seeds=(0, 1))
+    assert [o["status"] for o in res.outcomes] == ["finished"] * 4
+    assert stamp == {p: p.stat().st_mtime_ns for p in stamp}
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert manifest["protocol"] == "paper" and manifest["targets"]["none-N8/seed1"] == 6
+
+
+def test_sweep_adopts_a_train_py_folder_and_refuses_a_different_config(tiny, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    cfg = resolve_run_config(tiny, "none-N8", "paper", 0)
+    train(cfg, out / "none-N8" / "seed0", 2, checkpoint_every=1, progress=False, tensorboard=False)
+    res = sweep(tiny, out, 4, seeds=(0,))
+    assert {(o["condition"], o["status"], o["updates_done"]) for o in res.outcomes} == {
+        ("none-N8", "done", 4), ("hebbian-N8", "done", 4)}
+    straight = tmp_path / "straight"
+    train(cfg, straight, 4, progress=False, tensorboard=False)
+    assert rewards(out / "none-N8" / "seed0") == rewards(straight)
+
+    # a folder with another protocol's config: the whole sweep is refused, nothing started
+    other = tmp_path / "other"
+    train(resolve_run_config(tiny, "hebbian-N8", "fast", 0), other / "hebbian-N8" / "seed0", 1,
+          progress=False, tensorboard=False)
+    with pytest.raises(SweepError) as err:
+        sweep(tiny, other, 4, seeds=(0,))
+    assert str(other / "hebbian-N8" / "seed0") in str(err.value) and "lr: folder=0.001" in str(err.value)
+    assert not (other / "none-N8").exists() and not (other / "sweep.json").exists()
+    exp_file = tmp_path / "tiny.json"
+    exp_file.write_text(json.dumps(tiny_dict()))
+    assert main(["run", str(exp_file), "--seeds", "0", "--updates", "4", "--out", str(other)]) == 2
+    msg = capsys.readouterr().err
+    assert "differing fields: lr" in msg and "Traceback" not in msg
+    # the same folder under its own protocol is fine, but one folder holds one protocol
+    assert main(["run", str(exp_file), "--seeds", "0", "--updates", "1", "--protocol", "fast",
+                 "--backend", "inline", "--out", str(other)]) == 0
+    assert main(["run", str(exp_file), "--seeds", "0", "--updates", "1", "--out", str(out),
+                 "--protocol", "fast", "--dry-run"]) == 2
+    assert "differing fields" in capsys.readouterr().err
+
+
+def test_progress_line_and_a_folder_another_process_is_training(tiny, tmp_path):
+    import io
+    import threading
+
+    out = tmp_path / "sweep"
+    stream = io.StringIO()
+    run_sweep(tiny, out, [0], 3, backend="inline", stream=stream, progress_every=1e-9, busy_window=0)
+    text = stream.getvalue()
+    assert "2 runs in" in text and "2 new, 0 to resume, 0 finished" in text
+    assert "runs 2/2 finished | updates 6/6 (100.0%)" in text.splitlines()[-1]
+    # a train.py still writing one folder (its progress.csv keeps changing): left alone, reported
+    progress = out / "none-N8" / "seed0" / "progress.csv"
+    before = progress.read_bytes()
+    stop = threading.Event()
+
+    def writer() -> None:
+        while not stop.is_set():
+            os.utime(progress)
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        res = run_sweep(tiny, out, [0], 5, backend="inline", stream=None, busy_window=0.5)
+    finally:
+        stop.set()
+        thread.join()
+    status = {o["condition"]: o["status"] for o in res.outcomes}
+    assert status == {"none-N8": "busy", "hebbian-N8": "done"} and res.exit_code == 1
+    assert progress.read_bytes() == before
+    assert "another process" in json.loads((out / "sweep.json").read_text())["failures"]["none-N8/seed0"]["message"]
+    assert {r.condition: r.state for r in sweep_status(out)}["none-N8"] == "failed (busy)"
+
+
+def test_status_table(tiny, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    sweep(tiny, out, 3, seeds=(0,))
+    sweep(tiny, out, 5, seeds=(1,))
+    rows = sweep_status(out)
+    got = {(r.condition, r.seed): (r.updates_logged, r.updates_saved, r.target, r.state) for r in rows}
+    assert got == {("none-N8", 0): (3, 3, 3, "done"), ("hebbian-N8", 0): (3, 3, 3, "done"),
+                   ("none-N8", 1): (5, 5, 5, "done"), ("hebbian-N8", 1): (5, 5, 5, "done")}
+    assert [r.condition for r in rows][:2] == ["none-N8", "none-N8"]  # the experiment's order
+    r = next(r for r in rows if (r.condition, r.seed) == ("hebbian-N8", 1))
+    assert r.recent_reward == pytest.approx(np.mean([float(x) for x in rewards(out / "hebbian-N8" / "seed1")]))
+    assert {r.state for r in sweep_status(out, target=5) if r.seed == 0} == {"stopped"}
+    exp_file = tmp_path / "tiny.json"
+    exp_file.write_text(json.dumps(tiny_dict()))
+    assert main(["status", str(out), "--experiment", str(exp_file), "--seeds", "0-2", "--json"]) == 0
+    listed = {(r["condition"], r["seed"]): r["state"] for r in json.loads(capsys.readouterr().out)}
+    assert len(listed) == 6 and listed[("none-N8", 2)] == "pending" and listed[("none-N8", 1)] == "done"
+    with (out / "hebbian-N8" / "seed1" / "progress.csv").open("a") as f:
+        f.write("6,12,240,0.5,1.0,0.1")  # half a row, as while a run writes it: not counted
+    again = next(r for r in sweep_status(out) if (r.condition, r.seed) == ("hebbian-N8", 1))
+    assert again.recent_reward == r.recent_reward and again.updates_logged == 5
+    (out / "none-N8" / "seed7").mkdir()  # an empty folder is not a run
+    assert main(["status", str(out), "--window", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "last-2 reward" in text and "hebbian-N8  1     5/5" in text and "4 runs: 4 done" in text
+    assert main(["status", str(tmp_path / "nope")]) == 2
+
+
+def test_cli_kill9_loses_at_most_one_interval_and_the_rerun_continues(tmp_path):
+    """The local process pool end to end: SIGKILL the runner; its workers notice, save and exit;
+    the same sweep then continues from the checkpoints."""
+    exp_file = tmp_path / "tiny.json"
+    exp_file.write_text(json.dumps(tiny_dict()))
+    out = tmp_path / "sweep"
+    args = ["run", str(exp_file), "--seeds", "0", "--updates", "3000", "--workers", "2",
+            "--checkpoint-every", "3", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SDL_VIDEODRIVER": "dummy"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "experiment.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    runs = [out / "none-N8" / "seed0", out / "hebbian-N8" / "seed0"]
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and not all(len(rewards(r)) >= 4 if (r / "progress.csv").exists() else False for r in runs):
+            time.sleep(0.3)
+        assert all(len(rewards(r)) >= 4 for r in runs), proc.stderr.read1().decode() if proc.poll() else "too slow"
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        proc.kill()  # SIGKILL: no handler runs in the runner
+        proc.wait(10)
+        deadline = time.time() + 30
+        while time.time() < deadline and any(_alive(int(w)) for w in workers):
+            time.sleep(0.2)
+        assert not any(_alive(int(w)) for w in workers), "workers outlived their runner"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    before = {}
+    for r in runs:
+        logged = len(rewards(r))
+        saved = load_checkpoint(r / "checkpoint.pt")["trainer"]["updates_done"]
+        assert logged - 3 <= saved <= logged  # at most one checkpoint interval lost
+        before[r] = (saved, rewards(r)[:saved])
+    assert {s.state for s in sweep_status(out)} == {"stopped"}
+    target = max(s for s, _ in before.values()) + 3
+    assert main([*args[:4], "--updates", str(target), *args[6:], "--backend", "inline"]) == 0
+    for r in runs:
+        saved, kept = before[r]
+        assert len(rewards(r)) == target and rewards(r)[:saved] == kept  # continued, not restarted
+    straight = tmp_path / "straight"
+    train(resolve_run_config(experiment_from_dict(tiny_dict()), "hebbian-N8", "paper", 0), straight,
+          target, progress=False, tensorboard=False)
+    assert rewards(runs[1]) == rewards(straight)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by init) is not running
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ray_available(), reason="Ray is not installed (pip install 'backpropamine-gym[ray]')")
+def test_ray_backend_on_a_local_instance(tiny, tmp_path):
+    out = tmp_path / "ray"
+    # one Ray worker: each worker process imports torch (~10 s on a loaded 2-core machine)
+    res = run_sweep(tiny, out, [0], 2, backend="ray", workers=1, stream=None, busy_window=0)
+    assert sorted(o["status"] for o in res.outcomes) == ["done", "done"]
+    inline = tmp_path / "inline"
+    sweep(tiny, inline, 2)
+    for cond in ("none-N8", "hebbian-N8"):
+        assert load_trainer(out / cond / "seed0").updates_done == 2
+        assert rewards(out / cond / "seed0") == rewards(inline / cond / "seed0")
+    res = run_sweep(tiny, out, [0], 2, backend="ray", workers=1, stream=None)
+    assert [o["status"] for o in res.outcomes] == ["finished", "finished"]  # no Ray started
+
+
+def test_ray_missing_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("bpm_agents.experiments.runner.ray_available", lambda: False)
+    assert main(["run", "fig2", "--updates", "2", "--backend", "ray", "--out", str(tmp_path / "o")]) == 2
+    assert "pip install" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the report
+
+
+def fake_run(out: Path, cond: str, seed: int, rewards_: np.ndarray, batch_size: int = 30) -> None:
+    """A run folder as the report reads it: config.json and progress.csv."""
+    run_dir = out / cond / f"seed{seed}"
+    run_dir.mkdir(parents=True)
+    cfg = A2CConfig(env_id="bpm/CueReward-v0", rule=cond.split("-")[0], hidden_size=8,
+                    batch_size=batch_size, seed=seed).resolve().to_dict()
+    (run_dir / "config.json").write_text(json.dumps({"algo": "plastic-a2c", "config": cfg}))
+    with (run_dir / "progress.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for i, r in enumerate(rewards_, 1):
+            w.writerow({k: 0 for k in CSV_FIELDS} | {"update": i, "reward_mean": float(r)})
+
+
+def two_condition_experiment(relation=">", significant=True):
+    d = {"name": "synthetic", "env_id": "bpm/CueReward-v0",
+         "conditions": [{"name": "simple-N8", "rule": "simple", "hidden_size": 8},
+                        {"name": "hebbian-N8", "rule": "hebbian", "hidden_size": 8}],
+         "claims": [{"better": "simple-N8", "worse": "hebbian-N8", "relation": relation, "significant": significant},
+                    {"better": "hebbian-N8", "worse": "simple-N8", "relation": ">=", "significant": False}]}
+    return experiment_from_dict(d)
+
+
+def test_moving_average_and_marks():
+    np.testing.assert_allclose(moving_average(np.array([1, 2, 3, 4, 5.0]), 2), [1, 1.5, 2.5, 3.5, 4.5])
+    np.testing.assert_allclose(moving_average(np.array([3, 1, 2.0]), 100), [3, 2, 2])
+    assert table_marks(3000) == [500, 1000, 1500, 2000, 2500, 3000]
+    assert table_marks(224) == [50, 100, 150, 200, 224]
+
+
+def test_rank_sum_on_fully_separated_seeds_has_the_known_value():
+    # 5 vs 5, every value of one side above the other: z = (40 - 27.5) / sqrt(5*5*11/12) = 2.6112
+    a = ConditionData("a", [0, 1, 2, 3, 4], [np.full(3, 10.0 + i) for i in range(5)])
+    b = ConditionData("b", [0, 1, 2, 3, 4], [np.full(3, float(i)) for i in range(5)])
+    res = check_claim(Claim("a", "b", ">", True), a, b)
+    assert res["final"]["statistic"] == pytest.approx(2.6112, abs=1e-4)
+    assert res["final"]["p"] == pytest.approx(0.009023, abs=1e-5)
+    assert res["verdict"] == "holds" and res["fraction_better_significant"] == 1.0
+    assert check_claim(Claim("b", "a", ">", False), b, a)["verdict"] == "does not hold"
+    assert check_claim(Claim("b", "a", ">=", False), b, a)["verdict"] == "does not hold"
+    one = ConditionData("c", [0], [np.zeros(3)])
+    assert check_claim(Claim("a", "c", ">", True), a, one)["verdict"] == "not testable"
+
+
+def test_report_on_shifted_and_identical_synthetic_curves(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    shifted, same = tmp_path / "shifted", tmp_path / "same"
+    for seed in range(5):
+        fake_run(shifted, "simple-N8", seed, rng.normal(3.0, 2.0, 400))
+        fake_run(shifted, "hebbian-N8", seed, rng.normal(0.0, 2.0, 400))
+        fake_run(same, "simple-N8", seed, rng.normal(0.0, 2.0, 400))
+        fake_run(same, "hebbian-N8", seed, rng.normal(0.0, 2.0, 400))
+    exp = two_condition_experiment()
+    rep = build_report(shifted, exp, window=50)
+    main_claim, reverse = rep.claims
+    assert main_claim["verdict"] == "holds" and main_claim["final"]["p"] < 0.05
+    assert main_claim["fraction_better_significant"] > 0.9
+    assert reverse["verdict"] == "does not hold"  # hebbian >= simple is contradicted
+    rep = build_report(same, exp, window=50)
+    main_claim, reverse = rep.claims
+    assert main_claim["verdict"] == "does not hold" and main_claim["final"]["p"] > 0.05
+    assert main_claim["fraction_p_below_alpha"] < 0.2 and reverse["verdict"] == "holds"
+    table = rep.table()["simple-N8"]
+    assert [t["update"] for t in table] == [100, 200, 300, 400] and table[-1]["n"] == 5
+
+    # the command line writes the four files; the episodes axis uses the runs' batch size
+    exp_file = tmp_path / "exp.json"
+    exp_file.write_text(json.dumps(exp.to_dict()))
+    assert main(["report", str(shifted), "--experiment", str(exp_file), "--window", "50",
+                 "--marks", "100,400", "--out", str(tmp_path / "rep" / "shifted")]) == 0
+    text = capsys.readouterr().out
+    assert "simple-N8 > hebbian-N8 (significant): HOLDS at this budget" in text and "400 (12,000)" in text
+    data = json.loads((tmp_path / "rep" / "shifted.json").read_text())
+    assert data["batch_size"] == 30 and len(data["claims"][0]["p_per_update"]) == 400
+    assert data["conditions"]["simple-N8"]["seeds"] == [0, 1, 2, 3, 4]
+    assert (tmp_path / "rep" / "shifted.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with (tmp_path / "rep" / "shifted_curves.csv").open() as f:
+        head = next(csv.reader(f))
+    assert head[0] == "update" and len(head) == 11
+
+
+def test_report_compares_unequal_runs_up_to_the_shortest(tmp_path):
+    out = tmp_path / "s"
+    for seed in range(3):
+        fake_run(out, "simple-N8", seed, np.full(300 if seed else 120, 5.0 + seed))
+        fake_run(out, "hebbian-N8", seed, np.full(300, float(seed)))
+    rep = build_report(out, two_condition_experiment(significant=False), window=10)
+    claim = rep.claims[0]
+    assert claim["compared_updates"] == 120 and claim["limited_by_shortest"]
+    assert claim["verdict"] == "holds"
+    assert any("unequal lengths" in n for n in rep.notes)
+    assert any("120-300 updates" in n for n in rep.notes)
+    text = rep.text()
+    assert "At update 120 (the shortest common run length)" in text
+    write_report(rep, tmp_path / "r")  # the figure draws curves of unequal lengths
+    assert main(["report", str(tmp_path / "missing")]) == 2
