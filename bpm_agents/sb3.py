@@ -33,6 +33,7 @@ import csv
 import json
 import math
 import os
+import pickle
 import sys
 import tempfile
 import time
@@ -50,7 +51,13 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
 import bpm_envs  # noqa: F401  (registers the bpm/ environments)
-from bpm_agents.checkpoint import CheckpointError, DictConfig, atomic_write_json, atomic_write_text
+from bpm_agents.checkpoint import (
+    CheckpointError,
+    DictConfig,
+    atomic_write_json,
+    atomic_write_text,
+    load_failure,
+)
 from bpm_agents.training import CONFIG_FILE, PROGRESS_FILE, RunResult, StopOnCtrlC, read_run_config
 from bpm_agents.devices import resolve_device
 
@@ -85,6 +92,16 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def check_bpm_env_id(env_id: str) -> None:
+    """Refuse ids other than the bpm/ tasks (the adapter needs their lock-step batched twin)."""
+    if env_id not in bpm_envs.ENV_IDS:
+        what = f"{env_id!r} is a Gymnasium env, not a bpm/ task" if env_id in gym.registry \
+            else f"unknown env id {env_id!r}"
+        raise ValueError(
+            f"{what}; the SB3 peers train on: {', '.join(bpm_envs.ENV_IDS)}"
+        )
+
+
 # ====================================================================== the vec-env adapter
 class NativeVecEnv(VecEnv):
     """SB3 ``VecEnv`` over the native vector twin of a bpm/ env (lock-step, fixed-length episodes).
@@ -110,9 +127,7 @@ class NativeVecEnv(VecEnv):
         env_kwargs: dict[str, Any] | None = None,
         task_info: bool = False,
     ) -> None:
-        if env_id not in gym.registry:
-            known = sorted(k for k in gym.registry if k.startswith("bpm/"))
-            raise ValueError(f"unknown env id {env_id!r}; registered bpm ids: {known}")
+        check_bpm_env_id(env_id)
         self.native = gym.make_vec(
             env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", **(env_kwargs or {})
         )
@@ -227,9 +242,7 @@ class SB3Config(DictConfig):
         """Fill the ``None`` fields from :data:`ALGO_DEFAULTS` and validate everything."""
         if self.algo not in ALGOS:
             raise ValueError(f"unknown algo {self.algo!r}; allowed: {', '.join(ALGOS)}")
-        if self.env_id not in gym.registry:
-            known = sorted(k for k in gym.registry if k.startswith("bpm/"))
-            raise ValueError(f"unknown env id {self.env_id!r}; registered bpm ids: {known}")
+        check_bpm_env_id(self.env_id)
         defaults = ALGO_DEFAULTS[self.algo]
         for name in ("minibatch_size", "n_epochs", "clip_range", "lstm_hidden_size"):
             if defaults[name] is None and getattr(self, name) is not None:
@@ -246,8 +259,8 @@ class SB3Config(DictConfig):
             if not 0 <= getattr(cfg, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(cfg, name)!r}")
         for name in ("learning_rate", "max_grad_norm") + (("clip_range",) if cfg.clip_range is not None else ()):
-            if not getattr(cfg, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(cfg, name)!r}")
+            if not 0 < getattr(cfg, name) < math.inf:
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(cfg, name)!r}")
         for name in ("ent_coef", "vf_coef"):
             if not getattr(cfg, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")
@@ -351,7 +364,11 @@ def load_model(
     try:
         model.set_parameters(str(path), exact_match=True, device=device)
     except Exception as exc:  # torch / zipfile raise many types for bad bytes; all mean "unusable"
-        raise CheckpointError(f"{path} could not be loaded into a {config.algo} model: {exc}") from None
+        if isinstance(exc, pickle.UnpicklingError):  # never pass on torch's "weights_only=False" advice
+            reason = load_failure(path, exc)
+        else:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path} could not be loaded into a {config.algo} model: {reason}") from None
     model.num_timesteps = counters["num_timesteps"]
     model._n_updates = counters["_n_updates"]
     return config, model
@@ -568,7 +585,10 @@ def load_model_config(run_dir: str | Path) -> SB3Config:
             f"{run_dir} was trained with {meta['algo']!r}, not an SB3 algorithm ({', '.join(ALGOS)})"
         )
     try:
-        return SB3Config.from_dict({"algo": meta["algo"], **meta["config"]}).resolve()
+        body = meta["config"]
+        if not isinstance(body, dict):
+            raise ValueError(f"SB3Config must be a JSON object of settings, got {json.dumps(body)}")
+        return SB3Config.from_dict({"algo": meta["algo"], **body}).resolve()
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{Path(run_dir) / CONFIG_FILE} holds a bad SB3 config: {exc}") from None
 

@@ -75,7 +75,10 @@ def load_trainer(run_dir: str | Path, device: str | torch.device = "cpu") -> A2C
     meta = read_run_config(run_dir)
     if meta["algo"] != ALGO:
         raise CheckpointError(f"{run_dir} was trained with {meta['algo']!r}, not {ALGO!r}")
-    config = A2CConfig.from_dict(meta["config"])
+    try:
+        config = A2CConfig.from_dict(meta["config"]).resolve()
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{Path(run_dir) / CONFIG_FILE} holds a bad config: {exc}") from None
     trainer = A2CTrainer(config, device)
     state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE, map_location=trainer.device)
     if state.get("env_id") != trainer.config.env_id:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bpm_agents.checkpoint import CheckpointError, atomic_write, atomic_write_text
+from bpm_agents.checkpoint import CheckpointError, atomic_write, atomic_write_text, check_config_dict, load_failure
 from bpm_agents.lm.corpus import Corpus, Vocabulary, batchify, num_segments, segments
 from bpm_agents.lm.model import LanguageModel, LMConfig, logits_loss
 
@@ -77,7 +77,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         checks = {
-            "lr": self.lr > 0, "lr_decay": 0 < self.lr_decay <= 1, "decay_start": self.decay_start >= 1,
+            "lr": 0 < self.lr < math.inf, "lr_decay": 0 < self.lr_decay <= 1, "decay_start": self.decay_start >= 1,
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "bptt": self.bptt >= 1,
             "eval_batch_size": self.eval_batch_size >= 1, "clip": self.clip > 0, "l2": self.l2 >= 0,
             "max_steps": self.max_steps is None or self.max_steps >= 1,
@@ -208,7 +208,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated / foreign files
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupted or unreadable: {exc}") from None
+        raise CheckpointError(f"checkpoint {str(path)!r} is unreadable: {load_failure(path, exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a language-model checkpoint ({CHECKPOINT_FORMAT})")
     return payload
@@ -219,11 +219,14 @@ def model_from_checkpoint(
 ) -> tuple[LanguageModel, Vocabulary]:
     """Rebuild the model and vocabulary a checkpoint holds."""
     try:
+        check_config_dict(LMConfig, payload["model_config"])
         config = LMConfig.from_dict(payload["model_config"])
         # the seeded init is overwritten by the saved weights
         model = LanguageModel(config, torch.Generator().manual_seed(0)).to(device)
         model.load_state_dict(payload["model"])
         vocab = Vocabulary(payload["vocab"])
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint holds a bad model config: {exc}") from None
     except (KeyError, RuntimeError, TypeError) as exc:
         raise CheckpointError(f"checkpoint content does not match its model config: {exc}") from None
     if len(vocab) != config.vocab_size:
@@ -275,7 +278,11 @@ def run_training(
     opt_state = None
     if resume:
         payload = load_checkpoint(out / "last.pt", map_location=device)
-        saved = TrainConfig(**payload["train_config"])
+        try:
+            check_config_dict(TrainConfig, payload.get("train_config"))
+            saved = TrainConfig(**payload["train_config"])
+        except ValueError as exc:
+            raise CheckpointError(f"{out / 'last.pt'} holds a bad training config: {exc}") from None
         train_config = replace(saved, epochs=train_config.epochs, max_steps=train_config.max_steps)
         model, vocab = model_from_checkpoint(payload, device)
         if vocab.words != corpus.vocab.words:

@@ -1,0 +1,177 @@
+"""Issue 13, item 5: each input that used to crash or lose work, with its exit code and message.
+
+Tiny runs (hidden 4-8, batch 2, 20-step episodes, the reference unroll), mostly through
+``train.py``'s ``main(argv)`` in-process; signals are tested on real subprocesses.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bpm_agents.checkpoint import CheckpointError, DictConfig, load_checkpoint
+from bpm_agents.training import CSV_FIELDS
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "SDL_VIDEODRIVER": "dummy", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1",
+       "PYGAME_HIDE_SUPPORT_PROMPT": "1"}
+QUIET = ["--no-progress", "--no-tensorboard", "--threads", "1"]
+TINY = ["--batch-size", "2", "--hidden-size", "6", "--env-kwargs", json.dumps({"episode_length": 20}),
+        "--unroll", "reference", *QUIET]
+PEER = ["--algo", "a2c", "--n-envs", "2", "--n-steps", "5", "--net-arch", "8",
+        "--env-kwargs", json.dumps({"episode_length": 20}), *QUIET]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"ui_{name}", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TRAIN = load_script("train").main
+
+
+def train(argv: list) -> int:
+    try:
+        return TRAIN([str(a) for a in argv])
+    except SystemExit as exc:  # argparse's own refusals
+        return int(exc.code)
+
+
+def rows(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "progress.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------ non-bpm environment ids
+@pytest.mark.parametrize("algo", [[], ["--algo", "ppo"]])
+def test_gymnasium_env_id_is_refused_up_front(tmp_path, capsys, algo):
+    out = tmp_path / "run"
+    assert train([*algo, "--env", "CartPole-v1", "--updates", "1", "--out", out, *QUIET]) == 2
+    cap = capsys.readouterr()
+    assert "'CartPole-v1' is a Gymnasium env, not a bpm/ task" in cap.err
+    assert "bpm/CueReward-v0, bpm/PlasticMaze-v0" in cap.err
+    assert cap.out == "" and not out.exists()  # no half run folder left behind
+
+
+# ------------------------------------------------------------------ config.json of wrong types
+BAD_CONFIGS = [
+    ({"hidden_size": "two hundred"}, "'hidden_size' must be an integer or null, got \"two hundred\""),
+    ({"hidden_size": 2.5}, "'hidden_size' must be an integer or null, got 2.5"),
+    ({"lr": "0.001"}, "'lr' must be a number or null, got \"0.001\""),
+    ({"gamma": None}, "'gamma' must be a number, got null"),
+    ({"env_kwargs": "x"}, "'env_kwargs' must be a JSON object, got \"x\""),
+    ("not a dict", "must be a JSON object of settings, got \"not a dict\""),
+]
+
+
+@pytest.fixture(scope="module")
+def saved_runs(tmp_path_factory):
+    """A plastic A2C and an SB3 A2C run folder at update 0 (copied by each test)."""
+    base = tmp_path_factory.mktemp("saved")
+    assert train(["--updates", "0", "--out", base / "plastic", *TINY]) == 0
+    assert train([*PEER, "--updates", "0", "--out", base / "peer"]) == 0
+    return base
+
+
+def _with_config(src: Path, dst: Path, change) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "config.json").read_text())
+    meta["config"] = change if not isinstance(change, dict) else {**meta["config"], **change}
+    (dst / "config.json").write_text(json.dumps(meta))
+    return dst
+
+
+@pytest.mark.parametrize("kind", ["plastic", "peer"])
+@pytest.mark.parametrize("change,message", BAD_CONFIGS)
+def test_config_json_of_wrong_type_names_field_and_value(saved_runs, tmp_path, capsys, kind,
+                                                         change, message):
+    if kind == "peer" and isinstance(change, dict) and "lr" in change:
+        change = {"learning_rate": change["lr"]}
+        message = message.replace("'lr'", "'learning_rate'")
+    if kind == "peer" and isinstance(change, dict) and "hidden_size" in change:
+        change = {"n_envs": change["hidden_size"]}
+        message = message.replace("'hidden_size' must be an integer or null", "'n_envs' must be an integer")
+    run = _with_config(saved_runs / kind, tmp_path / "run", change)
+    before = (run / "progress.csv").read_text()
+    assert train(["--out", run, "--resume", "--updates", "1", *QUIET]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert str(run / "config.json") in err and "Traceback" not in err
+    assert (run / "progress.csv").read_text() == before  # nothing touched
+
+
+def test_every_config_class_checks_types():
+    from bpm_agents.a2c import A2CConfig
+    from bpm_agents.lm.model import LMConfig
+    from bpm_agents.lm.trainer import TrainConfig
+    from bpm_agents.checkpoint import check_config_dict
+    from bpm_agents.sb3 import SB3Config
+
+    assert issubclass(A2CConfig, DictConfig) and issubclass(SB3Config, DictConfig)
+    assert A2CConfig.from_dict({"hidden_size": 7, "lr": 1}).hidden_size == 7  # ints are numbers
+    with pytest.raises(ValueError, match="A2CConfig field 'fanout' must be true or false, got 1"):
+        A2CConfig.from_dict({"fanout": 1})
+    with pytest.raises(ValueError, match=r"'net_arch' must be a list of integers or null, got \[64, \"x\"\]"):
+        SB3Config.from_dict({"net_arch": [64, "x"]})
+    with pytest.raises(ValueError, match="TrainConfig field 'bptt' must be an integer, got 2.5"):
+        check_config_dict(TrainConfig, {"bptt": 2.5})
+    with pytest.raises(ValueError, match="LMConfig field 'hidden_sizes' must be a list of integers"):
+        check_config_dict(LMConfig, {"hidden_sizes": ["200"]})
+    check_config_dict(LMConfig, {"hidden_sizes": [200, 200], "tied": False})  # a saved config passes
+
+
+# ------------------------------------------------------------------ learning rates
+@pytest.mark.parametrize("lr", ["inf", "nan", "0", "-1e-3"])
+@pytest.mark.parametrize("algo", ["plastic", "peer"])
+def test_non_finite_or_non_positive_lr_is_refused_before_training(tmp_path, capsys, lr, algo):
+    out = tmp_path / "run"
+    flags = TINY if algo == "plastic" else PEER
+    assert train([*flags, f"--lr={lr}", "--updates", "2", "--out", out]) == 2
+    err = capsys.readouterr().err
+    name = "lr" if algo == "plastic" else "learning_rate"
+    assert f"{name} must be a finite number > 0, got {float(lr)!r}" in err, err
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------ corrupt checkpoints
+class Foreign:
+    """An object the weights-only loader refuses."""
+
+
+def test_corrupt_checkpoint_message_says_what_is_wrong_not_weights_only_false(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save({"format": "x", "w": torch.ones(3)}, good)
+    cases = {
+        "junk.pt": (b"hello, not a checkpoint", "not a checkpoint (not a torch save file)"),
+        "short.pt": (good.read_bytes()[:60], "truncated"),
+        "empty.pt": (b"", "empty (truncated)"),
+    }
+    for name, (data, message) in cases.items():
+        (tmp_path / name).write_bytes(data)
+    evil = tmp_path / "evil.pt"
+    torch.save({"obj": Foreign()}, evil)
+    cases["evil.pt"] = (None, "contains objects other than tensors")
+    from bpm_agents.lm.trainer import load_checkpoint as load_lm_checkpoint
+
+    for name, (_, message) in cases.items():
+        for load in (load_checkpoint, load_lm_checkpoint):
+            with pytest.raises(CheckpointError) as info:
+                load(tmp_path / name)
+            text = str(info.value)
+            assert message in text, text
+            assert "weights_only" not in text and "trust the source" not in text, text
