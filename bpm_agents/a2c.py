@@ -99,8 +99,11 @@ class A2CConfig(DictConfig):
         if not 0 <= cfg.gamma <= 1:
             raise ValueError(f"gamma must be in [0, 1], got {cfg.gamma!r}")
         for name in ("lr", "adam_eps", "grad_clip"):
-            if not 0 < getattr(cfg, name) < math.inf:
-                raise ValueError(f"{name} must be a finite number > 0, got {getattr(cfg, name)!r}")
+            if not 0 < getattr(cfg, name) <= torch.finfo(torch.float32).max:
+                raise ValueError(
+                    f"{name} must be a finite number > 0 (at most 3.4e38, the float32 range), "
+                    f"got {getattr(cfg, name)!r}"
+                )
         if cfg.entropy_mode not in ENTROPY_MODES:
             raise ValueError(
                 f"unknown entropy mode {cfg.entropy_mode!r}; allowed: {', '.join(ENTROPY_MODES)}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import tempfile
 import types
 import typing
@@ -110,6 +111,33 @@ def check_config_dict(cls: type, d: Any) -> None:
         tp = hints.get(key, Any)
         if not _fits(value, tp):
             raise ValueError(f"{name} field {key!r} must be {_type_name(tp)}, got {_json(value)}")
+
+
+class StopOnSignals:
+    """Ctrl-C (SIGINT) or SIGTERM (what ``kill`` and job schedulers send) asks the loop to stop
+    after the current update, which then saves a checkpoint; a second signal aborts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignals:
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 class CheckpointError(ValueError):

@@ -321,8 +321,11 @@ class SB3Config(DictConfig):
             if not 0 <= getattr(cfg, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(cfg, name)!r}")
         for name in ("learning_rate", "max_grad_norm") + (("clip_range",) if cfg.clip_range is not None else ()):
-            if not 0 < getattr(cfg, name) < math.inf:
-                raise ValueError(f"{name} must be a finite number > 0, got {getattr(cfg, name)!r}")
+            if not 0 < getattr(cfg, name) <= torch.finfo(torch.float32).max:
+                raise ValueError(
+                    f"{name} must be a finite number > 0 (at most 3.4e38, the float32 range), "
+                    f"got {getattr(cfg, name)!r}"
+                )
         for name in ("ent_coef", "vf_coef"):
             if not getattr(cfg, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")

@@ -19,7 +19,6 @@ import csv
 import io
 import json
 import math
-import signal
 import sys
 import time
 from collections import deque
@@ -32,6 +31,7 @@ import torch
 from bpm_agents.a2c import A2CConfig, A2CTrainer, NonFiniteLossError
 from bpm_agents.checkpoint import (
     CheckpointError,
+    StopOnSignals,
     atomic_write_json,
     atomic_write_text,
     load_checkpoint,
@@ -185,31 +185,9 @@ def _truncate_progress(path: Path, last_update: int) -> float:
         return 0.0
 
 
-class StopOnCtrlC:
-    """Ctrl-C (SIGINT) or SIGTERM (what ``kill`` and job schedulers send) asks the loop to stop
-    after the current update, which then saves a checkpoint; a second signal aborts at once."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.signal_name: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopOnCtrlC:
-        for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.signal_name = signal.Signals(signum).name
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
+#: the signal handler (kept under its old name; it lives in checkpoint.py so the LM can use it
+#: without importing the RL stack)
+StopOnCtrlC = StopOnSignals
 
 
 def train(

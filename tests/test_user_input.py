@@ -136,7 +136,7 @@ def test_every_config_class_checks_types():
 
 
 # ------------------------------------------------------------------ learning rates
-@pytest.mark.parametrize("lr", ["inf", "nan", "0", "-1e-3"])
+@pytest.mark.parametrize("lr", ["inf", "nan", "0", "-1e-3", "1e300"])
 @pytest.mark.parametrize("algo", ["plastic", "peer"])
 def test_non_finite_or_non_positive_lr_is_refused_before_training(tmp_path, capsys, lr, algo):
     out = tmp_path / "run"
@@ -144,7 +144,7 @@ def test_non_finite_or_non_positive_lr_is_refused_before_training(tmp_path, caps
     assert train([*flags, f"--lr={lr}", "--updates", "2", "--out", out]) == 2
     err = capsys.readouterr().err
     name = "lr" if algo == "plastic" else "learning_rate"
-    assert f"{name} must be a finite number > 0, got {float(lr)!r}" in err, err
+    assert f"{name} must be a finite number > 0 (at most 3.4e38, the float32 range), got {float(lr)!r}" in err, err
     assert not out.exists()
 
 
@@ -175,3 +175,160 @@ def test_corrupt_checkpoint_message_says_what_is_wrong_not_weights_only_false(tm
             text = str(info.value)
             assert message in text, text
             assert "weights_only" not in text and "trust the source" not in text, text
+
+
+# ------------------------------------------------------------------ resume says what it does
+def test_resume_reports_its_start_refuses_differing_flags_and_has_nothing_to_do(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(["--plasticity", "hebbian", "--updates", "2", "--out", out, *TINY]) == 0
+    capsys.readouterr()
+    saved = (out / "checkpoint.pt").read_bytes()
+
+    assert train(["--out", out, "--resume", "--updates", "10", "--plasticity", "retroactive",
+                  "--lr", "0.001", "--hidden-size", "6", *QUIET]) == 2
+    err = capsys.readouterr().err
+    assert "these flags differ from it: --plasticity retroactive (saved: \"hebbian\"); " \
+           "--lr 0.001 (saved: 0.0001)" in err, err
+    assert "--hidden-size" not in err  # the same value as saved is accepted
+    assert (out / "checkpoint.pt").read_bytes() == saved and len(rows(out)) == 2
+
+    assert train(["--out", out, "--resume", "--updates", "1", *QUIET]) == 0
+    cap = capsys.readouterr()
+    assert f"resuming {out} from update 2" in cap.err
+    assert cap.out == "nothing to do: run already has 2 updates (asked for --updates 1)\n"
+    assert (out / "checkpoint.pt").read_bytes() == saved
+
+    # the original command line plus --resume is accepted (same values) and continues
+    assert train(["--plasticity", "hebbian", "--updates", "3", "--out", out, "--resume", *TINY]) == 0
+    cap = capsys.readouterr()
+    assert f"resuming {out} from update 2" in cap.err and cap.out.startswith("done: 3 updates")
+    assert [r["update"] for r in rows(out)] == ["1", "2", "3"]
+
+
+def test_peer_resume_reports_refuses_and_has_nothing_to_do(tmp_path, capsys):
+    out = tmp_path / "peer"
+    assert train([*PEER, "--updates", "2", "--out", out]) == 0
+    capsys.readouterr()
+    assert train(["--out", out, "--resume", "--updates", "5", "--lr", "0.5", "--n-steps", "5",
+                  "--net-arch", "16", *QUIET]) == 2
+    err = capsys.readouterr().err
+    assert "--lr 0.5 (saved: 0.0007); --net-arch [16] (saved: [8])" in err, err
+    assert "--n-steps" not in err
+    assert train(["--out", out, "--resume", "--updates", "2", *QUIET]) == 0
+    cap = capsys.readouterr()
+    assert f"resuming {out} from update 2" in cap.err
+    assert cap.out.startswith("nothing to do: run already has 2 updates")
+
+
+# ------------------------------------------------------------------ SB3 resume bit for bit
+def _peer_rows(run_dir: Path) -> list[dict[str, str]]:
+    return [{k: v for k, v in r.items() if k != "wall_time"} for r in rows(run_dir)]
+
+
+def _peer_params(run_dir: Path) -> dict[str, torch.Tensor]:
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(run_dir / "checkpoint.zip") as zf:
+        return torch.load(io.BytesIO(zf.read("policy.pth")), weights_only=True)
+
+
+@pytest.mark.parametrize("algo", ["a2c", "recurrent-ppo"])
+def test_peer_two_updates_plus_resume_two_equal_four_straight(tmp_path, capsys, algo):
+    """n_steps 7 with 20-step episodes: every checkpoint falls mid-episode."""
+    flags = [*PEER[2:], "--algo", algo, "--n-steps", "7"]
+    if algo == "recurrent-ppo":
+        flags += ["--lstm-hidden-size", "4", "--minibatch-size", "7", "--n-epochs", "2"]
+    assert train([*flags, "--updates", "4", "--out", tmp_path / "whole"]) == 0
+    assert train([*flags, "--updates", "2", "--out", tmp_path / "part"]) == 0
+    import shutil
+    import zipfile
+
+    shutil.copytree(tmp_path / "part", tmp_path / "old")  # the same, without the resume state
+    with zipfile.ZipFile(tmp_path / "part" / "checkpoint.zip") as src, \
+            zipfile.ZipFile(tmp_path / "old" / "checkpoint.zip", "w") as dst:
+        for item in src.infolist():
+            if item.filename != "bpm_resume.pt":
+                dst.writestr(item, src.read(item.filename))
+    assert train(["--out", tmp_path / "part", "--resume", "--updates", "4", *QUIET]) == 0
+    whole, part = _peer_rows(tmp_path / "whole"), _peer_rows(tmp_path / "part")
+    assert [r["update"] for r in part] == ["1", "2", "3", "4"]
+    assert part == whole
+    a, b = _peer_params(tmp_path / "whole"), _peer_params(tmp_path / "part")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # a checkpoint without the resume state still resumes, says so, and differs: the test can fail
+    capsys.readouterr()
+    assert train(["--out", tmp_path / "old", "--resume", "--updates", "4", *QUIET]) == 0
+    assert "not bit for bit" in capsys.readouterr().err
+    old = _peer_params(tmp_path / "old")
+    assert not all(torch.equal(a[k], old[k]) for k in a)
+
+
+# ------------------------------------------------------------------ SIGTERM saves like Ctrl-C
+def _terminate_after_first_update(argv: list, out: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, argv)], cwd=ROOT,
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "progress.csv").exists() and len(rows(out)) >= 1:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.communicate()[1]
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues_plastic(tmp_path, capsys):
+    out = tmp_path / "run"
+    done = _terminate_after_first_update(
+        [*TINY, "--updates", "100000", "--checkpoint-every", "100000", "--out", out], out)
+    assert done.returncode == 130, done.stderr
+    assert done.stdout.startswith("interrupted, checkpoint saved: ") and "Traceback" not in done.stderr
+    n = load_checkpoint(out / "checkpoint.pt")["trainer"]["updates_done"]
+    assert 1 <= n < 100000 and len(rows(out)) == n  # advanced past the update-0 checkpoint
+    assert train(["--out", out, "--resume", "--updates", n + 1, *QUIET]) == 0
+    assert f"resuming {out} from update {n}" in capsys.readouterr().err
+    assert [int(r["update"]) for r in rows(out)] == list(range(1, n + 2))
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues_peer(tmp_path, capsys):
+    import zipfile
+
+    out = tmp_path / "run"
+    done = _terminate_after_first_update(
+        [*PEER, "--updates", "100000", "--checkpoint-every", "100000", "--out", out], out)
+    assert done.returncode == 130, done.stderr
+    assert done.stdout.startswith("interrupted, checkpoint saved: ") and "Traceback" not in done.stderr
+    with zipfile.ZipFile(out / "checkpoint.zip") as zf:
+        steps = json.loads(zf.read("data"))["num_timesteps"]
+    n = len(rows(out))
+    assert n >= 1 and steps == n * 2 * 5
+    assert train(["--out", out, "--resume", "--updates", n + 1, *QUIET]) == 0
+    assert f"resuming {out} from update {n}" in capsys.readouterr().err
+    assert [int(r["update"]) for r in rows(out)] == list(range(1, n + 2))
+
+
+# ------------------------------------------------------------------ progress.csv optional cells
+@pytest.mark.parametrize("rule,empty", [("none", {"modulator_abs_mean", "eta", "eta_e"}),
+                                        ("hebbian", {"modulator_abs_mean", "eta_e"}),
+                                        ("simple", {"eta_e"}),
+                                        ("retroactive", set())])
+def test_progress_csv_leaves_cells_of_absent_parameters_empty(tmp_path, rule, empty):
+    out = tmp_path / rule
+    assert train(["--plasticity", rule, "--updates", "1", "--out", out, *TINY]) == 0
+    text = (out / "progress.csv").read_text()
+    assert "nan" not in text.lower()
+    (row,) = rows(out)
+    assert list(row) == CSV_FIELDS
+    assert {k for k, v in row.items() if v == ""} == empty
+    for k in ("modulator_abs_mean", "eta", "eta_e"):
+        if k not in empty:
+            assert math.isfinite(float(row[k]))
+    if "eta" not in empty:
+        assert abs(float(row["eta"]) - 0.1) < 0.01  # the cue task's eta_init, after one step

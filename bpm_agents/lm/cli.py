@@ -21,6 +21,7 @@ from bpm_agents.lm.fast_step import IMPLS
 from bpm_agents.lm.model import VARIANTS, config_parameters, match_hidden_size
 from bpm_agents.lm.trainer import (
     PRESETS,
+    NonFiniteLossError,
     evaluate,
     load_checkpoint,
     model_from_checkpoint,
@@ -45,7 +46,7 @@ def _train_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="run folder (default: runs/lm-<variant>-<preset>-s<seed>)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt (also from inside an epoch that Ctrl-C or SIGTERM interrupted: both stop after the current step, save last.pt and exit 130)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads (torch.set_num_threads)")
     p.add_argument(
@@ -154,6 +155,14 @@ def train_main(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except NonFiniteLossError as exc:
+        last = out / "last.pt"
+        kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint had been saved yet"
+        print(f"stopped: {exc}; {kept}. Try a smaller --lr or --clip.", file=sys.stderr)
+        return EXIT_USAGE
+    if summary.get("interrupted"):
+        print(f"interrupted, checkpoint saved: step {summary['steps']}, run folder {out} (--resume continues)")
+        return 130
     if "test_ppl" in summary:
         print(f"test perplexity {summary['test_ppl']:.2f} (best valid {summary['best_valid_ppl']:.2f})")
     return 0
