@@ -265,60 +265,184 @@ def test_peer_two_updates_plus_resume_two_equal_four_straight(tmp_path, capsys, 
 
 
 # ------------------------------------------------------------------ SIGTERM saves like Ctrl-C
-def _terminate_after_first_update(argv: list, out: Path) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, argv)], cwd=ROOT,
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (out / "progress.csv").exists() and len(rows(out)) >= 1:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, proc.communicate()[1]
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+WORDS = "the cat sat on a mat".split()
 
 
-def test_sigterm_saves_a_checkpoint_and_resume_continues_plastic(tmp_path, capsys):
-    out = tmp_path / "run"
-    done = _terminate_after_first_update(
-        [*TINY, "--updates", "100000", "--checkpoint-every", "100000", "--out", out], out)
-    assert done.returncode == 130, done.stderr
-    assert done.stdout.startswith("interrupted, checkpoint saved: ") and "Traceback" not in done.stderr
-    n = load_checkpoint(out / "checkpoint.pt")["trainer"]["updates_done"]
-    assert 1 <= n < 100000 and len(rows(out)) == n  # advanced past the update-0 checkpoint
-    assert train(["--out", out, "--resume", "--updates", n + 1, *QUIET]) == 0
-    assert f"resuming {out} from update {n}" in capsys.readouterr().err
-    assert [int(r["update"]) for r in rows(out)] == list(range(1, n + 2))
+def write_corpus(folder: Path, train_lines: int) -> Path:
+    """A tiny corpus of 6 words; ``train_lines`` lines of 5 words = train_lines * 6 tokens."""
+    folder.mkdir(parents=True, exist_ok=True)
+    line = lambda k: " ".join(WORDS[(7 * k + j * (k % 3 + 1)) % 6] for j in range(5))  # noqa: E731
+    (folder / "train.txt").write_text("\n".join(line(k) for k in range(train_lines)) + "\n")
+    (folder / "valid.txt").write_text("\n".join(line(k) for k in range(3, 9)) + "\n")
+    (folder / "test.txt").write_text("\n".join(line(k) for k in range(1, 7)) + "\n")
+    return folder
 
 
-def test_sigterm_saves_a_checkpoint_and_resume_continues_peer(tmp_path, capsys):
+def lm_flags(corpus: Path) -> list:
+    return ["lm", "--data", corpus, "--variant", "retroactive", "--batch-size", "2", "--bptt", "5",
+            "--eval-batch-size", "2", "--no-progress", "--threads", "1", "--device", "cpu",
+            "--target-params", "3000", "--epochs", "1"]
+
+
+def lm_rows(run_dir: Path) -> list[list[str]]:
+    """log.csv rows without the timing columns."""
+    with (run_dir / "log.csv").open(newline="") as f:
+        return [r[:7] for r in csv.reader(f)]
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path, capsys):
+    """Real runs in subprocesses (plastic A2C, an SB3 peer, an LM; started together to share the
+    interpreter start-up time), each sent SIGTERM after its first logged update."""
     import zipfile
 
-    out = tmp_path / "run"
-    done = _terminate_after_first_update(
-        [*PEER, "--updates", "100000", "--checkpoint-every", "100000", "--out", out], out)
-    assert done.returncode == 130, done.stderr
-    assert done.stdout.startswith("interrupted, checkpoint saved: ") and "Traceback" not in done.stderr
-    with zipfile.ZipFile(out / "checkpoint.zip") as zf:
+    corpus = write_corpus(tmp_path / "corpus", 2000)  # 1200 steps an epoch: far from its end
+    runs = {"plastic": tmp_path / "plastic", "peer": tmp_path / "peer", "lm": tmp_path / "lm"}
+    argv = {
+        "plastic": [*TINY, "--updates", "100000", "--checkpoint-every", "100000", "--out", runs["plastic"]],
+        "peer": [*PEER, "--updates", "100000", "--checkpoint-every", "100000", "--out", runs["peer"]],
+        "lm": [*lm_flags(corpus), "--valid-every", "5", "--out", runs["lm"]],
+    }
+    logged = {  # has the run logged its first update (LM: its first check row)?
+        "plastic": lambda d: (d / "progress.csv").exists() and len(rows(d)) >= 1,
+        "peer": lambda d: (d / "progress.csv").exists() and len(rows(d)) >= 1,
+        "lm": lambda d: (d / "log.csv").exists() and len(lm_rows(d)) >= 2,
+    }
+    procs = {k: subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, a)], cwd=ROOT,
+                                 env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k, a in argv.items()}
+    results = {}
+    try:
+        deadline = time.monotonic() + 90
+        pending = set(procs)
+        while pending and time.monotonic() < deadline:
+            for k in list(pending):
+                assert procs[k].poll() is None, (k, procs[k].communicate()[1])
+                if logged[k](runs[k]):
+                    procs[k].send_signal(signal.SIGTERM)
+                    pending.discard(k)
+            time.sleep(0.02)
+        for k, p in procs.items():
+            results[k] = p.communicate(timeout=60)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for k, p in procs.items():
+        stdout, stderr = results[k]
+        assert p.returncode == 130, (k, stderr)
+        assert stdout.startswith("interrupted, checkpoint saved"), (k, stdout)
+        assert "Traceback" not in stderr, (k, stderr)
+
+    n = load_checkpoint(runs["plastic"] / "checkpoint.pt")["trainer"]["updates_done"]
+    assert 1 <= n < 100000 and len(rows(runs["plastic"])) == n  # advanced past update 0
+    with zipfile.ZipFile(runs["peer"] / "checkpoint.zip") as zf:
         steps = json.loads(zf.read("data"))["num_timesteps"]
-    n = len(rows(out))
-    assert n >= 1 and steps == n * 2 * 5
-    assert train(["--out", out, "--resume", "--updates", n + 1, *QUIET]) == 0
-    assert f"resuming {out} from update {n}" in capsys.readouterr().err
-    assert [int(r["update"]) for r in rows(out)] == list(range(1, n + 2))
+    m = len(rows(runs["peer"]))
+    assert m >= 1 and steps == m * 2 * 5
+    from bpm_agents.lm.trainer import load_checkpoint as load_lm
+
+    saved = load_lm(runs["lm"] / "last.pt")
+    k = saved["step"]
+    assert saved["epoch"] == 0 and saved["in_epoch"]["steps"] == k and 5 <= k < 1200
+    assert "interrupted by SIGTERM" in results["lm"][1]
+
+    capsys.readouterr()
+    assert train(["--out", runs["plastic"], "--resume", "--updates", n + 1, *QUIET]) == 0
+    assert train(["--out", runs["peer"], "--resume", "--updates", m + 1, *QUIET]) == 0
+    assert train([*lm_flags(corpus), "--out", runs["lm"], "--resume", "--max-steps", k + 3]) == 0
+    err = capsys.readouterr().err
+    assert f"resuming {runs['plastic']} from update {n}" in err
+    assert f"resuming {runs['peer']} from update {m}" in err
+    assert f"resuming {runs['lm']} from step {k} (epoch 1, {k} steps into it" in err
+    assert [int(r["update"]) for r in rows(runs["plastic"])] == list(range(1, n + 2))
+    assert [int(r["update"]) for r in rows(runs["peer"])] == list(range(1, m + 2))
+    after = load_lm(runs["lm"] / "last.pt")
+    assert after["step"] == k + 3 and after["epoch"] == 1 and after["in_epoch"] is None
+
+
+def test_lm_interrupted_mid_epoch_resumes_bit_for_bit(tmp_path, capsys):
+    """In-process: SIGTERM lands after a check row; the resumed epoch equals an uninterrupted one."""
+    import threading
+
+    corpus = write_corpus(tmp_path / "corpus", 400)  # 240 steps
+    flags = [*lm_flags(corpus), "--valid-every", "20"]
+    assert train([*flags, "--out", tmp_path / "whole"]) == 0
+    out = tmp_path / "part"
+
+    def terminate_after_first_check():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if (out / "log.csv").exists() and len(lm_rows(out)) >= 2:
+                os.kill(os.getpid(), signal.SIGTERM)  # handled in the main thread
+                return
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=terminate_after_first_check, daemon=True)
+    watcher.start()
+    assert train([*flags, "--out", out]) == 130
+    watcher.join()
+    from bpm_agents.lm.trainer import load_checkpoint as load_lm
+
+    k = load_lm(out / "last.pt")["in_epoch"]["steps"]
+    assert 20 <= k < 240
+    assert train([*flags, "--out", out, "--resume"]) == 0
+    assert lm_rows(out) == lm_rows(tmp_path / "whole")
+    a, b = load_lm(tmp_path / "whole" / "last.pt"), load_lm(out / "last.pt")
+    assert a["step"] == b["step"] == 240 and a["valid_ppl"] == b["valid_ppl"]
+    assert all(torch.equal(a["model"][key], b["model"][key]) for key in a["model"])
+    assert json.loads((out / "test.json").read_text())["test_ppl"] == \
+        json.loads((tmp_path / "whole" / "test.json").read_text())["test_ppl"]
+
+
+# ------------------------------------------------------------------ LM: huge and non-finite lr
+def test_lm_huge_lr_prints_inf_perplexity_instead_of_crashing(tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "corpus", 40)
+    assert train([*lm_flags(corpus), "--lr", "1e6", "--epochs", "2", "--out", tmp_path / "run"]) == 0
+    err = capsys.readouterr().err
+    assert "train ppl inf" in err and "Traceback" not in err
+    assert any(r[4] == "inf" for r in lm_rows(tmp_path / "run")[1:])  # train_ppl column
+
+
+@pytest.mark.parametrize("lr", ["inf", "nan", "0", "-1", "1e300"])
+def test_lm_bad_lr_is_refused_before_training(tmp_path, capsys, lr):
+    corpus = write_corpus(tmp_path / "corpus", 40)
+    assert train([*lm_flags(corpus), f"--lr={lr}", "--out", tmp_path / "run"]) == 2
+    err = capsys.readouterr().err
+    assert f"invalid training setting lr={float(lr)!r} (a finite number > 0, at most 3.4e38" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_lm_non_finite_loss_stops_with_exit_2_keeping_the_last_good_checkpoint(tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "corpus", 40)
+    out = tmp_path / "run"
+    # from scratch: the loss is NaN within the first epoch, before any checkpoint
+    assert train([*lm_flags(corpus), "--lr", "1e30", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "stopped: training loss is nan at step" in err and "no checkpoint had been saved yet" in err
+    # a good epoch, then the run diverges in epoch 2 (its saved lr made huge)
+    import shutil
+
+    shutil.rmtree(out)
+    assert train([*lm_flags(corpus), "--out", out]) == 0
+    from bpm_agents.lm.trainer import load_checkpoint as load_lm, save_checkpoint as save_lm
+
+    payload = load_lm(out / "last.pt")
+    payload["train_config"]["lr"] = 1e30
+    save_lm(out / "last.pt", payload)
+    good = (out / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert train([*lm_flags(corpus), "--out", out, "--resume", "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"the last good checkpoint {out / 'last.pt'} is kept" in err and "Traceback" not in err
+    assert (out / "last.pt").read_bytes() == good
 
 
 # ------------------------------------------------------------------ progress.csv optional cells
 @pytest.mark.parametrize("rule,empty", [("none", {"modulator_abs_mean", "eta", "eta_e"}),
                                         ("hebbian", {"modulator_abs_mean", "eta_e"}),
-                                        ("simple", {"eta_e"}),
-                                        ("retroactive", set())])
+                                        ("simple", {"eta", "eta_e"}),  # M(t) is its rate
+                                        ("retroactive", {"eta"})])  # eta_e is its rate
 def test_progress_csv_leaves_cells_of_absent_parameters_empty(tmp_path, rule, empty):
     out = tmp_path / rule
     assert train(["--plasticity", rule, "--updates", "1", "--out", out, *TINY]) == 0
@@ -330,5 +454,6 @@ def test_progress_csv_leaves_cells_of_absent_parameters_empty(tmp_path, rule, em
     for k in ("modulator_abs_mean", "eta", "eta_e"):
         if k not in empty:
             assert math.isfinite(float(row[k]))
-    if "eta" not in empty:
-        assert abs(float(row["eta"]) - 0.1) < 0.01  # the cue task's eta_init, after one step
+    for k in ("eta", "eta_e"):
+        if k not in empty:
+            assert abs(float(row[k]) - 0.1) < 0.01  # the cue task's initial rate, after one step
