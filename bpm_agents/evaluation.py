@@ -628,9 +628,11 @@ def record_gif(
 ) -> tuple[Path, list[float]]:
     """Save ``episodes`` episodes (env seeds ``seed``, ``seed + 1``, ...) as one GIF.
 
-    Returns the path and the total reward of each recorded episode.
+    Every frame gets a caption strip under it: ``episode j/n   step k/T   reward so far R``
+    (drawn with pygame-ce, the ``render`` extra). Returns the path and the total reward of each
+    recorded episode.
     """
-    from bpm_envs.rendering import save_gif
+    from bpm_envs.rendering import caption_strip, save_gif, stack_rows
 
     episodes = _check_count("episodes", episodes, 1)
     env_id, env_kwargs = _env_of(agent, env_id, env_kwargs)
@@ -641,7 +643,11 @@ def record_gif(
         for j in range(episodes):
             trace = run_episode(agent, int(seed) + j, deterministic, env_id, env_kwargs,
                                 render_mode="rgb_array", generator=generator)
-            frames.extend(trace.frames)
+            so_far = np.concatenate([[0.0], np.cumsum(trace.rewards)])
+            last = len(trace.frames) - 1
+            for k, frame in enumerate(trace.frames):
+                text = f"episode {j + 1}/{episodes}   step {k}/{last}   reward so far {so_far[k]:+g}"
+                frames.append(stack_rows(frame, caption_strip(frame.shape[1], text)))
             totals.append(trace.total_reward)
     if fps is None:
         fps = _render_fps(env_id, env_kwargs)
