@@ -105,7 +105,16 @@ def main(argv: list[str] | None = None) -> int:
         return train_main(argv[1:])
     if _requested_algo(argv) not in (None, "plastic-a2c"):
         # SB3 peers have their own flags (--n-envs, --n-steps, ...): hand them the raw argv.
-        from bpm_agents.sb3 import train_main as sb3_train_main
+        try:
+            from bpm_agents.sb3 import train_main as sb3_train_main
+        except ImportError as exc:
+            from bpm_envs.extras import as_missing_extra
+
+            missing = as_missing_extra(exc, f"--algo {_requested_algo(argv)}")
+            if missing is None:
+                raise
+            print(f"train.py: error: {missing}", file=sys.stderr)
+            return EXIT_USAGE
 
         return sb3_train_main(argv)
     parser = build_parser()

@@ -40,6 +40,7 @@ from bpm_agents.plasticity import PlasticState
 from bpm_agents.policy import PlasticActorCritic
 from bpm_agents.training import ALGO, CHECKPOINT_FILE, read_run_config
 from bpm_agents.devices import resolve_device
+from bpm_envs.extras import MissingExtraError, as_missing_extra, require
 
 #: two-sided 95% quantile of the standard normal (normal-approximation interval)
 Z95 = 1.96
@@ -146,6 +147,9 @@ def load_agent(run_dir: str | Path, device: str | torch.device = "cpu") -> Any:
         try:
             from bpm_agents.sb3 import load_agent as load_sb3_agent
         except ImportError as exc:
+            missing = as_missing_extra(exc, f"loading {run_dir} (trained with {meta['algo']!r})")
+            if missing is not None:
+                raise missing from None
             raise CheckpointError(
                 f"{run_dir} was trained with {meta['algo']!r}; loading it needs "
                 f"bpm_agents.sb3, which cannot be imported: {exc}"
@@ -754,7 +758,7 @@ def plot_modulator(
             f"this agent ({desc}) has no neuromodulator M(t), so there is nothing to plot; "
             "only the 'simple' and 'retroactive' rules have one"
         )
-    import matplotlib
+    matplotlib = require("matplotlib", "the modulator plot")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -819,6 +823,7 @@ def plot_modulator(
 
 __all__ = [
     "CheckpointError",
+    "MissingExtraError",
     "EpisodeTrace",
     "EvaluationResult",
     "NoModulatorError",

@@ -72,6 +72,7 @@ from bpm_agents.training import (
     resume_conflicts,
 )
 from bpm_agents.devices import resolve_device
+from bpm_envs.extras import MissingExtraError, require
 
 ALGOS = ("ppo", "a2c", "recurrent-ppo")
 CHECKPOINT_FILE = "checkpoint.zip"
@@ -363,7 +364,7 @@ def build_model(config: SB3Config, env: VecEnv, device: str | torch.device = "cp
 
         return A2C("MlpPolicy", env, policy_kwargs=dict(net_arch=arch), **common)
     if config.algo == "recurrent-ppo":
-        from sb3_contrib import RecurrentPPO
+        RecurrentPPO = require("sb3_contrib", "--algo recurrent-ppo").RecurrentPPO
 
         return RecurrentPPO(
             "MlpLstmPolicy", env, batch_size=config.minibatch_size, n_epochs=config.n_epochs,
@@ -889,7 +890,7 @@ def train_main(argv: list[str]) -> int:
             checkpoint_every=args.checkpoint_every, device=resolve_device(args.device),
             progress=not args.no_progress, tensorboard=not args.no_tensorboard,
         )
-    except (ValueError, TypeError, CheckpointError, json.JSONDecodeError) as exc:
+    except (ValueError, TypeError, CheckpointError, json.JSONDecodeError, MissingExtraError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
     if result.nothing_to_do:

@@ -181,19 +181,15 @@ def stack_rows(*parts: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- text
 _FONTS: dict[int, Any] = {}
-RENDER_EXTRA_HINT = "pip install 'backpropamine-gym[render]'"
 
 
 def _font(size: int) -> Any:
     """pygame-ce's default font at ``size`` px (no display needed; works with SDL_VIDEODRIVER=dummy)."""
     if size not in _FONTS:
         os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
-        try:
-            import pygame
-        except ImportError:
-            raise ImportError(
-                f"labelled frames need pygame-ce, part of the 'render' extra: {RENDER_EXTRA_HINT}"
-            ) from None
+        from bpm_envs.extras import require
+
+        pygame = require("pygame", "drawing the frames' labels")
         if not pygame.font.get_init():
             pygame.font.init()
         _FONTS[size] = pygame.font.Font(None, size)
@@ -268,7 +264,9 @@ class HumanWindow:
     def _open(self, width: int, height: int) -> None:
         if self._pygame is None:
             os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
-            import pygame
+            from bpm_envs.extras import require
+
+            pygame = require("pygame", "a render window")
 
             self._pygame = pygame
         pg = self._pygame
@@ -317,7 +315,9 @@ def _to_palette_images(frames: Sequence[np.ndarray]) -> list[Any]:
     Task frames use a few dozen colours, so indexing them directly is exact and about ten times
     faster than Pillow's per-frame quantisation, which remains the fallback above 256 colours.
     """
-    from PIL import Image
+    from bpm_envs.extras import require
+
+    Image = require("PIL.Image", "saving a GIF")
 
     packed = [(f[..., 0].astype(np.int32) << 16) | (f[..., 1].astype(np.int32) << 8) | f[..., 2]
               for f in frames]

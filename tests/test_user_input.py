@@ -457,3 +457,56 @@ def test_progress_csv_leaves_cells_of_absent_parameters_empty(tmp_path, rule, em
     for k in ("eta", "eta_e"):
         if k not in empty:
             assert abs(float(row[k]) - 0.1) < 0.01  # the cue task's initial rate, after one step
+
+
+# ------------------------------------------------------------------ optional extras
+def test_training_without_tensorboard_skips_it_with_one_line(tmp_path, capsys, monkeypatch):
+    """The default install has no TensorBoard: train.py (TensorBoard on) still runs."""
+    for name in list(sys.modules):
+        if name == "tensorboard" or name.startswith(("tensorboard.", "torch.utils.tensorboard")):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard -> ImportError
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    flags = [a for a in TINY if a != "--no-tensorboard"]
+    out = tmp_path / "run"
+    assert train([*flags, "--updates", "2", "--out", out]) == 0
+    err = capsys.readouterr().err
+    assert err.count("tensorboard is not installed: no TensorBoard logs "
+                     "(pip install 'backpropamine-gym[tensorboard]')") == 1
+    assert not (out / "tb").exists() and len(rows(out)) == 2
+
+
+def test_peers_without_sb3_name_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.delitem(sys.modules, "bpm_agents.sb3", raising=False)
+    monkeypatch.setitem(sys.modules, "stable_baselines3", None)
+    assert train([*PEER, "--updates", "1", "--out", tmp_path / "run"]) == 2
+    err = capsys.readouterr().err
+    assert "--algo a2c needs stable-baselines3, which is not installed; it is part of the 'peers' " \
+           "extra: pip install 'backpropamine-gym[peers]'" in err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_recurrent_ppo_without_sb3_contrib_names_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sb3_contrib", None)
+    assert train([*PEER[2:], "--algo", "recurrent-ppo", "--updates", "1", "--out", tmp_path / "r"]) == 2
+    assert "--algo recurrent-ppo needs sb3-contrib, which is not installed; it is part of the " \
+           "'peers' extra" in capsys.readouterr().err
+
+
+def test_extras_declared_in_pyproject():
+    import tomllib
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = meta["dependencies"]
+    assert "gymnasium>=1.1" in deps
+    assert not any(d.startswith(("stable-baselines3", "sb3-contrib", "tensorboard", "pygame",
+                                 "matplotlib", "pillow")) for d in deps)
+    extras = meta["optional-dependencies"]
+    assert extras["peers"] == ["stable-baselines3>=2.6", "sb3-contrib>=2.6"]
+    assert set(extras["all"]) == set(extras["peers"] + extras["tensorboard"] + extras["render"])
+    assert set(extras["dev"]) == set(extras["all"]) | {"pytest>=7", "pytest-timeout>=2"}
+    pinned = {line.split("==")[0].lower().replace("_", "-")
+              for line in (ROOT / "constraints.txt").read_text().splitlines()
+              if line and not line.startswith("#")}
+    names = {d.split(">")[0].split("=")[0].lower() for d in deps + extras["dev"]}
+    assert names <= pinned, names - pinned
