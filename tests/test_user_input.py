@@ -510,3 +510,19 @@ def test_extras_declared_in_pyproject():
               if line and not line.startswith("#")}
     names = {d.split(">")[0].split("=")[0].lower() for d in deps + extras["dev"]}
     assert names <= pinned, names - pinned
+
+
+def test_lm_resume_refuses_flags_that_differ_from_the_saved_settings(tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "corpus", 40)
+    out = tmp_path / "run"
+    assert train([*lm_flags(corpus), "--out", out]) == 0
+    saved = (out / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert train([*lm_flags(corpus), "--out", out, "--resume", "--epochs", "2", "--lr", "0.5",
+                  "--bptt", "5", "--variant", "lstm"]) == 2
+    err = capsys.readouterr().err
+    assert "these flags differ from them: --variant lstm (saved: \"retroactive\"); --lr 0.5 (saved: 1.0)" in err, err
+    assert "--bptt" not in err and (out / "last.pt").read_bytes() == saved
+    # the original command plus --resume (same values) continues
+    assert train([*lm_flags(corpus), "--out", out, "--resume", "--epochs", "2"]) == 0
+    assert f"resuming {out} from step" in capsys.readouterr().err

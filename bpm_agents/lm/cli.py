@@ -8,6 +8,7 @@ clear line on stderr and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from dataclasses import replace
@@ -46,7 +47,7 @@ def _train_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="run folder (default: runs/lm-<variant>-<preset>-s<seed>)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt (also from inside an epoch that Ctrl-C or SIGTERM interrupted: both stop after the current step, save last.pt and exit 130)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt with its saved settings: only --epochs, --max-steps, --device, --threads, --impl and --no-progress apply, and a setting flag whose value differs from the saved one is refused (exit 2) (also from inside an epoch that Ctrl-C or SIGTERM interrupted: both stop after the current step, save last.pt and exit 130)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads (torch.set_num_threads)")
     p.add_argument(
@@ -104,6 +105,26 @@ def _set_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+#: train.py lm options (dest) that are saved settings of a run: option -> config field
+_SAVED_SETTINGS = {
+    "variant": "variant", "lr": "lr", "lr_decay": "lr_decay", "decay_start": "decay_start",
+    "batch_size": "batch_size", "eval_batch_size": "eval_batch_size", "bptt": "bptt",
+    "clip": "clip", "l2": "l2", "seed": "seed", "valid_every": "valid_every",
+    "init_scale": "init_scale", "hebb_clip": "hebb_clip", "alpha": "alpha",
+}
+
+
+def _resume_flags(args: argparse.Namespace, argv: list[str]) -> dict[str, tuple[str, object]]:
+    """Saved settings given explicitly on a resume's command line: field -> (flag, value)."""
+    quiet = copy.deepcopy(_train_parser())
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    given = vars(quiet.parse_known_args(argv)[0])
+    return {field: ("--" + dest.replace("_", "-"), getattr(args, dest))
+            for dest, field in _SAVED_SETTINGS.items() if dest in given}
+
+
 def train_main(argv: list[str]) -> int:
     """``train.py lm``: returns the exit code."""
     args = _parse(_train_parser(), argv)
@@ -150,7 +171,7 @@ def train_main(argv: list[str]) -> int:
         summary = run_training(
             out, corpus, chosen, train_cfg, device, resume=args.resume,
             progress_bar=not args.no_progress, extra_config={"argv": ["train.py", "lm", *argv]},
-            impl=args.impl,
+            impl=args.impl, resume_flags=_resume_flags(args, argv) if args.resume else None,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

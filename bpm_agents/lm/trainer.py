@@ -320,6 +320,7 @@ def run_training(
     progress_bar: bool = True,
     extra_config: dict[str, Any] | None = None,
     impl: str = "auto",
+    resume_flags: dict[str, tuple[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Train, validating every epoch, keep the best checkpoint, then report test perplexity.
 
@@ -334,6 +335,9 @@ def run_training(
         extra_config: recorded in ``config.json`` (e.g. the command line).
         impl: the plastic step implementation (``auto``, ``fast``, ``reference``; see
             :class:`~bpm_agents.lm.model.PlasticLSTMCell`); same numbers to rounding.
+        resume_flags: on resume, config field -> (flag, value) given on the command line; a
+            value that differs from the checkpoint's is refused (``ValueError``), as the saved
+            settings are kept.
     Returns:
         summary dict: best validation perplexity, test perplexity, epochs, steps, seconds.
     """
@@ -355,6 +359,18 @@ def run_training(
             raise CheckpointError(f"{out / 'last.pt'} holds a bad training config: {exc}") from None
         train_config = replace(saved, epochs=train_config.epochs, max_steps=train_config.max_steps)
         model, vocab = model_from_checkpoint(payload, device)
+        saved_values = {**payload["model_config"], **payload["train_config"]}
+        conflicts = [
+            f"{flag} {value} (saved: {json.dumps(saved_values.get(name))})"
+            for name, (flag, value) in (resume_flags or {}).items()
+            if name in saved_values and value != saved_values[name]
+            and not (isinstance(value, (list, tuple)) and list(value) == list(saved_values[name]))
+        ]
+        if conflicts:
+            raise ValueError(
+                f"--resume keeps the settings saved in {out / 'last.pt'}, but these flags differ "
+                f"from them: {'; '.join(conflicts)}. Drop them, or start a new run with another --out"
+            )
         if vocab.words != corpus.vocab.words:
             raise CheckpointError("the checkpoint's vocabulary differs from this corpus's training vocabulary")
         model_config = model.config
