@@ -98,16 +98,9 @@ def test_gif_frames_carry_a_step_and_reward_caption(tmp_path, env_id):
 
 
 def test_missing_pygame_names_the_render_extra(monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_pygame(name, *args, **kwargs):
-        if name == "pygame":
-            raise ImportError("No module named 'pygame'")
-        return real_import(name, *args, **kwargs)
+    import sys
 
     monkeypatch.setattr(R, "_FONTS", {})
-    monkeypatch.setattr(builtins, "__import__", no_pygame)
+    monkeypatch.setitem(sys.modules, "pygame", None)  # import pygame -> ModuleNotFoundError
     with pytest.raises(ImportError, match=r"the 'render' extra: pip install 'backpropamine-gym\[render\]'"):
         R.text_image("x")
