@@ -82,11 +82,11 @@ class A2CConfig(DictConfig):
         if self.rule not in RULES:
             raise ValueError(f"unknown plasticity rule {self.rule!r}; allowed: {', '.join(RULES)}")
         if self.env_id not in TASK_DEFAULTS:
-            what = f"{self.env_id!r} is a Gymnasium env, not a bpm/ task" if self.env_id in gym.registry \
-            else f"unknown env id {self.env_id!r}"
-            raise ValueError(
-                f"{what}; plastic A2C trains on: {', '.join(TASK_DEFAULTS)}"
-            )
+            if self.env_id in gym.registry:
+                what = f"{self.env_id!r} is a Gymnasium env, not a bpm/ task"
+            else:
+                what = f"unknown env id {self.env_id!r}"
+            raise ValueError(f"{what}; plastic A2C trains on: {', '.join(TASK_DEFAULTS)}")
         defaults = TASK_DEFAULTS[self.env_id]
         filled = {}
         for name, value in defaults.items():
