@@ -477,7 +477,9 @@ def test_training_without_tensorboard_skips_it_with_one_line(tmp_path, capsys, m
 
 
 def test_peers_without_sb3_name_the_extra(tmp_path, capsys, monkeypatch):
-    monkeypatch.delitem(sys.modules, "bpm_agents.sb3", raising=False)
+    for name in list(sys.modules):  # as if never installed: no cached submodules either
+        if name == "bpm_agents.sb3" or name.startswith(("stable_baselines3", "sb3_contrib")):
+            monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "stable_baselines3", None)
     assert train([*PEER, "--updates", "1", "--out", tmp_path / "run"]) == 2
     err = capsys.readouterr().err
@@ -487,6 +489,9 @@ def test_peers_without_sb3_name_the_extra(tmp_path, capsys, monkeypatch):
 
 
 def test_recurrent_ppo_without_sb3_contrib_names_the_extra(tmp_path, capsys, monkeypatch):
+    for name in list(sys.modules):
+        if name.startswith("sb3_contrib"):
+            monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "sb3_contrib", None)
     assert train([*PEER[2:], "--algo", "recurrent-ppo", "--updates", "1", "--out", tmp_path / "r"]) == 2
     assert "--algo recurrent-ppo needs sb3-contrib, which is not installed; it is part of the " \
