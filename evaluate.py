@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 only_plot = args.episodes == 0 and not args.gif and args.render is None
                 if only_plot:
                     return EXIT_USAGE
-    except (ValueError, ev.CheckpointError) as exc:
+    except (ValueError, ev.CheckpointError, ev.MissingExtraError) as exc:
         note(f"error: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:

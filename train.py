@@ -44,9 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--updates", type=int, default=1000, help="total number of updates of the run (one update = --batch-size episodes)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, environments and action sampling")
     p.add_argument("--out", required=True, help="run folder (created; must be new unless --resume)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint (its saved config is used; only --updates, --device and logging flags apply)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint, bit for bit. The saved config is kept: only --updates, --device, --checkpoint-every, --threads and the logging flags apply; a model, A2C or PPO flag whose value differs from the saved one is refused (exit 2), one with the same value is accepted. With --updates at or below the updates done, nothing is trained (exit 0)")
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"], help="'auto' = cuda if available")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="save a checkpoint every K updates (and at the end / on Ctrl-C)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="save a checkpoint every K updates (and at the end, and on Ctrl-C or SIGTERM, which stop after the current update and exit 130)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; 1 is fastest when several runs share the machine)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eta-init", type=float, default=None, help="initial Hebbian rate (cue 0.1, maze 0.01)")
     g.add_argument("--eta-e-init", type=float, default=None, help="initial eligibility rate (cue 0.1, maze 0.01)")
     g.add_argument("--env-kwargs", default="{}", help='JSON options for the environment, e.g. \'{"fixed_cues": true}\'')
-    g.add_argument("--unroll", default="auto", choices=["auto", "reference", "fast"], help="replay implementation: fast path where available, or the plain reference")
+    g.add_argument("--unroll", default="auto", choices=["auto", "reference", "fast", "chunked"], help="acting/learning implementation: 'auto' = the fused kernel where it applies (else 'chunked' for learning), 'reference' = the plain rules op by op, 'chunked' = the plain rules in checkpointed 16-step segments (any device)")
     q = p.add_argument_group("plastic PPO (--algo plastic-ppo; defaults of common PPO implementations)")
     q.add_argument("--gae-lambda", type=float, default=0.95, help="GAE lambda (1 = Monte-Carlo returns)")
     q.add_argument("--clip-range", type=float, default=0.2, help="policy ratio clip epsilon")
@@ -75,6 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--minibatches", type=int, default=3, help="minibatches of whole episodes per epoch")
     q.add_argument("--no-normalize-advantage", action="store_true", help="do not normalise advantages per minibatch")
     return p
+
+
+#: train.py options (dest) that are fields of the saved config (option -> field)
+RESUME_FIELDS = {
+    "env": "env_id", "plasticity": "rule", "env_kwargs": "env_kwargs", "hidden_size": "hidden_size",
+    "batch_size": "batch_size", "gamma": "gamma", "lr": "lr", "adam_eps": "adam_eps",
+    "grad_clip": "grad_clip", "value_coef": "value_coef", "entropy_coef": "entropy_coef",
+    "entropy_mode": "entropy_mode", "trace_clip": "trace_clip", "fanout": "fanout",
+    "modulator_activation": "modulator_activation", "eta_init": "eta_init",
+    "eta_e_init": "eta_e_init", "seed": "seed", "unroll": "unroll_impl",
+    "gae_lambda": "gae_lambda", "clip_range": "clip_range", "value_clip": "value_clip",
+    "ppo_epochs": "n_epochs", "minibatches": "n_minibatches",
+}
 
 
 def _requested_algo(argv: list[str]) -> str | None:
@@ -102,10 +115,20 @@ def main(argv: list[str] | None = None) -> int:
         return train_main(argv[1:])
     if _requested_algo(argv) not in (None, "plastic-a2c", "plastic-ppo"):
         # SB3 peers have their own flags (--n-envs, --n-steps, ...): hand them the raw argv.
-        from bpm_agents.sb3 import train_main as sb3_train_main
+        try:
+            from bpm_agents.sb3 import train_main as sb3_train_main
+        except ImportError as exc:
+            from bpm_envs.extras import as_missing_extra
+
+            missing = as_missing_extra(exc, f"--algo {_requested_algo(argv)}")
+            if missing is None:
+                raise
+            print(f"train.py: error: {missing}", file=sys.stderr)
+            return EXIT_USAGE
 
         return sb3_train_main(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.threads is not None:
         if args.threads < 1:
             print(f"train.py: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
@@ -117,14 +140,30 @@ def main(argv: list[str] | None = None) -> int:
     from bpm_agents.a2c import A2CConfig, NonFiniteLossError
     from bpm_agents.checkpoint import CheckpointError
     from bpm_agents.devices import resolve_device
-    from bpm_agents.training import train
+    from bpm_agents.training import explicit_options, read_run_config, resume_conflicts, train
 
     try:
         env_kwargs = json.loads(args.env_kwargs)
         if not isinstance(env_kwargs, dict):
             raise ValueError(f"--env-kwargs must be a JSON object, got {args.env_kwargs!r}")
         config = None
-        if not args.resume:
+        if args.resume:
+            meta = read_run_config(args.out)
+            saved = meta["config"]
+            given = explicit_options(parser, argv)
+            if "algo" in given and given.pop("algo") != meta["algo"]:
+                raise ValueError(f"--resume: {args.out} was trained with --algo {meta['algo']}, not {args.algo}")
+            if "env_kwargs" in given:
+                given["env_kwargs"] = env_kwargs
+            if isinstance(saved, dict):  # a bad config is reported by train() below
+                conflicts = resume_conflicts(given, saved, RESUME_FIELDS)
+                if conflicts:
+                    raise ValueError(
+                        f"--resume keeps the saved config of {args.out}, but these flags differ "
+                        f"from it: {'; '.join(conflicts)}. Drop them, or start a new run with "
+                        "another --out"
+                    )
+        else:
             given = {  # flags left unset take the algorithm's (and task's) defaults
                 k: v for k, v in dict(
                     gamma=args.gamma, lr=args.lr, adam_eps=args.adam_eps, grad_clip=args.grad_clip,
@@ -161,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as exc:
         print(f"train.py: stopped: {exc}. The last good checkpoint in {args.out} is kept.", file=sys.stderr)
         return EXIT_USAGE
+    if result.nothing_to_do:
+        print(f"nothing to do: run already has {result.updates_done} updates (asked for --updates {args.updates})")
+        return 0
     status = "interrupted, checkpoint saved" if result.interrupted else "done"
     print(f"{status}: {result.updates_done} updates, recent mean episode reward {result.recent_reward:.3f}, run folder {args.out}")
     return 130 if result.interrupted else 0

@@ -81,10 +81,13 @@ class A2CConfig(DictConfig):
         """Fill the ``None`` fields from :data:`TASK_DEFAULTS` and validate everything."""
         if self.rule not in RULES:
             raise ValueError(f"unknown plasticity rule {self.rule!r}; allowed: {', '.join(RULES)}")
-        if self.env_id not in gym.registry:
-            known = sorted(k for k in gym.registry if k.startswith("bpm/"))
-            raise ValueError(f"unknown env id {self.env_id!r}; registered bpm ids: {known}")
-        defaults = TASK_DEFAULTS.get(self.env_id, TASK_DEFAULTS["bpm/CueReward-v0"])
+        if self.env_id not in TASK_DEFAULTS:
+            if self.env_id in gym.registry:
+                what = f"{self.env_id!r} is a Gymnasium env, not a bpm/ task"
+            else:
+                what = f"unknown env id {self.env_id!r}"
+            raise ValueError(f"{what}; plastic A2C trains on: {', '.join(TASK_DEFAULTS)}")
+        defaults = TASK_DEFAULTS[self.env_id]
         filled = {}
         for name, value in defaults.items():
             if getattr(self, name) is None:
@@ -96,11 +99,18 @@ class A2CConfig(DictConfig):
         if not 0 <= cfg.gamma <= 1:
             raise ValueError(f"gamma must be in [0, 1], got {cfg.gamma!r}")
         for name in ("lr", "adam_eps", "grad_clip"):
-            if not getattr(cfg, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(cfg, name)!r}")
+            if not 0 < getattr(cfg, name) <= torch.finfo(torch.float32).max:
+                raise ValueError(
+                    f"{name} must be a finite number > 0 (at most 3.4e38, the float32 range), "
+                    f"got {getattr(cfg, name)!r}"
+                )
         if cfg.entropy_mode not in ENTROPY_MODES:
             raise ValueError(
                 f"unknown entropy mode {cfg.entropy_mode!r}; allowed: {', '.join(ENTROPY_MODES)}"
+            )
+        if cfg.unroll_impl not in ("auto", "fast", "reference", "chunked"):
+            raise ValueError(
+                f"unknown unroll impl {cfg.unroll_impl!r}; allowed: auto, fast, reference, chunked"
             )
         cfg.plasticity()  # validates the plasticity options
         return cfg

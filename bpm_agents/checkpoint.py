@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import signal
 import tempfile
+import types
+import typing
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
@@ -23,17 +28,116 @@ FORMAT = "backpropamine-gym/checkpoint/v1"
 
 class DictConfig:
     """Dataclass mixin: ``to_dict`` for config.json, ``from_dict`` that refuses unknown keys
-    (a run folder written by another version or another trainer) instead of ignoring them."""
+    (a run folder written by another version or another trainer) instead of ignoring them, and
+    values of the wrong type (``hidden_size: "two hundred"``), naming the field and the value."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # type: ignore[call-overload]
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Any:
-        unknown = set(d) - set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    def from_dict(cls, d: Any) -> Any:
+        check_config_dict(cls, d)
         return cls(**d)
+
+
+def _type_name(tp: Any) -> str:
+    """How a field type reads in a message: ``int | None`` -> 'an integer or null'."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if tp is type(None):
+        return "null"
+    if origin in (list, tuple):
+        inner = [a for a in args if a is not Ellipsis]
+        return "a list" + (f" of {_type_name(inner[0])}s".replace("an ", "").replace("a ", "")
+                           if inner and inner[0] is not Any else "")
+    if origin is dict or tp is dict:
+        return "a JSON object"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    """Whether a JSON value fits a field type (ints count as floats; bools never as numbers)."""
+    if tp is Any:
+        return True
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin is dict or tp is dict:
+        return isinstance(value, dict)
+    if origin in (list, tuple):
+        inner = [a for a in args if a is not Ellipsis]
+        return isinstance(value, (list, tuple)) and all(_fits(v, inner[0]) for v in value) if inner \
+            else isinstance(value, (list, tuple))
+    return True  # a type this checker does not know: left to the class itself
+
+
+def _json(value: Any) -> str:
+    """A value as it reads in config.json (``null``, ``"0.001"``), for messages."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def check_config_dict(cls: type, d: Any) -> None:
+    """Check that ``d`` is a dict of ``cls``'s dataclass fields with values of the declared types.
+
+    Raises:
+        ValueError: ``d`` is not a dict, has unknown keys, or a value of the wrong type; the
+            message names the class, the field and the value.
+    """
+    name = cls.__name__
+    if not isinstance(d, dict):
+        raise ValueError(f"{name} must be a JSON object of settings, got {_json(d)}")
+    fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+    unknown = set(d) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown {name} keys: {sorted(unknown)}; allowed: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    for key, value in d.items():
+        tp = hints.get(key, Any)
+        if not _fits(value, tp):
+            raise ValueError(f"{name} field {key!r} must be {_type_name(tp)}, got {_json(value)}")
+
+
+class StopOnSignals:
+    """Ctrl-C (SIGINT) or SIGTERM (what ``kill`` and job schedulers send) asks the loop to stop
+    after the current update, which then saves a checkpoint; a second signal aborts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignals:
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 class CheckpointError(ValueError):
@@ -71,6 +175,34 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(data, f))
 
 
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def load_failure(path: str | os.PathLike, exc: BaseException) -> str:
+    """What is wrong with a file that ``torch.load(weights_only=True)`` refused, in plain words.
+
+    PyTorch's own message advises re-running with ``weights_only=False``: that would execute
+    whatever code the file holds, so it is never passed on to the user.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        return f"it cannot be read ({err.strerror})"
+    if not head:
+        return "the file is empty (truncated)"
+    if head != _ZIP_MAGIC:
+        return "it is not a checkpoint (not a torch save file)"
+    if not zipfile.is_zipfile(path):
+        return "the file is truncated (the archive has no end)"
+    if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():
+        return (
+            "it contains objects other than tensors, numbers, strings, lists and dicts, which the "
+            "safe loader refuses (a file from another program, or tampered with); it was not loaded"
+        )
+    return "the archive is corrupted (its records cannot be read)"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` without executing pickled code.
 
@@ -83,11 +215,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for bad bytes; all mean "unusable"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint (corrupted, truncated, or not a "
-            f"weights-only torch file): {first}"
-        ) from None
+        raise CheckpointError(f"{path} is not a readable checkpoint: {load_failure(path, exc)}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a backpropamine-gym checkpoint (expected format {FORMAT!r})"

@@ -40,6 +40,7 @@ from bpm_agents.plasticity import PlasticState
 from bpm_agents.policy import PlasticActorCritic
 from bpm_agents.training import ALGO, CHECKPOINT_FILE, read_run_config, trainer_classes
 from bpm_agents.devices import resolve_device
+from bpm_envs.extras import MissingExtraError, as_missing_extra, require
 
 #: two-sided 95% quantile of the standard normal (normal-approximation interval)
 Z95 = 1.96
@@ -147,6 +148,9 @@ def load_agent(run_dir: str | Path, device: str | torch.device = "cpu") -> Any:
         try:
             from bpm_agents.sb3 import load_agent as load_sb3_agent
         except ImportError as exc:
+            missing = as_missing_extra(exc, f"loading {run_dir} (trained with {meta['algo']!r})")
+            if missing is not None:
+                raise missing from None
             raise CheckpointError(
                 f"{run_dir} was trained with {meta['algo']!r}; loading it needs "
                 f"bpm_agents.sb3, which cannot be imported: {exc}"
@@ -631,9 +635,11 @@ def record_gif(
 ) -> tuple[Path, list[float]]:
     """Save ``episodes`` episodes (env seeds ``seed``, ``seed + 1``, ...) as one GIF.
 
-    Returns the path and the total reward of each recorded episode.
+    Every frame gets a caption strip under it: ``episode j/n   step k/T   reward so far R``
+    (drawn with pygame-ce, the ``render`` extra). Returns the path and the total reward of each
+    recorded episode.
     """
-    from bpm_envs.rendering import save_gif
+    from bpm_envs.rendering import caption_strip, save_gif, stack_rows
 
     episodes = _check_count("episodes", episodes, 1)
     env_id, env_kwargs = _env_of(agent, env_id, env_kwargs)
@@ -644,7 +650,11 @@ def record_gif(
         for j in range(episodes):
             trace = run_episode(agent, int(seed) + j, deterministic, env_id, env_kwargs,
                                 render_mode="rgb_array", generator=generator)
-            frames.extend(trace.frames)
+            so_far = np.concatenate([[0.0], np.cumsum(trace.rewards)])
+            last = len(trace.frames) - 1
+            for k, frame in enumerate(trace.frames):
+                text = f"episode {j + 1}/{episodes}   step {k}/{last}   reward so far {so_far[k]:+g}"
+                frames.append(stack_rows(frame, caption_strip(frame.shape[1], text)))
             totals.append(trace.total_reward)
     if fps is None:
         fps = _render_fps(env_id, env_kwargs)
@@ -751,7 +761,7 @@ def plot_modulator(
             f"this agent ({desc}) has no neuromodulator M(t), so there is nothing to plot; "
             "only the 'simple' and 'retroactive' rules have one"
         )
-    import matplotlib
+    matplotlib = require("matplotlib", "the modulator plot")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -816,6 +826,7 @@ def plot_modulator(
 
 __all__ = [
     "CheckpointError",
+    "MissingExtraError",
     "EpisodeTrace",
     "EvaluationResult",
     "NoModulatorError",

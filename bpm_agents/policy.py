@@ -163,13 +163,14 @@ class PlasticActorCritic(nn.Module):
                 (:func:`sample_actions`).
             impl: ``auto`` (the fused kernel where it applies: CPU, float32/64, compiler,
                 <= 64 actions; else the reference), ``fast`` (the kernel or ValueError),
-                ``reference`` (:meth:`step` op by op).
+                ``reference`` or ``chunked`` (:meth:`step` op by op; chunking only concerns
+                learning).
         Returns:
             An :class:`EpisodeActor`; the fused one records what :meth:`unroll_recorded` needs.
         """
-        if impl not in ("auto", "fast", "reference"):
-            raise ValueError(f"impl must be one of auto, fast, reference; got {impl!r}")
-        if impl != "reference":
+        if impl not in ("auto", "fast", "reference", "chunked"):
+            raise ValueError(f"impl must be one of auto, fast, reference, chunked; got {impl!r}")
+        if impl in ("auto", "fast"):
             from bpm_agents.ops import plastic_rnn  # late: the kernel builds at first use
 
             try:

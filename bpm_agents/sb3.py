@@ -32,7 +32,10 @@ import argparse
 import csv
 import json
 import math
+import io
 import os
+import pickle
+import random
 import sys
 import tempfile
 import time
@@ -50,9 +53,26 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
 import bpm_envs  # noqa: F401  (registers the bpm/ environments)
-from bpm_agents.checkpoint import CheckpointError, DictConfig, atomic_write_json, atomic_write_text
-from bpm_agents.training import CONFIG_FILE, PROGRESS_FILE, RunResult, StopOnCtrlC, read_run_config
+from bpm_agents.checkpoint import (
+    CheckpointError,
+    DictConfig,
+    atomic_write_json,
+    atomic_write_text,
+    load_failure,
+)
+from bpm_agents.training import (
+    CONFIG_FILE,
+    PROGRESS_FILE,
+    RunResult,
+    StopOnCtrlC,
+    explicit_options,
+    info,
+    open_tensorboard,
+    read_run_config,
+    resume_conflicts,
+)
 from bpm_agents.devices import resolve_device
+from bpm_envs.extras import MissingExtraError, require
 
 ALGOS = ("ppo", "a2c", "recurrent-ppo")
 CHECKPOINT_FILE = "checkpoint.zip"
@@ -85,6 +105,16 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def check_bpm_env_id(env_id: str) -> None:
+    """Refuse ids other than the bpm/ tasks (the adapter needs their lock-step batched twin)."""
+    if env_id not in bpm_envs.ENV_IDS:
+        if env_id in gym.registry:
+            what = f"{env_id!r} is a Gymnasium env, not a bpm/ task"
+        else:
+            what = f"unknown env id {env_id!r}"
+        raise ValueError(f"{what}; the SB3 peers train on: {', '.join(bpm_envs.ENV_IDS)}")
+
+
 # ====================================================================== the vec-env adapter
 class NativeVecEnv(VecEnv):
     """SB3 ``VecEnv`` over the native vector twin of a bpm/ env (lock-step, fixed-length episodes).
@@ -110,14 +140,13 @@ class NativeVecEnv(VecEnv):
         env_kwargs: dict[str, Any] | None = None,
         task_info: bool = False,
     ) -> None:
-        if env_id not in gym.registry:
-            known = sorted(k for k in gym.registry if k.startswith("bpm/"))
-            raise ValueError(f"unknown env id {env_id!r}; registered bpm ids: {known}")
+        check_bpm_env_id(env_id)
         self.native = gym.make_vec(
             env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", **(env_kwargs or {})
         )
         self.task_info = task_info
         self.render_mode = None
+        self._record = None
         super().__init__(
             self.native.num_envs, self.native.single_observation_space,
             self.native.single_action_space,
@@ -125,16 +154,64 @@ class NativeVecEnv(VecEnv):
 
     def reset(self) -> np.ndarray:
         seeds = None if all(s is None for s in self._seeds) else list(self._seeds)
+        self._begin_record(seeds)
         obs, info = self.native.reset(seed=seeds)
         self.reset_infos = self._split_info(info) if self.task_info else [{} for _ in range(self.num_envs)]
         self._reset_seeds()
         self._reset_options()
         return obs
 
+    def _begin_record(self, seeds: list[int] | None) -> None:
+        """Remember how the episode about to start is drawn, and its actions from here on."""
+        rngs = None if seeds is not None or self.native._rngs is None else self.native.get_rng_states()
+        replayable = seeds is not None or rngs is not None
+        self._record: dict[str, Any] | None = (
+            {"seeds": seeds, "rng_states": rngs, "actions": []} if replayable else None
+        )
+
+    def episode_record(self) -> dict[str, Any] | None:
+        """How to rebuild the envs' current state exactly: the seeds or generator states that
+        started the running episodes and the actions taken since (``None`` before the first
+        reset, or after an unseeded one). See :meth:`replay`."""
+        if self._record is None:
+            return None
+        actions = self._record["actions"]
+        return {
+            "seeds": self._record["seeds"], "rng_states": self._record["rng_states"],
+            "actions": torch.from_numpy(np.stack(actions)) if actions
+            else torch.zeros((0, self.num_envs), dtype=torch.int64),
+        }
+
+    def replay(self, record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, int]:
+        """Put the envs back into the state :meth:`episode_record` described.
+
+        Returns:
+            (the current observation (n_envs, D), the rewards of the running episodes so far
+            (n_envs,), the number of steps they have taken).
+        """
+        seeds, rngs = record["seeds"], record["rng_states"]
+        if seeds is None:
+            self.native.set_rng_states(rngs)
+        self._begin_record(seeds)
+        obs, _ = self.native.reset(seed=seeds)
+        self._reset_seeds()
+        total = np.zeros(self.num_envs, dtype=np.float64)
+        actions = record["actions"].numpy()
+        for a in actions:
+            self._record["actions"].append(a.copy())
+            obs, rewards, terminated, truncated, _ = self.native.step(a)
+            if (terminated | truncated).any():
+                raise CheckpointError("the saved episode record is longer than an episode")
+            total += rewards
+        self.reset_infos = [{} for _ in range(self.num_envs)]
+        return obs, total, len(actions)
+
     def step_async(self, actions: np.ndarray) -> None:
         self._actions = np.asarray(actions).reshape(self.num_envs)
 
     def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        if self._record is not None:
+            self._record["actions"].append(self.native.task.check_actions(self._actions).copy())
         obs, rewards, terminated, truncated, info = self.native.step(self._actions)
         dones = terminated | truncated
         infos = self._split_info(info) if self.task_info else [{} for _ in range(self.num_envs)]
@@ -147,6 +224,7 @@ class NativeVecEnv(VecEnv):
             for i, inf in enumerate(infos):
                 inf["terminal_observation"] = obs[i]
                 inf["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+            self._begin_record(None)
             obs, reset_info = self.native.reset()
             self.reset_infos = self._split_info(reset_info) if self.task_info else [{} for _ in infos]
         return obs, rewards.astype(np.float32), dones, infos
@@ -227,9 +305,7 @@ class SB3Config(DictConfig):
         """Fill the ``None`` fields from :data:`ALGO_DEFAULTS` and validate everything."""
         if self.algo not in ALGOS:
             raise ValueError(f"unknown algo {self.algo!r}; allowed: {', '.join(ALGOS)}")
-        if self.env_id not in gym.registry:
-            known = sorted(k for k in gym.registry if k.startswith("bpm/"))
-            raise ValueError(f"unknown env id {self.env_id!r}; registered bpm ids: {known}")
+        check_bpm_env_id(self.env_id)
         defaults = ALGO_DEFAULTS[self.algo]
         for name in ("minibatch_size", "n_epochs", "clip_range", "lstm_hidden_size"):
             if defaults[name] is None and getattr(self, name) is not None:
@@ -246,8 +322,11 @@ class SB3Config(DictConfig):
             if not 0 <= getattr(cfg, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(cfg, name)!r}")
         for name in ("learning_rate", "max_grad_norm") + (("clip_range",) if cfg.clip_range is not None else ()):
-            if not getattr(cfg, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(cfg, name)!r}")
+            if not 0 < getattr(cfg, name) <= torch.finfo(torch.float32).max:
+                raise ValueError(
+                    f"{name} must be a finite number > 0 (at most 3.4e38, the float32 range), "
+                    f"got {getattr(cfg, name)!r}"
+                )
         for name in ("ent_coef", "vf_coef"):
             if not getattr(cfg, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")
@@ -285,7 +364,7 @@ def build_model(config: SB3Config, env: VecEnv, device: str | torch.device = "cp
 
         return A2C("MlpPolicy", env, policy_kwargs=dict(net_arch=arch), **common)
     if config.algo == "recurrent-ppo":
-        from sb3_contrib import RecurrentPPO
+        RecurrentPPO = require("sb3_contrib", "--algo recurrent-ppo").RecurrentPPO
 
         return RecurrentPPO(
             "MlpLstmPolicy", env, batch_size=config.minibatch_size, n_epochs=config.n_epochs,
@@ -302,19 +381,116 @@ def count_parameters(model: BaseAlgorithm) -> int:
 
 
 # ====================================================================== saving and loading
-def save_model(model: BaseAlgorithm, path: str | Path) -> None:
-    """Save ``model`` as an SB3 zip, atomically (temporary file in the same folder + ``os.replace``)."""
+#: our entry in the SB3 zip: what SB3 does not save but a bit-for-bit resume needs
+RESUME_ENTRY = "bpm_resume.pt"
+
+
+def save_model(model: BaseAlgorithm, path: str | Path, resume_state: dict[str, Any] | None = None) -> None:
+    """Save ``model`` as an SB3 zip, atomically (temporary file in the same folder + ``os.replace``).
+
+    ``resume_state`` (tensors, numbers, lists, dicts; see :func:`capture_resume_state`) goes into
+    the same zip as :data:`RESUME_ENTRY` (SB3 loads only ``.pth`` entries and ignores it), so
+    the model and its resume state are always replaced together.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".zip")
     os.close(fd)
     try:
         model.save(tmp)
+        if resume_state is not None:
+            buffer = io.BytesIO()
+            torch.save(resume_state, buffer)
+            with zipfile.ZipFile(tmp, "a") as zf:
+                zf.writestr(RESUME_ENTRY, buffer.getvalue())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _native(venv: VecEnv) -> NativeVecEnv:
+    inner = venv
+    while not isinstance(inner, NativeVecEnv):
+        inner = inner.venv  # type: ignore[attr-defined]
+    return inner
+
+
+def capture_resume_state(model: BaseAlgorithm, venv: VecEnv) -> dict[str, Any]:
+    """Everything besides weights and optimizer that the next SB3 update depends on.
+
+    SB3 samples actions from torch's global generator and shuffles minibatches with numpy's;
+    ``learn`` continues from the last observation and episode starts (and RecurrentPPO from its
+    last LSTM states); the envs are mid-episode. The envs are captured as the start of their
+    running episodes plus the actions since (:meth:`NativeVecEnv.episode_record`), replayed on
+    resume. The rollout buffer is refilled from scratch at every update, so it is not needed.
+    """
+    keys, pos, has_gauss, cached = np.random.get_state()[1:]
+    py_version, py_state, py_gauss = random.getstate()
+    lstm = getattr(model, "_last_lstm_states", None)
+    return {
+        "num_timesteps": int(model.num_timesteps),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy_rng": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python_rng": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
+        "episode_record": _native(venv).episode_record() if model._last_obs is not None else None,
+        "last_episode_starts": (
+            None if model._last_episode_starts is None
+            else torch.from_numpy(np.asarray(model._last_episode_starts, dtype=bool))
+        ),
+        "lstm_states": None if lstm is None else [t.detach().cpu().clone() for pair in lstm for t in pair],
+    }
+
+
+def read_resume_state(path: Path) -> dict[str, Any] | None:
+    """The :data:`RESUME_ENTRY` of a checkpoint zip (``weights_only`` load), or ``None``."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if RESUME_ENTRY not in zf.namelist():
+                return None
+            data = zf.read(RESUME_ENTRY)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable SB3 checkpoint: {exc}") from None
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # bad bytes in our own entry
+        reason = "contains disallowed objects" if isinstance(exc, pickle.UnpicklingError) else "is corrupted"
+        raise CheckpointError(f"{path}: its resume state {RESUME_ENTRY} {reason}") from None
+
+
+def restore_resume_state(model: BaseAlgorithm, venv: VecEnv, state: dict[str, Any],
+                         stats: _RolloutStats | None = None) -> None:
+    """Undo :func:`capture_resume_state`: generators, envs, last observation, LSTM states."""
+    try:
+        record = state["episode_record"]
+        if record is not None:
+            obs, rewards_so_far, steps = _native(venv).replay(record)
+            monitor = venv if isinstance(venv, VecMonitor) else None
+            if monitor is not None:  # the episode statistics SB3 logs count from the episode start
+                monitor.episode_returns = rewards_so_far.astype(np.float32)
+                monitor.episode_lengths = np.full(venv.num_envs, steps, dtype=np.int32)
+            if stats is not None:
+                stats.running = rewards_so_far.copy()
+            model._last_obs = obs
+            model._last_episode_starts = state["last_episode_starts"].numpy().copy()
+        if state["lstm_states"] is not None:
+            from sb3_contrib.common.recurrent.type_aliases import RNNStates
+
+            t = [x.to(model.device) for x in state["lstm_states"]]
+            model._last_lstm_states = RNNStates((t[0], t[1]), (t[2], t[3]))
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        rng = state["numpy_rng"]
+        np.random.set_state(("MT19937", rng["keys"].numpy().astype(np.uint32), rng["pos"],
+                             rng["has_gauss"], rng["cached_gaussian"]))
+        py = state["python_rng"]
+        random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as exc:
+        raise CheckpointError(f"the checkpoint's resume state does not fit this run: {exc}") from None
 
 
 def _zip_counters(path: Path) -> dict[str, int]:
@@ -351,7 +527,11 @@ def load_model(
     try:
         model.set_parameters(str(path), exact_match=True, device=device)
     except Exception as exc:  # torch / zipfile raise many types for bad bytes; all mean "unusable"
-        raise CheckpointError(f"{path} could not be loaded into a {config.algo} model: {exc}") from None
+        if isinstance(exc, pickle.UnpicklingError):  # never pass on torch's "weights_only=False" advice
+            reason = load_failure(path, exc)
+        else:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path} could not be loaded into a {config.algo} model: {reason}") from None
     model.num_timesteps = counters["num_timesteps"]
     model._n_updates = counters["_n_updates"]
     return config, model
@@ -458,9 +638,10 @@ def train(
     """Train (or resume) the SB3 run in ``run_dir`` until ``updates`` updates are done in total.
 
     One update is one SB3 rollout of ``n_steps`` steps in each of ``n_envs`` envs followed by
-    the algorithm's training phase. Ctrl-C stops after the current update and saves. A resumed
-    run continues its step count (not bit for bit: the envs and SB3's global generators are
-    reseeded from ``(seed, updates done)``).
+    the algorithm's training phase. Ctrl-C or SIGTERM stops after the current update and saves.
+    A resumed run continues bit for bit: the checkpoint also holds the global generators SB3
+    samples from, the running episodes (replayed), the last observation and LSTM states
+    (:func:`capture_resume_state`).
 
     Raises:
         CheckpointError: bad or missing run folder. ValueError: bad arguments.
@@ -470,13 +651,27 @@ def train(
         raise ValueError(f"updates must be >= 0, got {updates}")
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    stats = None
     if resume:
         config = load_model_config(run_dir)
-        updates_done = _zip_counters(run_dir / CHECKPOINT_FILE)["num_timesteps"] // config.steps_per_update
-        seed = _derived_seed(config.seed, updates_done)
-        venv = make_sb3_vec_env(config.env_id, config.n_envs, seed, config.env_kwargs)
-        config, model = load_model(run_dir, device, env=venv)
-        model.set_random_seed(seed)
+        num_timesteps = _zip_counters(run_dir / CHECKPOINT_FILE)["num_timesteps"]
+        updates_done = num_timesteps // config.steps_per_update
+        info(f"resuming {run_dir} from update {updates_done}")
+        if updates_done >= updates:
+            return RunResult(updates_done, False, math.nan, nothing_to_do=True)
+        saved_state = read_resume_state(run_dir / CHECKPOINT_FILE)
+        if saved_state is not None and saved_state.get("num_timesteps") == num_timesteps:
+            venv = make_sb3_vec_env(config.env_id, config.n_envs, config.seed, config.env_kwargs)
+            config, model = load_model(run_dir, device, env=venv)
+            stats = _RolloutStats(config.n_envs)
+            restore_resume_state(model, venv, saved_state, stats)
+        else:  # a checkpoint from before resume states were saved
+            info("the checkpoint holds no resume state: continuing with freshly seeded envs and "
+                 "generators (not bit for bit)")
+            seed = _derived_seed(config.seed, updates_done)
+            venv = make_sb3_vec_env(config.env_id, config.n_envs, seed, config.env_kwargs)
+            config, model = load_model(run_dir, device, env=venv)
+            model.set_random_seed(seed)
     else:
         if (run_dir / CONFIG_FILE).exists():
             raise CheckpointError(
@@ -488,7 +683,7 @@ def train(
         model = build_model(config, venv, device)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / CONFIG_FILE, {"algo": config.algo, "config": _config_body(config)})
-        save_model(model, run_dir / CHECKPOINT_FILE)  # update 0: a run folder is always loadable
+        save_model(model, run_dir / CHECKPOINT_FILE, capture_resume_state(model, venv))  # update 0
         updates_done = 0
     model.set_logger(Logger(folder=None, output_formats=[]))  # we write our own logs
 
@@ -496,11 +691,7 @@ def train(
     rows, wall_offset, episodes = _read_progress(progress_path, updates_done)
     _write_progress(progress_path, rows)
 
-    writer = None
-    if tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=updates_done + 1)
+    writer = open_tensorboard(run_dir / "tb", updates_done + 1) if tensorboard else None
     bar = None
     if progress:
         from tqdm import tqdm
@@ -512,7 +703,7 @@ def train(
     start = time.perf_counter()
     try:
         with StopOnCtrlC() as stop, progress_path.open("a", newline="") as log:
-            stats = _RolloutStats(config.n_envs)
+            stats = stats or _RolloutStats(config.n_envs)
             csv_writer = csv.DictWriter(log, fieldnames=CSV_FIELDS)
             while updates_done < updates and not stop.requested:
                 model.learn(config.steps_per_update, callback=stats, log_interval=None,
@@ -541,15 +732,15 @@ def train(
                     if recent:
                         bar.set_postfix(reward=f"{sum(recent) / len(recent):.2f}")
                 if updates_done % checkpoint_every == 0:
-                    save_model(model, run_dir / CHECKPOINT_FILE)
+                    save_model(model, run_dir / CHECKPOINT_FILE, capture_resume_state(model, venv))
             interrupted = stop.requested
+        save_model(model, run_dir / CHECKPOINT_FILE, capture_resume_state(model, venv))
     finally:
         if bar is not None:
             bar.close()
         if writer is not None:
             writer.close()
         venv.close()
-    save_model(model, run_dir / CHECKPOINT_FILE)
     mean_recent = sum(recent) / len(recent) if recent else math.nan
     return RunResult(updates_done, interrupted, mean_recent)
 
@@ -568,12 +759,23 @@ def load_model_config(run_dir: str | Path) -> SB3Config:
             f"{run_dir} was trained with {meta['algo']!r}, not an SB3 algorithm ({', '.join(ALGOS)})"
         )
     try:
-        return SB3Config.from_dict({"algo": meta["algo"], **meta["config"]}).resolve()
+        body = meta["config"]
+        if not isinstance(body, dict):
+            raise ValueError(f"SB3Config must be a JSON object of settings, got {json.dumps(body)}")
+        return SB3Config.from_dict({"algo": meta["algo"], **body}).resolve()
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{Path(run_dir) / CONFIG_FILE} holds a bad SB3 config: {exc}") from None
 
 
 # ====================================================================== command line
+#: train.py --algo ... options (dest) that are fields of the saved SB3Config (option -> field)
+RESUME_FIELDS = {
+    "env": "env_id", "env_kwargs": "env_kwargs", "seed": "seed", "n_envs": "n_envs",
+    "n_steps": "n_steps", "lr": "learning_rate", "gamma": "gamma", "gae_lambda": "gae_lambda",
+    "ent_coef": "ent_coef", "vf_coef": "vf_coef", "max_grad_norm": "max_grad_norm",
+    "minibatch_size": "minibatch_size", "n_epochs": "n_epochs", "clip_range": "clip_range",
+    "net_arch": "net_arch", "lstm_hidden_size": "lstm_hidden_size",
+}
 #: train.py flags of our plastic A2C that mean nothing for SB3 models
 _PLASTIC_ONLY = ("plasticity", "batch_size", "adam_eps", "entropy_mode", "trace_clip", "fanout",
                  "modulator_activation", "eta_init", "eta_e_init", "unroll", "hidden_size")
@@ -595,9 +797,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--updates", type=int, default=1000, help="total number of rollout-and-update cycles of the run (one = --n-envs x --n-steps env steps)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, environments and action sampling")
     p.add_argument("--out", required=True, help="run folder (created; must be new unless --resume)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out (its saved config is used; only --updates, --device and logging flags apply)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out bit for bit (the checkpoint also holds the global generators, the running episodes, the last observation and LSTM states). The saved config is kept: only --updates, --device, --checkpoint-every, --threads and the logging flags apply; a hyper-parameter flag whose value differs from the saved one is refused (exit 2). With --updates at or below the updates done, nothing is trained (exit 0)")
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"], help="'auto' = cuda if available")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="save a checkpoint every K updates (and at the end / on Ctrl-C)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="save a checkpoint every K updates (and at the end, and on Ctrl-C or SIGTERM, which stop after the current update and exit 130)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; 1 is much faster for these small models on a busy machine)")
@@ -637,7 +839,8 @@ def _parse_net_arch(text: str | None) -> list[int] | None:
 
 def train_main(argv: list[str]) -> int:
     """``train.py --algo ppo|a2c|recurrent-ppo ...``: exit 0 done, 130 interrupted, 2 on errors."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         given = [n for n in _PLASTIC_ONLY if getattr(args, n) is not None]
         if given:
@@ -654,6 +857,18 @@ def train_main(argv: list[str]) -> int:
             saved = load_model_config(args.out)
             if args.algo is not None and args.algo != saved.algo:
                 raise ValueError(f"{args.out} was trained with --algo {saved.algo}, not {args.algo}")
+            given = explicit_options(parser, argv)
+            if "env_kwargs" in given:
+                given["env_kwargs"] = json.loads(args.env_kwargs)
+            if "net_arch" in given:
+                given["net_arch"] = _parse_net_arch(args.net_arch)
+            conflicts = resume_conflicts(given, saved.to_dict(), RESUME_FIELDS)
+            if conflicts:
+                raise ValueError(
+                    f"--resume keeps the saved config of {args.out}, but these flags differ "
+                    f"from it: {'; '.join(conflicts)}. Drop them, or start a new run with "
+                    "another --out"
+                )
         else:
             if args.algo is None:
                 raise ValueError(f"--algo is required for a new run; allowed: {', '.join(ALGOS)}")
@@ -675,9 +890,12 @@ def train_main(argv: list[str]) -> int:
             checkpoint_every=args.checkpoint_every, device=resolve_device(args.device),
             progress=not args.no_progress, tensorboard=not args.no_tensorboard,
         )
-    except (ValueError, TypeError, CheckpointError, json.JSONDecodeError) as exc:
+    except (ValueError, TypeError, CheckpointError, json.JSONDecodeError, MissingExtraError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
+    if result.nothing_to_do:
+        print(f"nothing to do: run already has {result.updates_done} updates (asked for --updates {args.updates})")
+        return 0
     status = "interrupted, checkpoint saved" if result.interrupted else "done"
     print(f"{status}: {result.updates_done} updates, recent mean episode reward "
           f"{result.recent_reward:.3f}, run folder {args.out}")

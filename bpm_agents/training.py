@@ -13,11 +13,13 @@ Resuming reads ``config.json`` and ``checkpoint.pt`` and continues bit for bit; 
 
 from __future__ import annotations
 
+import argparse
+import copy
 import csv
 import io
 import json
 import math
-import signal
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ import torch
 from bpm_agents.a2c import A2CConfig, A2CTrainer, NonFiniteLossError
 from bpm_agents.checkpoint import (
     CheckpointError,
+    StopOnSignals,
     atomic_write_json,
     atomic_write_text,
     load_checkpoint,
@@ -67,6 +70,71 @@ class RunResult:
     updates_done: int
     interrupted: bool
     recent_reward: float
+    #: a resumed run already had ``updates`` updates: nothing was trained or written
+    nothing_to_do: bool = False
+
+
+def info(message: str) -> None:
+    """One line for the user on stderr (stdout holds the result line)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def explicit_options(parser: argparse.ArgumentParser, argv: list[str]) -> dict[str, Any]:
+    """The options given on the command line ``argv`` (dest -> parsed value), defaults left out."""
+    quiet = copy.deepcopy(parser)
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    known, _ = quiet.parse_known_args(argv)
+    return vars(known)
+
+
+def resume_conflicts(given: dict[str, Any], saved: dict[str, Any], fields: dict[str, str]) -> list[str]:
+    """Flags given with a resume whose value differs from the run's saved config.
+
+    Args:
+        given: options from :func:`explicit_options`, already converted to config values.
+        saved: the run's config (field -> value).
+        fields: option dest -> config field, for the options that are part of the config.
+    Returns:
+        one phrase per conflicting flag, e.g. ``--lr 0.001 (saved: 0.0001)``.
+    """
+    out = []
+    for dest, name in fields.items():
+        if dest in given and given[dest] != saved.get(name):
+            flag = "--" + dest.replace("_", "-")
+            value = given[dest]
+            shown = json.dumps(value) if isinstance(value, (dict, list)) else value
+            out.append(f"{flag} {shown} (saved: {json.dumps(saved.get(name))})")
+    return out
+
+
+def open_tensorboard(log_dir: Path, purge_step: int) -> Any:
+    """A TensorBoard ``SummaryWriter``, or ``None`` with one info line when TensorBoard is not
+    installed (it is the optional ``tensorboard`` extra)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        info("tensorboard is not installed: no TensorBoard logs (pip install 'backpropamine-gym[tensorboard]'); "
+             "progress.csv is written as usual")
+        return None
+    return SummaryWriter(str(log_dir), purge_step=purge_step)
+
+
+#: progress.csv columns of quantities that some rules lack (no eta without plasticity, no
+#: modulator without neuromodulation); their cells are left empty for those rules
+OPTIONAL_FIELDS = ("modulator_abs_mean", "eta", "eta_e")
+
+
+def csv_cell(key: str, value: Any) -> Any:
+    """A progress.csv cell: empty for a quantity the rule does not have.
+
+    The trainer reports such a quantity as NaN; a real eta, eta_e or modulator that became NaN
+    would have made the loss NaN, which stops the run before any row is written.
+    """
+    if key in OPTIONAL_FIELDS and isinstance(value, float) and math.isnan(value):
+        return ""
+    return value
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
@@ -94,7 +162,10 @@ def load_trainer(run_dir: str | Path, device: str | torch.device = "cpu") -> A2C
             f"{run_dir} was trained with {meta['algo']!r}, not one of {', '.join(algos)}"
         )
     config_cls, trainer_cls = algos[meta["algo"]]
-    config = config_cls.from_dict(meta["config"])
+    try:
+        config = config_cls.from_dict(meta["config"]).resolve()
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{Path(run_dir) / CONFIG_FILE} holds a bad config: {exc}") from None
     trainer = trainer_cls(config, device)
     state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE, map_location=trainer.device)
     if state.get("env_id") != trainer.config.env_id:
@@ -133,24 +204,9 @@ def _truncate_progress(path: Path, last_update: int) -> float:
         return 0.0
 
 
-class StopOnCtrlC:
-    """First Ctrl-C asks the loop to stop after the current update; a second one aborts."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self) -> StopOnCtrlC:
-        self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+#: the signal handler (kept under its old name; it lives in checkpoint.py so the LM can use it
+#: without importing the RL stack)
+StopOnCtrlC = StopOnSignals
 
 
 def train(
@@ -183,6 +239,9 @@ def train(
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     if resume:
         trainer = load_trainer(run_dir, device)
+        info(f"resuming {run_dir} from update {trainer.updates_done}")
+        if trainer.updates_done >= updates:
+            return RunResult(trainer.updates_done, False, math.nan, nothing_to_do=True)
     else:
         if (run_dir / CONFIG_FILE).exists():
             raise CheckpointError(
@@ -209,11 +268,7 @@ def train(
     if not resume:
         save()  # update 0: a run folder is always loadable
 
-    writer = None
-    if tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=trainer.updates_done + 1)
+    writer = open_tensorboard(run_dir / "tb", trainer.updates_done + 1) if tensorboard else None
 
     bar = None
     if progress:
@@ -238,7 +293,7 @@ def train(
                     "env_steps": n * trainer.config.batch_size * episode_length,
                     "wall_time": round(wall_offset + time.perf_counter() - start, 3),
                 }
-                csv_writer.writerow({k: row[k] for k in CSV_FIELDS})
+                csv_writer.writerow({k: csv_cell(k, row[k]) for k in CSV_FIELDS})
                 log.flush()
                 if writer is not None:
                     for key in CSV_FIELDS[4:]:

@@ -54,6 +54,8 @@ class BatchedTask(ABC):
         self.t = np.zeros(self.num_envs, dtype=np.int64)
         self.prev_reward = np.zeros(self.num_envs, dtype=np.float32)
         self.prev_action = np.full(self.num_envs, -1, dtype=np.int64)  # -1: no action yet
+        #: sum of the rewards of the running episode (shown by the labelled frames)
+        self.return_so_far = np.zeros(self.num_envs, dtype=np.float64)
 
     # ----------------------------------------------------------------- task rules
     @abstractmethod
@@ -126,12 +128,14 @@ class BatchedTask(ABC):
         self.t[envs] = 0
         self.prev_reward[envs] = 0.0
         self.prev_action[envs] = -1
+        self.return_so_far[envs] = 0.0
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Advance all envs; return ``(rewards (B,) float32, truncated (B,) bool)``."""
         rewards = self.apply_actions(actions).astype(np.float32, copy=False)
         self.prev_reward = rewards.copy()
         self.prev_action = actions.astype(np.int64, copy=True)
+        self.return_so_far += np.where(self.t < self.episode_length, rewards, 0.0)
         self.t = np.minimum(self.t + 1, self.episode_length)
         return rewards, self.t >= self.episode_length
 

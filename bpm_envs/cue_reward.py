@@ -252,13 +252,51 @@ class CueRewardTask(BatchedTask):
         }
 
     # ----------------------------------------------------------------- rendering
-    def render_rgb(self, env: int) -> np.ndarray:
-        """A frame of the current step: (2 * 16 + 6, (cue_bits + 4) * 16, 3) uint8.
+    def status_lines(self, env: int) -> tuple[str, str, str]:
+        """The text of the labelled frame: (header, what is shown, what the last action did).
 
-        Top row of cells: the cue bits shown now (light +1, dark -1 or 0, grey on blank steps), a
-        gap, the Go cell (yellow on a Go step), the previous action (blue 1, light blue 0, grey
-        none) and the previous reward (green +1, red -1, grey 0). Bottom row: the target's bits,
-        for the viewer only. Under them a time bar with a tick at every Go step.
+        For example ``("trial 3   step 17/120   reward so far +2", "cue 4", "answer 1 (target in
+        pair): right, reward +1")``; on a Go step the middle line is ``"Go: answer now"``.
+        """
+        t = int(self.t[env])
+        trial = int(self.trial[env, t])
+        header = (f"trial {trial + 1}   step {t}/{self.episode_length}   "
+                  f"reward so far {float(self.return_so_far[env]):+g}")
+        stim = int(self.stim[env, t])
+        if self.go[env, t]:
+            shown = "Go: answer now"
+        elif stim == self.n_cues:
+            shown = "blank"
+        else:
+            shown = f"cue {stim}"
+        grade = int(self.answer_correct[env])
+        action = int(self.prev_action[env])
+        if grade >= 0:
+            meaning = "target in pair" if action == 1 else "target not in pair"
+            result = (f"answer {action} ({meaning}): {'right' if grade == 1 else 'wrong'}, "
+                      f"reward {float(self.prev_reward[env]):+g}")
+        elif action >= 0:
+            result = f"action {action} (not a Go step: no reward)"
+        else:
+            result = "no action yet"
+        return header, shown, result
+
+    def render_rgb(self, env: int) -> np.ndarray:
+        """A labelled frame of the current step (needs pygame-ce for the text: the ``render`` extra).
+
+        Layout, top to bottom (``(122, 104 + (cue_bits + 4) * 24, 3)`` uint8; (122, 680, 3) by
+        default):
+
+        - header: trial number, step ``t/T`` and the reward so far;
+        - captions ``Go``, ``ans``, ``rew`` over the three status cells;
+        - row "shown": the cue bits shown now (light +1, dark -1 or 0; grey on blank steps), then
+          the Go cell (yellow on a Go step), the previous action (blue 1, light blue 0, grey
+          none) and the previous reward (green +1, red -1, grey 0); its label names the cue
+          (``cue 4``, ``blank`` or ``Go: answer now``);
+        - row "target": the target's bits, for the viewer only (the agent never sees them);
+        - the result of the last action: ``answer 1 (target in pair): right, reward +1`` (green)
+          or ``... wrong, reward -1`` (red);
+        - a time bar with a tick at every Go step.
         """
         t = int(self.t[env])
         nb = self.cue_bits
@@ -278,9 +316,27 @@ class CueRewardTask(BatchedTask):
             "positive" if reward > 0 else "negative" if reward < 0 else "neutral"
         ]
         cells = R.paint_cells(colours, cell_px=_CELL_PX, grid_px=1)
+        header, shown, result = self.status_lines(env)
+        width = _LABEL_PX + cells.shape[1]
+        frame = np.empty((_FRAME_PX_ABOVE_CELLS + cells.shape[0] + _RESULT_PX, width, 3), np.uint8)
+        frame[:] = R.COLORS["free"]
+        R.draw_text(frame, header, 6, 4, _TEXT_SIZE)
+        x0 = _LABEL_PX + (nb + 1) * _CELL_PX
+        for k, word in enumerate(("Go", "ans", "rew")):
+            R.draw_text(frame, word, x0 + k * _CELL_PX + 1, _HEADER_PX + 2, _SMALL_TEXT_SIZE)
+        top = _FRAME_PX_ABOVE_CELLS
+        frame[top : top + cells.shape[0], _LABEL_PX:] = cells
+        go_now = bool(self.go[env, t])
+        R.draw_text(frame, shown, 6, top + 5, _TEXT_SIZE,
+                    R.COLORS["wall"], R.COLORS["flash"] if go_now else R.COLORS["free"])
+        R.draw_text(frame, f"target {int(self.target[env])}", 6, top + _CELL_PX + 5, _TEXT_SIZE,
+                    R.COLORS["neutral"])
+        grade = int(self.answer_correct[env])
+        tint = R.COLORS["positive"] if grade == 1 else R.COLORS["negative"] if grade == 0 else R.COLORS["wall"]
+        R.draw_text(frame, result, 6, top + cells.shape[0] + 5, _TEXT_SIZE, tint)
         go_steps = np.flatnonzero(self.go[env, : self.episode_length])
-        bar = R.timeline_bar(cells.shape[1], 6, t, self.episode_length, ticks=go_steps)
-        return R.stack_rows(cells, bar)
+        bar = R.timeline_bar(width, 6, t, self.episode_length, ticks=go_steps)
+        return R.stack_rows(frame, bar)
 
     def render_ansi(self, env: int) -> str:
         """One line for the current step, e.g.
@@ -301,7 +357,14 @@ class CueRewardTask(BatchedTask):
         )
 
 
-_CELL_PX = 16
+_CELL_PX = 24
+#: layout of the labelled frame (see ``CueRewardTask.render_rgb``)
+_TEXT_SIZE = 22
+_SMALL_TEXT_SIZE = 16
+_LABEL_PX = 104  # the label column left of the cells
+_HEADER_PX = 22  # the header line
+_FRAME_PX_ABOVE_CELLS = _HEADER_PX + 18  # header and the captions over the status cells
+_RESULT_PX = 28  # the line of the last action's result
 # Indexed by 2 * go_code + action (go_code: 0 not Go, 1 right answer is 0, 2 right answer is 1).
 _REWARD = np.array([0.0, 0.0, 1.0, -1.0, -1.0, 1.0], dtype=np.float32)
 _GRADE = np.array([-1, -1, 1, 0, 0, 1], dtype=np.int8)

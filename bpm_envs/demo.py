@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 
 import bpm_envs
-from bpm_envs.rendering import HumanWindow, save_gif
+from bpm_envs.rendering import HumanWindow, caption_strip, save_gif, stack_rows
 
 
 def _positive_int(text: str) -> int:
@@ -63,10 +63,11 @@ def run(env_id: str = "bpm/PlasticMaze-v0", episodes: int = 1, seed: int = 0,
               if render == "human" else None)
     frames: list[np.ndarray] = []
 
-    def record() -> None:
+    def record(episode: int, step: int, total: float) -> None:
         frame = env.render()
-        if gif is not None:
-            frames.append(frame)
+        if gif is not None:  # the GIF's frames get a caption: episode, step, reward so far
+            text = f"episode {episode + 1}/{episodes}   step {step}   reward so far {total:+g}"
+            frames.append(stack_rows(frame, caption_strip(frame.shape[1], text)))
         if window is not None:
             window.show(frame)
 
@@ -75,16 +76,16 @@ def run(env_id: str = "bpm/PlasticMaze-v0", episodes: int = 1, seed: int = 0,
     try:
         for episode in range(episodes):
             env.reset(seed=seed if episode == 0 else None)
-            if want_frames:
-                record()
             total, n, done = 0.0, 0, False
+            if want_frames:
+                record(episode, n, total)
             while not done and (steps is None or n < steps):
                 _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
                 total += float(reward)
                 n += 1
                 done = terminated or truncated
                 if want_frames:
-                    record()
+                    record(episode, n, total)
                 if window is not None and window.closed_by_user:
                     break
             totals.append(total)

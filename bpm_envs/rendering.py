@@ -179,6 +179,63 @@ def stack_rows(*parts: np.ndarray) -> np.ndarray:
     return np.concatenate(parts, axis=0)
 
 
+# ----------------------------------------------------------------------------- text
+_FONTS: dict[int, Any] = {}
+
+
+def _font(size: int) -> Any:
+    """pygame-ce's default font at ``size`` px (no display needed; works with SDL_VIDEODRIVER=dummy)."""
+    if size not in _FONTS:
+        os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+        from bpm_envs.extras import require
+
+        pygame = require("pygame", "drawing the frames' labels")
+        if not pygame.font.get_init():
+            pygame.font.init()
+        _FONTS[size] = pygame.font.Font(None, size)
+    return _FONTS[size]
+
+
+def text_image(text: str, size: int = 18, color: Sequence[int] = COLORS["wall"],
+               background: Sequence[int] = COLORS["free"]) -> np.ndarray:
+    """``text`` drawn in pygame-ce's default font: (line height, text width, 3) uint8.
+
+    Not anti-aliased, so a frame keeps two colours per label (GIF palettes stay exact).
+    """
+    font = _font(size)  # first: it names the extra if pygame-ce is missing
+    import pygame
+
+    surface = font.render(str(text), False, tuple(_check_color(color)), tuple(_check_color(background)))
+    if surface.get_width() == 0:
+        return np.empty((font.get_linesize(), 0, 3), dtype=np.uint8)
+    return np.ascontiguousarray(pygame.surfarray.array3d(surface).transpose(1, 0, 2)).astype(np.uint8)
+
+
+def draw_text(frame: np.ndarray, text: str, x: int, y: int, size: int = 18,
+              color: Sequence[int] = COLORS["wall"], background: Sequence[int] | None = None) -> int:
+    """Draw ``text`` into ``frame`` in place with its top-left corner at (x, y), clipped to the
+    frame; ``background`` defaults to the frame's colour there. Returns the text's width in px."""
+    bg = tuple(int(v) for v in frame[min(y, frame.shape[0] - 1), min(x, frame.shape[1] - 1)]) \
+        if background is None else background
+    img = text_image(text, size, color, bg)
+    h = min(img.shape[0], frame.shape[0] - y)
+    w = min(img.shape[1], frame.shape[1] - x)
+    if h > 0 and w > 0:
+        frame[y : y + h, x : x + w] = img[:h, :w]
+    return int(img.shape[1])
+
+
+def caption_strip(width: int, text: str, height: int = 18, size: int = 16,
+                  color: Sequence[int] = COLORS["wall"],
+                  background: Sequence[int] = COLORS["grid"]) -> np.ndarray:
+    """A (height, width, 3) strip holding one line of text, for captions under or over frames."""
+    strip = np.empty((height, width, 3), dtype=np.uint8)
+    strip[:] = _check_color(background)
+    draw_text(strip, text, 4, max(0, (height - _font(size).get_linesize()) // 2 + 1), size, color,
+              background)
+    return strip
+
+
 class HumanWindow:
     """A pygame-ce window that shows ``(H, W, 3)`` uint8 frames at most ``fps`` times a second.
 
@@ -207,7 +264,9 @@ class HumanWindow:
     def _open(self, width: int, height: int) -> None:
         if self._pygame is None:
             os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
-            import pygame
+            from bpm_envs.extras import require
+
+            pygame = require("pygame", "a render window")
 
             self._pygame = pygame
         pg = self._pygame
@@ -256,7 +315,9 @@ def _to_palette_images(frames: Sequence[np.ndarray]) -> list[Any]:
     Task frames use a few dozen colours, so indexing them directly is exact and about ten times
     faster than Pillow's per-frame quantisation, which remains the fallback above 256 colours.
     """
-    from PIL import Image
+    from bpm_envs.extras import require
+
+    Image = require("PIL.Image", "saving a GIF")
 
     packed = [(f[..., 0].astype(np.int32) << 16) | (f[..., 1].astype(np.int32) << 8) | f[..., 2]
               for f in frames]

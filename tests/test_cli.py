@@ -190,7 +190,7 @@ def test_evaluate_maze_table_and_gif(runs, tmp_path):
     assert "correct" not in res.stdout  # no cue table for the maze
     with Image.open(gif) as im:
         assert im.format == "GIF" and im.n_frames == T + 1
-        assert im.size == (352, 362)  # 11 x 11 cells of 32 px, plus the 10-px time bar
+        assert im.size == (352, 380)  # 11 x 11 cells of 32 px, the 10-px time bar, the caption
 
 
 def bad_input_cases(runs, tmp_path):

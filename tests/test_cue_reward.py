@@ -291,7 +291,8 @@ def test_rendering():
         assert frame.dtype == np.uint8 and frame.shape == frames[0].shape and frame.shape[2] == 3
         if np.any(obs[:BITS]):
             # the top row's cells show the cue bits: light for +1, dark for -1
-            centres = frame[8, 8 : 16 * BITS : 16]
+            # (cells of 24 px right of the 104-px label column, under the 40-px header)
+            centres = frame[40 + 12, 104 + 12 : 104 + 24 * BITS : 24]
             light, dark = rendering.COLORS["free"], rendering.COLORS["wall"]
             want = np.where(obs[:BITS, None] > 0, light, dark)
             np.testing.assert_array_equal(centres, want)

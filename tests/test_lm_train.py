@@ -100,7 +100,7 @@ def test_checkpoint_is_atomic_and_corruption_is_reported(tmp_path: Path) -> None
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temporary file left
     assert load_checkpoint(path)["x"].tolist() == [1.0, 1.0]
     path.write_bytes(path.read_bytes()[:40])
-    with pytest.raises(CheckpointError, match="corrupted"):
+    with pytest.raises(CheckpointError, match="truncated"):
         load_checkpoint(path)
     save_checkpoint(path, {"something": 1})
     with pytest.raises(CheckpointError, match="not a language-model checkpoint"):
@@ -199,7 +199,7 @@ def test_cli_errors_exit_2_with_clear_message(corpus_dir: Path, tmp_path: Path, 
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint at all")
     code, err = _exit_and_error(evaluate_main, [str(bad), "--data", str(corpus_dir), "--split", "valid"], capsys)
-    assert code == 2 and "corrupted" in err and "Traceback" not in err
+    assert code == 2 and "not a checkpoint (not a torch save file)" in err and "Traceback" not in err
 
     code, err = _exit_and_error(main, ["fit"], capsys)
     assert code == 2 and "usage" in err

@@ -8,6 +8,7 @@ clear line on stderr and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from dataclasses import replace
@@ -21,6 +22,7 @@ from bpm_agents.lm.fast_step import IMPLS
 from bpm_agents.lm.model import VARIANTS, config_parameters, match_hidden_size
 from bpm_agents.lm.trainer import (
     PRESETS,
+    NonFiniteLossError,
     evaluate,
     load_checkpoint,
     model_from_checkpoint,
@@ -45,7 +47,7 @@ def _train_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="run folder (default: runs/lm-<variant>-<preset>-s<seed>)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt with its saved settings: only --epochs, --max-steps, --device, --threads, --impl and --no-progress apply, and a setting flag whose value differs from the saved one is refused (exit 2) (also from inside an epoch that Ctrl-C or SIGTERM interrupted: both stop after the current step, save last.pt and exit 130)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads (torch.set_num_threads)")
     p.add_argument(
@@ -103,6 +105,26 @@ def _set_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+#: train.py lm options (dest) that are saved settings of a run: option -> config field
+_SAVED_SETTINGS = {
+    "variant": "variant", "lr": "lr", "lr_decay": "lr_decay", "decay_start": "decay_start",
+    "batch_size": "batch_size", "eval_batch_size": "eval_batch_size", "bptt": "bptt",
+    "clip": "clip", "l2": "l2", "seed": "seed", "valid_every": "valid_every",
+    "init_scale": "init_scale", "hebb_clip": "hebb_clip", "alpha": "alpha",
+}
+
+
+def _resume_flags(args: argparse.Namespace, argv: list[str]) -> dict[str, tuple[str, object]]:
+    """Saved settings given explicitly on a resume's command line: field -> (flag, value)."""
+    quiet = copy.deepcopy(_train_parser())
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    given = vars(quiet.parse_known_args(argv)[0])
+    return {field: ("--" + dest.replace("_", "-"), getattr(args, dest))
+            for dest, field in _SAVED_SETTINGS.items() if dest in given}
+
+
 def train_main(argv: list[str]) -> int:
     """``train.py lm``: returns the exit code."""
     args = _parse(_train_parser(), argv)
@@ -149,11 +171,19 @@ def train_main(argv: list[str]) -> int:
         summary = run_training(
             out, corpus, chosen, train_cfg, device, resume=args.resume,
             progress_bar=not args.no_progress, extra_config={"argv": ["train.py", "lm", *argv]},
-            impl=args.impl,
+            impl=args.impl, resume_flags=_resume_flags(args, argv) if args.resume else None,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except NonFiniteLossError as exc:
+        last = out / "last.pt"
+        kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint had been saved yet"
+        print(f"stopped: {exc}; {kept}. Try a smaller --lr or --clip.", file=sys.stderr)
+        return EXIT_USAGE
+    if summary.get("interrupted"):
+        print(f"interrupted, checkpoint saved: step {summary['steps']}, run folder {out} (--resume continues)")
+        return 130
     if "test_ppl" in summary:
         print(f"test perplexity {summary['test_ppl']:.2f} (best valid {summary['best_valid_ppl']:.2f})")
     return 0

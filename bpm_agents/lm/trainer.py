@@ -24,12 +24,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bpm_agents.checkpoint import CheckpointError, atomic_write, atomic_write_text
+from bpm_agents.checkpoint import (
+    CheckpointError,
+    StopOnSignals,
+    atomic_write,
+    atomic_write_text,
+    check_config_dict,
+    load_failure,
+)
 from bpm_agents.lm.corpus import Corpus, Vocabulary, batchify, num_segments, segments
-from bpm_agents.lm.model import LanguageModel, LMConfig, logits_loss
+from bpm_agents.lm.model import LanguageModel, LMConfig, LSTMState, logits_loss
 
 CHECKPOINT_FORMAT = "bpm-lm-1"
 LOSS_REDUCTIONS = ("sum_time", "mean")
+#: the largest learning rate the float32 optimizer steps can take (larger ones overflow)
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 LOG_FIELDS = (
     "epoch", "kind", "step", "lr", "train_ppl", "valid_ppl", "test_ppl",
     "train_tokens_per_s", "epoch_s", "elapsed_s",
@@ -77,7 +86,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         checks = {
-            "lr": self.lr > 0, "lr_decay": 0 < self.lr_decay <= 1, "decay_start": self.decay_start >= 1,
+            "lr": 0 < self.lr <= FLOAT32_MAX, "lr_decay": 0 < self.lr_decay <= 1, "decay_start": self.decay_start >= 1,
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "bptt": self.bptt >= 1,
             "eval_batch_size": self.eval_batch_size >= 1, "clip": self.clip > 0, "l2": self.l2 >= 0,
             "max_steps": self.max_steps is None or self.max_steps >= 1,
@@ -86,7 +95,8 @@ class TrainConfig:
         checks["loss_reduction"] = self.loss_reduction in LOSS_REDUCTIONS
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"invalid training setting {bad[0]}={getattr(self, bad[0])!r}")
+            hint = " (a finite number > 0, at most 3.4e38, the float32 range)" if bad[0] == "lr" else ""
+            raise ValueError(f"invalid training setting {bad[0]}={getattr(self, bad[0])!r}{hint}")
 
     def lr_at(self, epoch: int) -> float:
         return self.lr * self.lr_decay ** max(0, epoch - self.decay_start + 1)
@@ -113,6 +123,44 @@ PRESETS: dict[str, tuple[LMConfig, TrainConfig]] = {
 }  # fmt: skip
 
 
+class NonFiniteLossError(RuntimeError):
+    """The training loss or gradient became NaN or Inf; the step was not applied."""
+
+
+def perplexity(loss: float) -> float:
+    """``exp(loss)``, or ``inf`` where that overflows (a diverged model's loss can exceed 709)."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
+@dataclass
+class EpochCursor:
+    """Where an epoch stands, so that an interrupted epoch can continue where it stopped.
+
+    Attributes:
+        steps: segments of the epoch done.
+        state: the carried (detached) recurrent state after them; ``None`` at the epoch start.
+        loss_total, count: sum of per-token losses and tokens so far (for the epoch's mean).
+    """
+
+    steps: int = 0
+    state: list[Tensor] | None = None
+    loss_total: float = 0.0
+    count: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        layers = [[t.detach().cpu() for t in layer] for layer in self.state or []]
+        return {"steps": self.steps, "state": layers, "loss_total": self.loss_total,
+                "count": self.count}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], device: str | torch.device) -> EpochCursor:
+        state = [LSTMState(*(t.to(device) for t in layer)) for layer in d["state"]]
+        return cls(int(d["steps"]), state or None, float(d["loss_total"]), int(d["count"]))
+
+
 @torch.no_grad()
 def evaluate(
     model: LanguageModel, ids: Tensor, batch_size: int = 10, bptt: int = 20
@@ -134,7 +182,7 @@ def evaluate(
         count += targets.numel()
     model.train(was_training)
     loss = total / count
-    return loss, math.exp(loss)
+    return loss, perplexity(loss)
 
 
 def train_epoch(
@@ -145,6 +193,8 @@ def train_epoch(
     max_steps: int | None = None,
     progress: Callable[[int, float, float], None] | None = None,
     check: Callable[[int], None] | None = None,
+    cursor: EpochCursor | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[float, int, float]:
     """One pass over the training streams (B, L), the state reset at its start.
 
@@ -152,40 +202,59 @@ def train_epoch(
         max_steps: stop after this many optimizer steps (``None``: whole epoch).
         progress: called after each step with (tokens this step, loss, seconds since start).
         check: called with the step count every ``config.valid_every`` steps (not after the last).
+        cursor: continue an epoch from this position (its first ``cursor.steps`` segments are
+            skipped, its state carried on); it is updated after every step.
+        should_stop: asked after every step; ``True`` ends the pass there (an interruption).
     Returns:
-        (mean training loss, optimizer steps taken, tokens per second).
+        (mean training loss over the epoch so far, optimizer steps taken by this call, tokens
+        per second).
+    Raises:
+        NonFiniteLossError: NaN/Inf loss or gradient norm (that step is not applied).
     """
     model.train()
     device = streams.device
-    state = model.initial_state(streams.shape[0], device)
+    cursor = cursor if cursor is not None else EpochCursor()
+    state = cursor.state if cursor.state is not None else model.initial_state(streams.shape[0], device)
     params = [p for p in model.parameters() if p.requires_grad]
-    total, count, steps = 0.0, 0, 0
+    tokens, steps = 0, 0
     start = time.perf_counter()
     checking = 0.0  # seconds spent in ``check``, left out of the throughput
-    for inputs, targets in segments(streams, config.bptt):
+    for k, (inputs, targets) in enumerate(segments(streams, config.bptt)):
+        if k < cursor.steps:
+            continue
         if max_steps is not None and steps >= max_steps:
             break
         state = [s.detach() for s in state]
         logits, state = model(inputs, state)
         loss = logits_loss(logits, targets)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"training loss is {value} at step {k + 1} of the epoch; not applied")
         objective = loss * targets.shape[1] if config.loss_reduction == "sum_time" else loss
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.clip)
+        norm = torch.nn.utils.clip_grad_norm_(params, config.clip)
+        if not torch.isfinite(norm):
+            optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(f"gradient norm is {norm.item()} at step {k + 1} of the epoch; not applied")
         optimizer.step()
         model.project_parameters()
-        value = loss.item()
-        total += value * targets.numel()
-        count += targets.numel()
+        cursor.loss_total += value * targets.numel()
+        cursor.count += targets.numel()
+        cursor.steps = k + 1
+        cursor.state = [s.detach() for s in state]
+        tokens += targets.numel()
         steps += 1
         if progress is not None:
             progress(targets.numel(), value, time.perf_counter() - start - checking)
-        if check is not None and config.valid_every and steps % config.valid_every == 0:
+        if check is not None and config.valid_every and cursor.steps % config.valid_every == 0:
             t = time.perf_counter()
-            check(steps)
+            check(cursor.steps)
             checking += time.perf_counter() - t
+        if should_stop is not None and should_stop():
+            break
     seconds = time.perf_counter() - start - checking
-    return total / max(count, 1), steps, count / max(seconds, 1e-9)
+    return cursor.loss_total / max(cursor.count, 1), steps, tokens / max(seconds, 1e-9)
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
@@ -208,7 +277,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated / foreign files
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupted or unreadable: {exc}") from None
+        raise CheckpointError(f"checkpoint {str(path)!r} is unreadable: {load_failure(path, exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a language-model checkpoint ({CHECKPOINT_FORMAT})")
     return payload
@@ -219,11 +288,14 @@ def model_from_checkpoint(
 ) -> tuple[LanguageModel, Vocabulary]:
     """Rebuild the model and vocabulary a checkpoint holds."""
     try:
+        check_config_dict(LMConfig, payload["model_config"])
         config = LMConfig.from_dict(payload["model_config"])
         # the seeded init is overwritten by the saved weights
         model = LanguageModel(config, torch.Generator().manual_seed(0)).to(device)
         model.load_state_dict(payload["model"])
         vocab = Vocabulary(payload["vocab"])
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint holds a bad model config: {exc}") from None
     except (KeyError, RuntimeError, TypeError) as exc:
         raise CheckpointError(f"checkpoint content does not match its model config: {exc}") from None
     if len(vocab) != config.vocab_size:
@@ -248,6 +320,7 @@ def run_training(
     progress_bar: bool = True,
     extra_config: dict[str, Any] | None = None,
     impl: str = "auto",
+    resume_flags: dict[str, tuple[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Train, validating every epoch, keep the best checkpoint, then report test perplexity.
 
@@ -262,6 +335,9 @@ def run_training(
         extra_config: recorded in ``config.json`` (e.g. the command line).
         impl: the plastic step implementation (``auto``, ``fast``, ``reference``; see
             :class:`~bpm_agents.lm.model.PlasticLSTMCell`); same numbers to rounding.
+        resume_flags: on resume, config field -> (flag, value) given on the command line; a
+            value that differs from the checkpoint's is refused (``ValueError``), as the saved
+            settings are kept.
     Returns:
         summary dict: best validation perplexity, test perplexity, epochs, steps, seconds.
     """
@@ -273,11 +349,28 @@ def run_training(
     drop_gen = torch.Generator(device=device).manual_seed(train_config.seed + 1)
     epoch0, step, best, elapsed0 = 0, 0, math.inf, 0.0
     opt_state = None
+    cursor: EpochCursor | None = None  # set when resuming inside an interrupted epoch
     if resume:
         payload = load_checkpoint(out / "last.pt", map_location=device)
-        saved = TrainConfig(**payload["train_config"])
+        try:
+            check_config_dict(TrainConfig, payload.get("train_config"))
+            saved = TrainConfig(**payload["train_config"])
+        except ValueError as exc:
+            raise CheckpointError(f"{out / 'last.pt'} holds a bad training config: {exc}") from None
         train_config = replace(saved, epochs=train_config.epochs, max_steps=train_config.max_steps)
         model, vocab = model_from_checkpoint(payload, device)
+        saved_values = {**payload["model_config"], **payload["train_config"]}
+        conflicts = [
+            f"{flag} {value} (saved: {json.dumps(saved_values.get(name))})"
+            for name, (flag, value) in (resume_flags or {}).items()
+            if name in saved_values and value != saved_values[name]
+            and not (isinstance(value, (list, tuple)) and list(value) == list(saved_values[name]))
+        ]
+        if conflicts:
+            raise ValueError(
+                f"--resume keeps the settings saved in {out / 'last.pt'}, but these flags differ "
+                f"from them: {'; '.join(conflicts)}. Drop them, or start a new run with another --out"
+            )
         if vocab.words != corpus.vocab.words:
             raise CheckpointError("the checkpoint's vocabulary differs from this corpus's training vocabulary")
         model_config = model.config
@@ -285,7 +378,12 @@ def run_training(
         elapsed0 = payload.get("elapsed_s", 0.0)
         opt_state = payload["optimizer"]
         drop_gen.set_state(payload["dropout_generator"].cpu())
-        _log(f"resuming {out / 'last.pt'} after epoch {epoch0} (step {step}, best valid ppl {best:.2f})")
+        if payload.get("in_epoch") is not None:
+            cursor = EpochCursor.from_dict(payload["in_epoch"], device)
+            _log(f"resuming {out} from step {step} (epoch {epoch0 + 1}, {cursor.steps} steps into it; "
+                 f"best valid ppl {best:.2f})")
+        else:
+            _log(f"resuming {out} from step {step} (after epoch {epoch0}, best valid ppl {best:.2f})")
     else:
         if model_config.vocab_size != len(corpus.vocab):
             model_config = replace(model_config, vocab_size=len(corpus.vocab))
@@ -315,92 +413,117 @@ def run_training(
     tty = sys.stderr.isatty()
     run_start = time.perf_counter()
     done = epoch0  # last epoch completed (or cut short by max_steps)
-    for epoch in range(epoch0 + 1, train_config.epochs + 1):
-        left = None if train_config.max_steps is None else train_config.max_steps - step
-        if left is not None and left <= 0:
-            break
-        done = epoch
-        lr = train_config.lr_at(epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        bar = tqdm(
-            total=per_epoch if left is None else min(per_epoch, left), desc=f"epoch {epoch}",
-            unit="step", disable=not progress_bar, mininterval=1.0 if tty else 60.0, file=sys.stderr,
-        )  # fmt: skip
-        running = {"loss": 0.0, "tokens": 0, "seconds": 0.0}
-
-        def on_step(tokens: int, loss: float, seconds: float) -> None:
-            running["loss"] += loss * tokens
-            running["tokens"] += tokens
-            running["seconds"] = seconds
-            bar.update(1)
-            bar.set_postfix(
-                tok_s=f"{running['tokens'] / max(seconds, 1e-9):.0f}",
-                ppl=f"{math.exp(running['loss'] / running['tokens']):.1f}", refresh=False,
+    interrupted = False
+    with StopOnSignals() as stop:  # Ctrl-C / SIGTERM: stop after the current step and save
+        for epoch in range(epoch0 + 1, train_config.epochs + 1):
+            left = None if train_config.max_steps is None else train_config.max_steps - step
+            if left is not None and left <= 0:
+                break
+            done = epoch
+            cursor = cursor if cursor is not None else EpochCursor()
+            epoch_step0 = step - cursor.steps  # the run's step count at this epoch's start
+            lr = train_config.lr_at(epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            bar = tqdm(
+                total=(per_epoch if left is None else min(per_epoch, cursor.steps + left)),
+                initial=cursor.steps, desc=f"epoch {epoch}",
+                unit="step", disable=not progress_bar, mininterval=1.0 if tty else 60.0, file=sys.stderr,
             )  # fmt: skip
+            running = {"loss": 0.0, "tokens": 0, "seconds": 0.0}
 
-        t0 = time.perf_counter()
+            def on_step(tokens: int, loss: float, seconds: float) -> None:
+                running["loss"] += loss * tokens
+                running["tokens"] += tokens
+                running["seconds"] = seconds
+                bar.update(1)
+                bar.set_postfix(
+                    tok_s=f"{running['tokens'] / max(seconds, 1e-9):.0f}",
+                    ppl=f"{perplexity(running['loss'] / running['tokens']):.1f}", refresh=False,
+                )  # fmt: skip
 
-        def validate(with_test: bool) -> tuple[float, float | None]:
-            bs, bptt = train_config.eval_batch_size, train_config.bptt
-            valid = evaluate(model, corpus.split("valid"), bs, bptt)[1]
-            test = evaluate(model, corpus.split("test"), bs, bptt)[1] if with_test else None
-            return valid, test
+            t0 = time.perf_counter()
 
-        def write_row(kind: str, at_step: int, train_ppl: float, valid: float, test: float | None,
-                      tok_s: float) -> float:
-            elapsed = elapsed0 + time.perf_counter() - run_start
-            row = [epoch, kind, at_step, f"{lr:.6g}", f"{train_ppl:.3f}", f"{valid:.3f}",
-                   "" if test is None else f"{test:.3f}", f"{tok_s:.0f}",
-                   f"{time.perf_counter() - t0:.1f}", f"{elapsed:.1f}"]  # fmt: skip
-            with open(log_path, "a", newline="") as f:
-                csv.writer(f).writerow(row)
-            return elapsed
+            def validate(with_test: bool) -> tuple[float, float | None]:
+                bs, bptt = train_config.eval_batch_size, train_config.bptt
+                valid = evaluate(model, corpus.split("valid"), bs, bptt)[1]
+                test = evaluate(model, corpus.split("test"), bs, bptt)[1] if with_test else None
+                return valid, test
 
-        def on_check(steps_in_epoch: int) -> None:
-            nonlocal best
-            valid, test = validate(False)
-            train_ppl = math.exp(running["loss"] / max(running["tokens"], 1))
-            tok_s = running["tokens"] / max(running["seconds"], 1e-9)
-            elapsed = write_row("check", step + steps_in_epoch, train_ppl, valid, test, tok_s)
-            _log(f"check at step {step + steps_in_epoch}: valid ppl {valid:.2f}" + ("" if test is None else f" test ppl {test:.2f}"))
-            if valid < best:
-                best = valid
-                save_checkpoint(out / "best.pt", make_payload(step + steps_in_epoch, valid, elapsed))
+            def write_row(kind: str, at_step: int, train_ppl: float, valid: float, test: float | None,
+                          tok_s: float) -> float:
+                elapsed = elapsed0 + time.perf_counter() - run_start
+                row = [epoch, kind, at_step, f"{lr:.6g}", f"{train_ppl:.3f}", f"{valid:.3f}",
+                       "" if test is None else f"{test:.3f}", f"{tok_s:.0f}",
+                       f"{time.perf_counter() - t0:.1f}", f"{elapsed:.1f}"]  # fmt: skip
+                with open(log_path, "a", newline="") as f:
+                    csv.writer(f).writerow(row)
+                return elapsed
 
-        def make_payload(at_step: int, valid: float, elapsed: float) -> dict[str, Any]:
-            return {
-                "format": CHECKPOINT_FORMAT, "model_config": model_config.to_dict(),
-                "train_config": train_config.to_dict(), "vocab": corpus.vocab.words,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                "step": at_step, "best_valid_ppl": min(best, valid), "valid_ppl": valid,
-                "elapsed_s": elapsed, "dropout_generator": drop_gen.get_state(),
-            }  # fmt: skip
+            def on_check(steps_in_epoch: int) -> None:
+                nonlocal best
+                valid, test = validate(False)
+                train_ppl = perplexity(cursor.loss_total / max(cursor.count, 1))
+                tok_s = running["tokens"] / max(running["seconds"], 1e-9)
+                at = epoch_step0 + steps_in_epoch
+                elapsed = write_row("check", at, train_ppl, valid, test, tok_s)
+                _log(f"check at step {at}: valid ppl {valid:.2f}" + ("" if test is None else f" test ppl {test:.2f}"))
+                if valid < best:
+                    best = valid
+                    save_checkpoint(out / "best.pt", make_payload(at, valid, elapsed))
 
-        train_loss, steps, tok_s = train_epoch(
-            model, train_streams, optimizer, train_config, left, on_step, on_check
-        )
-        bar.close()
-        step += steps
-        valid_ppl, test_ppl = validate(train_config.eval_test_each_epoch)
-        epoch_s = time.perf_counter() - t0
-        elapsed = write_row("epoch", step, math.exp(train_loss), valid_ppl, test_ppl, tok_s)
-        _log(
-            f"epoch {epoch}: lr {lr:.4g} train ppl {math.exp(train_loss):.2f} valid ppl {valid_ppl:.2f}"
-            + ("" if test_ppl is None else f" test ppl {test_ppl:.2f}")
-            + f" ({steps} steps, {tok_s:.0f} tok/s, {epoch_s:.0f} s)"
-        )
-        payload = make_payload(step, valid_ppl, elapsed)
-        if valid_ppl < best:
-            best = valid_ppl
-            save_checkpoint(out / "best.pt", payload)
-        save_checkpoint(out / "last.pt", payload)
+            def make_payload(at_step: int, valid: float | None, elapsed: float,
+                             in_epoch: EpochCursor | None = None) -> dict[str, Any]:
+                return {
+                    "format": CHECKPOINT_FORMAT, "model_config": model_config.to_dict(),
+                    "train_config": train_config.to_dict(), "vocab": corpus.vocab.words,
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    # the last epoch completed; an interrupted one is resumed from ``in_epoch``
+                    "epoch": epoch if in_epoch is None else epoch - 1,
+                    "in_epoch": None if in_epoch is None else in_epoch.to_dict(),
+                    "step": at_step, "best_valid_ppl": best if valid is None else min(best, valid),
+                    "valid_ppl": valid, "elapsed_s": elapsed, "dropout_generator": drop_gen.get_state(),
+                }  # fmt: skip
+
+            train_loss, steps, tok_s = train_epoch(
+                model, train_streams, optimizer, train_config, left, on_step, on_check, cursor,
+                lambda: stop.requested,
+            )
+            bar.close()
+            step += steps
+            capped = left is not None and steps >= left
+            if stop.requested and cursor.steps < per_epoch and not capped:
+                interrupted = True
+                elapsed = elapsed0 + time.perf_counter() - run_start
+                save_checkpoint(out / "last.pt", make_payload(step, None, elapsed, cursor))
+                _log(f"interrupted by {stop.signal_name} at step {step} ({cursor.steps} of {per_epoch} "
+                     f"steps into epoch {epoch}): checkpoint saved to {out / 'last.pt'}")
+                break
+            cursor = None
+            valid_ppl, test_ppl = validate(train_config.eval_test_each_epoch)
+            epoch_s = time.perf_counter() - t0
+            elapsed = write_row("epoch", step, perplexity(train_loss), valid_ppl, test_ppl, tok_s)
+            _log(
+                f"epoch {epoch}: lr {lr:.4g} train ppl {perplexity(train_loss):.2f} valid ppl {valid_ppl:.2f}"
+                + ("" if test_ppl is None else f" test ppl {test_ppl:.2f}")
+                + f" ({steps} steps, {tok_s:.0f} tok/s, {epoch_s:.0f} s)"
+            )
+            payload = make_payload(step, valid_ppl, elapsed)
+            if valid_ppl < best:
+                best = valid_ppl
+                save_checkpoint(out / "best.pt", payload)
+            save_checkpoint(out / "last.pt", payload)
+            if stop.requested:  # the signal came with the epoch's last step: it is saved whole
+                interrupted = True
+                _log(f"interrupted by {stop.signal_name} after epoch {epoch}: checkpoint saved to {out / 'last.pt'}")
+                break
 
     best_path = out / "best.pt"
     summary: dict[str, Any] = {"variant": model_config.variant, "parameters": n_params, "epochs": done,
                                "steps": step, "best_valid_ppl": best,
-                               "elapsed_s": elapsed0 + time.perf_counter() - run_start}  # fmt: skip
-    if best_path.exists():
+                               "elapsed_s": elapsed0 + time.perf_counter() - run_start,
+                               "interrupted": interrupted}  # fmt: skip
+    if best_path.exists() and not interrupted:
         best_model, _ = model_from_checkpoint(load_checkpoint(best_path, device), device)
         best_model.set_impl(impl)
         test_loss, test_ppl = evaluate(best_model, corpus.split("test"), train_config.eval_batch_size, train_config.bptt)
