@@ -508,7 +508,7 @@ def test_extras_declared_in_pyproject():
                                  "matplotlib", "pillow")) for d in deps)
     extras = meta["optional-dependencies"]
     assert extras["peers"] == ["stable-baselines3>=2.6", "sb3-contrib>=2.6"]
-    assert set(extras["all"]) == set(extras["peers"] + extras["tensorboard"] + extras["render"])
+    assert set(extras["all"]) == set(extras["peers"] + extras["tensorboard"] + extras["render"] + extras["ray"])
     assert set(extras["dev"]) == set(extras["all"]) | {"pytest>=7", "pytest-timeout>=2"}
     pinned = {line.split("==")[0].lower().replace("_", "-")
               for line in (ROOT / "constraints.txt").read_text().splitlines()
