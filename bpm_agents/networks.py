@@ -3,7 +3,7 @@
     x_j(t) = tanh( W_in u(t) + b + sum_i [ w_ij + alpha_ij * Hebb_ij(t) ] x_i(t-1) )
 
 followed by the trace update of :mod:`bpm_agents.plasticity` with pre = x(t-1), post = x(t) and the
-modulator reading x(t). The network owns ``W_in``, ``b`` and ``w``; the plastic part is a
+modulator reading x(t) (``modulator_input="new"``) or x(t-1) (``"previous"``). The network owns ``W_in``, ``b`` and ``w``; the plastic part is a
 :class:`~bpm_agents.plasticity.PlasticSynapses`.
 """
 
@@ -15,6 +15,20 @@ from torch import Tensor, nn
 from bpm_agents.plasticity import PlasticityConfig, PlasticState, PlasticSynapses
 
 UNROLL_IMPLS = ("auto", "reference", "fast")
+
+
+def reference_only_reason(config: PlasticityConfig) -> str | None:
+    """Why the RL fast kernel (:mod:`bpm_agents.fast_unroll`) cannot run ``config``, for the options
+    it does not implement (per-connection eta or fan-out, the modulator reading x(t-1)); ``None``
+    when none of them is set. alpha's init, shape and gradient scale and the fan-out init need
+    nothing from a kernel (init and a gradient hook on the parameter)."""
+    if config.eta_shape != "scalar":
+        return f"eta_shape={config.eta_shape!r} (the RL kernel has one scalar eta)"
+    if config.fanout == "connection":
+        return "fanout='connection' (the RL kernel has per-neuron fan-out only)"
+    if config.modulated and config.modulator_input != "new":
+        return f"modulator_input={config.modulator_input!r} (the RL kernel's modulator reads x(t))"
+    return None
 
 
 class PlasticRNN(nn.Module):
@@ -72,7 +86,8 @@ class PlasticRNN(nn.Module):
         if plastic is not None:
             drive = drive + plastic
         x = torch.tanh(drive)
-        hebb, elig, m = self.synapses.update(state.hebb, state.elig, pre, x, x)
+        z = self.synapses.modulator_source(pre, x)
+        hebb, elig, m = self.synapses.update(state.hebb, state.elig, pre, x, z)
         return PlasticState(x, hebb, elig), m
 
     def unroll(
@@ -105,6 +120,12 @@ class PlasticRNN(nn.Module):
             return self.reference_unroll(inputs, state, episode_starts)
         from bpm_agents import fast_unroll  # late import: the kernel builds at first use
 
+        # options newer than the RL kernel: until it checks them itself, they run the reference
+        reason = reference_only_reason(self.plasticity)
+        if reason is not None:
+            if impl == "fast":
+                raise ValueError(f"impl='fast' is not available here: {reason}; use impl='reference'")
+            return self.reference_unroll(inputs, state, episode_starts)
         if impl == "fast":
             reason = fast_unroll.unsupported_reason(self, inputs)
             if reason is not None:
