@@ -232,11 +232,7 @@ class PlasticSynapses(nn.Module):
         if config.plastic:
             shape = (n_pre, n_post) if config.alpha == "connection" else (n_post,)
             self.alpha = nn.Parameter(config.alpha_scale * torch.rand(shape))
-            scale = self.alpha_grad_scale
-            if scale != 1.0:
-                # a hook on the leaf: every gradient that reaches alpha (any path, fast kernels
-                # included) is multiplied by ``scale`` before it is accumulated into .grad
-                self.alpha.register_hook(lambda g: g * scale)
+            self._hook_alpha()
         if config.rule == "hebbian":
             eta_shape = () if config.eta_shape == "scalar" else (n_pre, n_post)
             self.eta = nn.Parameter(torch.full(eta_shape, float(config.eta_init)))
@@ -250,6 +246,19 @@ class PlasticSynapses(nn.Module):
                 self.reset_fanout()
         if config.eligibility:
             self.eta_e = nn.Parameter(torch.tensor(float(config.eta_e_init)))
+
+    def _hook_alpha(self) -> None:
+        """A hook on the alpha leaf: every gradient that reaches alpha (any path, fast kernels
+        included) is multiplied by ``alpha_grad_scale`` before it is accumulated into .grad."""
+        scale = self.alpha_grad_scale
+        if scale != 1.0:
+            self.alpha.register_hook(lambda g: g * scale)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # deepcopy and pickle rebuild the Parameter without its hooks: register it again
+        super().__setstate__(state)
+        if self.config.plastic:
+            self._hook_alpha()
 
     @property
     def alpha_grad_scale(self) -> float:

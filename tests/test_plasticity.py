@@ -382,6 +382,13 @@ def test_alpha_grad_scale_multiplies_only_alphas_gradient(scale, factor):
     torch.testing.assert_close(scaled.synapses.alpha.grad, factor * base.synapses.alpha.grad)
     torch.testing.assert_close(scaled.w.grad, base.w.grad)
     assert base.synapses.alpha.grad.abs().sum() > 0
+    import copy
+    import pickle
+
+    for clone in (copy.deepcopy(scaled), pickle.loads(pickle.dumps(scaled))):  # the hook survives copies
+        x, _, _ = clone.reference_unroll(u, clone.initial_state(2))
+        x.pow(2).sum().backward()
+        torch.testing.assert_close(clone.synapses.alpha.grad, factor * base.synapses.alpha.grad)
 
 
 def test_alpha_init_is_separate_from_w_init_and_fanout_default_init_is_seeded():
