@@ -11,6 +11,10 @@ training steps for every model: the allocator's cached buffers are the previous 
 (``reference``) in the same run; every model of one variant starts from the same weights.
 
     python benchmarks/lm_throughput.py --data ../shared/data/ptb --threads 1 --impl fast,reference
+
+``--preset`` takes the architecture of a preset (``small``, ``small-paper``, ``small-authors``);
+each model's line says which path its plastic layers take (``fast``, or ``reference`` and why,
+e.g. an option the kernel does not implement); ``--impl fast`` is then timed as ``auto``.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bpm_agents.lm.corpus import Corpus, batchify, segment  # noqa: E402
-from bpm_agents.lm.fast_step import IMPLS  # noqa: E402
+from bpm_agents.lm.fast_step import IMPLS, option_reason, path_of  # noqa: E402
+from bpm_agents.lm.trainer import PRESETS  # noqa: E402
 from bpm_agents.lm.model import VARIANTS, LanguageModel, LMConfig, logits_loss, match_hidden_size  # noqa: E402
 from bpm_agents.lm.model import config_parameters  # noqa: E402
 
@@ -105,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--eval-batch-size", type=int, default=10)
     p.add_argument("--bptt", type=int, default=20)
+    p.add_argument("--preset", default="small", choices=[k for k in PRESETS if k.startswith("small")],
+                   help="architecture and plasticity options of this preset")
     p.add_argument("--impl", default="fast,reference",
                    help="comma-separated step implementations to time: auto, fast, reference")
     args = p.parse_args(argv)
@@ -118,23 +125,28 @@ def main(argv: list[str] | None = None) -> int:
     vocab = len(corpus.vocab)
     train = batchify(corpus.train, args.batch_size)
     valid = batchify(corpus.valid, args.eval_batch_size)
-    base = LMConfig(variant="lstm", vocab_size=vocab, emb_size=200, hidden_sizes=(200, 200))
+    from dataclasses import replace
+
+    base = replace(PRESETS[args.preset][0], variant="lstm", vocab_size=vocab)
     target = config_parameters(base)
     models: dict[str, nn.Module] = {}
     torch.manual_seed(0)  # nn.LSTM's own init
     models["nn.LSTM"] = TorchLSTMLM(vocab, 200, 200, 2)
     for k, v in enumerate(args.variants):
-        cfg, _ = match_hidden_size(LMConfig(variant=v, vocab_size=vocab, emb_size=200, hidden_sizes=(200, 200)), target)
+        cfg, _ = match_hidden_size(replace(base, variant=v), target)
         # the plain LSTM has no plastic part: every impl runs the same code, so it is timed once
         for impl in impls if v != "lstm" else impls[:1]:
             name = v if (len(impls) == 1 or v == "lstm") else f"{v}[{impl}]"
+            if impl == "fast" and option_reason(cfg.plasticity()) is not None:
+                impl = "auto"  # the kernel declines this preset's options: time the fallback
             models[name] = LanguageModel(cfg, torch.Generator().manual_seed(k), impl=impl)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, OMP_WAIT_POLICY {os.environ['OMP_WAIT_POLICY']}, "
+    print(f"preset {args.preset}; torch {torch.__version__}, threads {torch.get_num_threads()}, OMP_WAIT_POLICY {os.environ['OMP_WAIT_POLICY']}, "
           f"batch {args.batch_size} x bptt {args.bptt}, "
           f"eval batch {args.eval_batch_size}; parameter target {target:,}")  # fmt: skip
     for name, m in models.items():
         hidden = m.lstm.hidden_size if name == "nn.LSTM" else m.config.hidden_sizes[0]
-        print(f"  {name:22s} hidden {hidden:4d}  parameters {sum(q.numel() for q in m.parameters()):,}")
+        path = "torch" if name == "nn.LSTM" else path_of(m.layers[0])
+        print(f"  {name:22s} hidden {hidden:4d}  parameters {sum(q.numel() for q in m.parameters()):,}  path: {path}")
 
     train_tok = args.train_steps * args.batch_size * args.bptt
     eval_tok = args.eval_steps * args.eval_batch_size * args.bptt

@@ -3,7 +3,7 @@
     x_j(t) = tanh( W_in u(t) + b + sum_i [ w_ij + alpha_ij * Hebb_ij(t) ] x_i(t-1) )
 
 followed by the trace update of :mod:`bpm_agents.plasticity` with pre = x(t-1), post = x(t) and the
-modulator reading x(t). The network owns ``W_in``, ``b`` and ``w``; the plastic part is a
+modulator reading x(t) (``modulator_input="new"``) or x(t-1) (``"previous"``). The network owns ``W_in``, ``b`` and ``w``; the plastic part is a
 :class:`~bpm_agents.plasticity.PlasticSynapses`.
 """
 
@@ -75,7 +75,8 @@ class PlasticRNN(nn.Module):
         if plastic is not None:
             drive = drive + plastic
         x = torch.tanh(drive)
-        hebb, elig, m = self.synapses.update(state.hebb, state.elig, pre, x, x)
+        z = self.synapses.modulator_source(pre, x)
+        hebb, elig, m = self.synapses.update(state.hebb, state.elig, pre, x, z)
         return PlasticState(x, hebb, elig), m
 
     def unroll(

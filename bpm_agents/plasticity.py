@@ -12,9 +12,13 @@ and changes within it. The rules (pre = x_i(t-1), post = x_j(t), c = clip):
 ``retroactive`` Hebb <- clip(Hebb + M(t) * E(t-1)); then E <- (1 - eta_e) E + eta_e * pre_i post_j
 ============  ==============================================================================
 
-The neuromodulator ``M(t) = act(w_M . z(t) + b_M)`` is computed from the network's *new* activity
-z(t) (x(t) in the RNN, h_t in the LSTM): one scalar per batch element. With ``fanout`` each
-post-synaptic neuron j gets its own rate ``v_j * M(t) + u_j``. In the retroactive rule the trace is
+The neuromodulator ``M(t) = act(w_M . z + b_M)`` is one scalar per batch element. By default
+(``modulator_input="new"``, as in the authors' code) z is the network's *new* activity (x(t) in the
+RNN, h_t in the LSTM); with ``"previous"`` (the paper's text) it is the previous one (x(t-1),
+h_{t-1}). The caller passes z; :attr:`PlasticityConfig.modulator_input` says which. With
+``fanout="neuron"`` each post-synaptic neuron j gets its own rate ``v_j * M(t) + u_j``; with
+``fanout="connection"`` each connection does, ``V_ij * M(t) + U_ij``. The ``hebbian`` rate eta is
+one scalar (``eta_shape="scalar"``) or one per connection (``"connection"``). In the retroactive rule the trace is
 updated with the *previous* eligibility trace before the eligibility trace takes this step's product,
 so the eligibility of step t only reaches Hebb from step t+1 on.
 
@@ -32,6 +36,57 @@ from torch import Tensor, nn
 RULES = ("none", "hebbian", "simple", "retroactive")
 MODULATOR_ACTIVATIONS = ("tanh", "identity")
 ALPHA_SHAPES = ("connection", "neuron")
+ETA_SHAPES = ("scalar", "connection")
+FANOUTS = ("none", "neuron", "connection")
+FANOUT_INITS = ("ones", "default")
+MODULATOR_INPUTS = ("new", "previous")
+#: the value of ``alpha_grad_scale`` that means 1 / n_post (the authors' choice)
+PER_NEURON_GRAD_SCALE = "1/N"
+
+
+class Fanout(str):
+    """A fan-out mode (``none``, ``neuron`` or ``connection``) that is falsy only for ``none``.
+
+    Why a ``str`` subclass: ``fanout`` used to be a bool, and code outside this module (the RL
+    kernel, its tests, the A2C config) still does ``if cfg.fanout`` / ``int(cfg.fanout)``; with
+    this type those keep meaning "has fan-out" (1) or not (0), while the value compares, hashes
+    and serialises as the plain string.
+    """
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return str.__ne__(self, "none")
+
+    def __int__(self) -> int:
+        return int(bool(self))
+
+
+def normalize_fanout(value: Any) -> Fanout:
+    """``True`` -> ``neuron``, ``False`` / ``None`` -> ``none`` (old configs), else one of FANOUTS."""
+    if value is True:
+        return Fanout("neuron")
+    if value is False or value is None:
+        return Fanout("none")
+    if isinstance(value, str) and value in FANOUTS:
+        return Fanout(value)
+    raise ValueError(f"fanout must be one of {', '.join(FANOUTS)} (or a bool), got {value!r}")
+
+
+def check_grad_scale(value: Any) -> float | str:
+    """``alpha_grad_scale``: a float > 0, or ``"1/N"`` (1 / number of post-synaptic neurons)."""
+    if value == PER_NEURON_GRAD_SCALE:
+        return PER_NEURON_GRAD_SCALE
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(
+                f"alpha_grad_scale must be a float > 0 or {PER_NEURON_GRAD_SCALE!r}, got {value!r}"
+            ) from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"alpha_grad_scale must be a float > 0 or {PER_NEURON_GRAD_SCALE!r}, got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -41,25 +96,43 @@ class PlasticityConfig:
     Attributes:
         rule: one of ``none``, ``hebbian``, ``simple``, ``retroactive``.
         clip: traces are clamped to [-clip, clip] after every update.
-        fanout: per-neuron modulation ``eta_j = v_j * M + u_j`` instead of one scalar ``M``
-            (modulated rules only).
+        fanout: ``none`` (one scalar rate ``M``), ``neuron`` (``v_j * M + u_j``) or
+            ``connection`` (``V_ij * M + U_ij``); modulated rules only. ``True`` / ``False`` (old
+            configs) mean ``neuron`` / ``none``.
         modulator_activation: ``tanh`` (paper) or ``identity``.
         alpha: ``connection`` (one alpha per connection) or ``neuron`` (one per post-neuron).
         eta_init: initial Hebbian rate (``hebbian``); paper: 0.1 cue task, 0.01 maze.
         eta_e_init: initial eligibility rate (``retroactive``); paper: 0.1 cue task, 0.01 maze.
         init_scale: w and alpha are initialised as ``init_scale * U(0, 1)`` (paper: 0.01).
+        eta_shape: ``scalar`` (one trained eta) or ``connection`` (one per connection);
+            ``hebbian`` only.
+        modulator_input: ``new`` (M reads the new activity) or ``previous`` (the previous one).
+        alpha_init: alpha starts ``alpha_init * U(0, 1)``; ``None``: ``init_scale``.
+        fanout_init: ``ones`` (v = 1, u = 0) or ``default`` (v, u ~ U(-1, 1), the default init of
+            a ``Linear(1, N)``: bound 1 / sqrt(fan_in) with fan_in 1).
+        alpha_grad_scale: the gradient reaching alpha is multiplied by this (a float > 0, or
+            ``"1/N"`` for 1 / n_post, the authors' LSTM choice); applied by a gradient hook, so
+            it is exact and leaves the forward unchanged.
     """
 
     rule: str = "retroactive"
     clip: float = 1.0
-    fanout: bool = False
+    fanout: Any = False
     modulator_activation: str = "tanh"
     alpha: str = "connection"
     eta_init: float = 0.1
     eta_e_init: float = 0.1
     init_scale: float = 0.01
+    eta_shape: str = "scalar"
+    modulator_input: str = "new"
+    alpha_init: float | None = None
+    fanout_init: str = "ones"
+    alpha_grad_scale: Any = 1.0
 
     def __post_init__(self) -> None:
+        # frozen dataclass: normalised values are stored with object.__setattr__
+        object.__setattr__(self, "fanout", normalize_fanout(self.fanout))
+        object.__setattr__(self, "alpha_grad_scale", check_grad_scale(self.alpha_grad_scale))
         if self.rule not in RULES:
             raise ValueError(f"unknown plasticity rule {self.rule!r}; allowed: {', '.join(RULES)}")
         if not self.clip > 0:
@@ -75,6 +148,18 @@ class PlasticityConfig:
             raise ValueError(
                 f"fanout needs a modulated rule (simple or retroactive), got rule={self.rule!r}"
             )
+        if self.eta_shape not in ETA_SHAPES:
+            raise ValueError(f"eta_shape must be one of {', '.join(ETA_SHAPES)}, got {self.eta_shape!r}")
+        if self.eta_shape != "scalar" and self.rule != "hebbian":
+            raise ValueError(f"eta_shape={self.eta_shape!r} needs the rule hebbian, got rule={self.rule!r}")
+        if self.modulator_input not in MODULATOR_INPUTS:
+            raise ValueError(
+                f"modulator_input must be one of {', '.join(MODULATOR_INPUTS)}, got {self.modulator_input!r}"
+            )
+        if self.fanout_init not in FANOUT_INITS:
+            raise ValueError(f"fanout_init must be one of {', '.join(FANOUT_INITS)}, got {self.fanout_init!r}")
+        if self.alpha_init is not None and not self.alpha_init >= 0:
+            raise ValueError(f"alpha_init must be >= 0 (or None), got {self.alpha_init!r}")
 
     @property
     def plastic(self) -> bool:
@@ -88,8 +173,15 @@ class PlasticityConfig:
     def eligibility(self) -> bool:
         return self.rule == "retroactive"
 
+    @property
+    def alpha_scale(self) -> float:
+        """The scale of alpha's U(0, 1) init: ``alpha_init``, else ``init_scale``."""
+        return self.init_scale if self.alpha_init is None else self.alpha_init
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["fanout"] = str(self.fanout)  # plain JSON string, not the Fanout subclass
+        return d
 
 
 class PlasticState(NamedTuple):
@@ -117,6 +209,20 @@ class PlasticState(NamedTuple):
     def detach(self) -> PlasticState:
         """Cut the autograd history (carry traces across truncated-BPTT segments)."""
         return PlasticState(self.hidden.detach(), self.hebb.detach(), self.elig.detach())
+
+
+def fast_kernel_unsupported(config: PlasticityConfig) -> str | None:
+    """Why the RL fast kernel (:mod:`bpm_agents.ops.plastic_rnn`) cannot run ``config``, for the options
+    it does not implement (per-connection eta or fan-out, the modulator reading x(t-1)); ``None``
+    when none of them is set. alpha's init, shape and gradient scale and the fan-out init need
+    nothing from a kernel (init and a gradient hook on the parameter)."""
+    if config.eta_shape != "scalar":
+        return f"eta_shape={config.eta_shape!r} (the RL kernel has one scalar eta)"
+    if config.fanout == "connection":
+        return "fanout='connection' (the RL kernel has per-neuron fan-out only)"
+    if config.modulated and config.modulator_input != "new":
+        return f"modulator_input={config.modulator_input!r} (the RL kernel's modulator reads x(t))"
+    return None
 
 
 class KernelStatic(NamedTuple):
@@ -166,16 +272,53 @@ class PlasticSynapses(nn.Module):
         self.n_pre, self.n_post, self.config = n_pre, n_post, config
         if config.plastic:
             shape = (n_pre, n_post) if config.alpha == "connection" else (n_post,)
-            self.alpha = nn.Parameter(config.init_scale * torch.rand(shape))
+            self.alpha = nn.Parameter(config.alpha_scale * torch.rand(shape))
+            self._hook_alpha()
         if config.rule == "hebbian":
-            self.eta = nn.Parameter(torch.tensor(float(config.eta_init)))
+            eta_shape = () if config.eta_shape == "scalar" else (n_pre, n_post)
+            self.eta = nn.Parameter(torch.full(eta_shape, float(config.eta_init)))
         if config.modulated:
             self.modulator = nn.Linear(modulator_size, 1)
         if config.fanout:
-            self.fanout_weight = nn.Parameter(torch.ones(n_post))  # v_j
-            self.fanout_bias = nn.Parameter(torch.zeros(n_post))  # u_j
+            rate_shape = (n_post,) if config.fanout == "neuron" else (n_pre, n_post)
+            self.fanout_weight = nn.Parameter(torch.ones(rate_shape))  # v_j or V_ij
+            self.fanout_bias = nn.Parameter(torch.zeros(rate_shape))  # u_j or U_ij
+            if config.fanout_init == "default":
+                self.reset_fanout()
         if config.eligibility:
             self.eta_e = nn.Parameter(torch.tensor(float(config.eta_e_init)))
+
+    def _hook_alpha(self) -> None:
+        """A hook on the alpha leaf: every gradient that reaches alpha (any path, fast kernels
+        included) is multiplied by ``alpha_grad_scale`` before it is accumulated into .grad."""
+        scale = self.alpha_grad_scale
+        if scale != 1.0:
+            self.alpha.register_hook(lambda g: g * scale)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # deepcopy and pickle rebuild the Parameter without its hooks: register it again
+        super().__setstate__(state)
+        if self.config.plastic:
+            self._hook_alpha()
+
+    @property
+    def alpha_grad_scale(self) -> float:
+        """The factor on alpha's gradient, ``"1/N"`` resolved to 1 / n_post."""
+        scale = self.config.alpha_grad_scale
+        return 1.0 / self.n_post if scale == PER_NEURON_GRAD_SCALE else float(scale)
+
+    @torch.no_grad()
+    def reset_fanout(self, generator: torch.Generator | None = None) -> None:
+        """Set the fan-out rates by ``config.fanout_init``: ``ones`` (v = 1, u = 0) or ``default``
+        (v, u ~ U(-1, 1), as ``nn.Linear(1, N)`` initialises its weight and bias: fan_in = 1)."""
+        if not self.config.fanout:
+            return
+        if self.config.fanout_init == "ones":
+            self.fanout_weight.fill_(1.0)
+            self.fanout_bias.zero_()
+        else:
+            nn.init.uniform_(self.fanout_weight, -1.0, 1.0, generator=generator)
+            nn.init.uniform_(self.fanout_bias, -1.0, 1.0, generator=generator)
 
     def initial_traces(
         self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -211,11 +354,18 @@ class PlasticSynapses(nn.Module):
     def rate(self, m: Tensor) -> Tensor:
         """The learning rate applied to the trace, broadcastable to (B, n_pre, n_post).
 
-        Scalar modulation gives (B, 1, 1); fan-out gives (B, 1, n_post) = v_j * M + u_j.
+        Scalar modulation gives (B, 1, 1); per-neuron fan-out (B, 1, n_post) = v_j * M + u_j;
+        per-connection fan-out (B, n_pre, n_post) = V_ij * M + U_ij.
         """
-        if self.config.fanout:
+        if self.config.fanout == "neuron":
             return (m * self.fanout_weight + self.fanout_bias).unsqueeze(1)
+        if self.config.fanout == "connection":
+            return m.unsqueeze(-1) * self.fanout_weight + self.fanout_bias
         return m.unsqueeze(-1)
+
+    def modulator_source(self, previous: Tensor, new: Tensor) -> Tensor:
+        """The activity the modulator reads, by ``config.modulator_input``: ``previous`` or ``new``."""
+        return previous if self.config.modulator_input == "previous" else new
 
     def update(
         self, hebb: Tensor, elig: Tensor, pre: Tensor, post: Tensor, modulator_input: Tensor
@@ -226,7 +376,8 @@ class PlasticSynapses(nn.Module):
             hebb, elig: traces before the step, (B, n_pre, n_post) or (B, 0, 0).
             pre: (B, n_pre) pre-synaptic activity x(t-1).
             post: (B, n_post) post-synaptic activity x(t).
-            modulator_input: (B, modulator_size) activity the modulator reads.
+            modulator_input: (B, modulator_size) activity the modulator reads (the caller picks
+                it with :meth:`modulator_source`).
         Returns:
             The new traces and M(t) of shape (B, 1) (``None`` for unmodulated rules).
         """
@@ -234,7 +385,7 @@ class PlasticSynapses(nn.Module):
         if rule == "none":
             return hebb, elig, None
         product = pre.unsqueeze(2) * post.unsqueeze(1)  # (B, n_pre, n_post): pre_i * post_j
-        if rule == "hebbian":
+        if rule == "hebbian":  # eta: a scalar or (n_pre, n_post), broadcast over the batch
             return torch.clamp(hebb + self.eta * product, -c, c), elig, None
         m = self.modulation(modulator_input)
         if rule == "simple":
@@ -245,8 +396,11 @@ class PlasticSynapses(nn.Module):
         return hebb, elig, m
 
     def kernel_static(self) -> KernelStatic | None:
-        """The rule's options as the fused kernels take them; ``None`` if they have no fast path."""
+        """The rule's options as the RL fused kernel takes them; ``None`` if it has no fast path
+        for them (see :func:`fast_kernel_unsupported`)."""
         cfg = self.config
+        if fast_kernel_unsupported(cfg) is not None:
+            return None
         return KernelStatic(
             cfg.rule, bool(cfg.fanout), cfg.modulator_activation == "tanh", float(cfg.clip)
         )

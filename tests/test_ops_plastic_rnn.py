@@ -481,3 +481,24 @@ def test_chunked_unroll_matches_reference_and_keeps_fewer_traces(cfg):
     assert chunked <= 4 * (2 * trace + 1024)
     assert reference >= 24 * 2 * trace  # the reference keeps several traces per step
     assert reference >= 5 * chunked
+
+
+@pytest.mark.parametrize("cfg", [PlasticityConfig(rule="hebbian", eta_shape="connection"),
+                                 PlasticityConfig(rule="simple", fanout="connection"),
+                                 PlasticityConfig(rule="retroactive", modulator_input="previous")], ids=str)
+def test_options_the_kernel_lacks_fall_back_to_the_reference(cfg):
+    """Acting and learning with options the RL kernel does not implement take the reference
+    (auto) or are refused with the option named (fast)."""
+    policy, obs, uniforms = _policy_problem(cfg)
+    assert policy.core.synapses.kernel_static() is None
+    reason = fast_unroll.unsupported_reason(policy.core, obs)
+    assert reason is not None and str(cfg.modulator_input if cfg.modulated and cfg.modulator_input != "new" else "") in reason
+    actor = policy.episode_actor(obs.shape[0], obs.shape[1], uniforms, impl="auto")
+    assert actor.record() is None  # the reference actor
+    with pytest.raises(ValueError, match="does not implement"):
+        policy.episode_actor(obs.shape[0], obs.shape[1], uniforms, impl="fast")
+    with pytest.raises(ValueError, match="does not implement"):
+        policy.core.unroll(obs, policy.initial_state(obs.shape[0]), impl="fast")
+    hidden, _, _ = policy.core.unroll(obs, policy.initial_state(obs.shape[0]))
+    ref, _, _ = policy.core.reference_unroll(obs, policy.initial_state(obs.shape[0]))
+    torch.testing.assert_close(hidden, ref, rtol=0, atol=0)

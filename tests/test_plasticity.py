@@ -264,3 +264,161 @@ def test_initial_state_is_zero_and_batch_first():
     s = net.initial_state(7)
     assert s.hidden.shape == (7, 5) and s.hebb.shape == (7, 5, 5) and s.elig.shape == (7, 5, 5)
     assert all(float(x.abs().sum()) == 0 for x in s)
+
+
+# --- options added for the PTB study (issue 15) --------------------------------------------------
+
+
+def test_fanout_accepts_old_booleans_and_the_three_modes():
+    import json
+
+    from bpm_agents.plasticity import Fanout
+
+    assert PlasticityConfig(rule="simple", fanout=True).fanout == "neuron"
+    assert PlasticityConfig(rule="simple", fanout=False).fanout == "none"
+    assert not PlasticityConfig(rule="simple", fanout=False).fanout  # old `if cfg.fanout` checks
+    assert PlasticityConfig(rule="simple", fanout="connection").fanout
+    assert not Fanout("none") and Fanout("neuron")
+    assert (int(Fanout("none")), int(Fanout("neuron"))) == (0, 1)  # as int(bool) did
+    d = PlasticityConfig(rule="retroactive", fanout=True).to_dict()
+    assert d["fanout"] == "neuron" and type(d["fanout"]) is str
+    assert PlasticityConfig(**json.loads(json.dumps(d))) == PlasticityConfig(rule="retroactive", fanout=True)
+    old = {"rule": "simple", "clip": 1.0, "fanout": True, "modulator_activation": "tanh", "alpha": "connection",
+           "eta_init": 0.1, "eta_e_init": 0.1, "init_scale": 0.01}  # fmt: skip
+    cfg = PlasticityConfig(**old)  # a config saved before the options existed
+    assert (cfg.fanout, cfg.eta_shape, cfg.modulator_input, cfg.fanout_init, cfg.alpha_grad_scale) == (
+        "neuron", "scalar", "new", "ones", 1.0)
+    with pytest.raises(ValueError, match="fanout must be one of none, neuron, connection.*'edge'"):
+        PlasticityConfig(rule="simple", fanout="edge")
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(rule="hebbian", eta_shape="neuron"), "eta_shape must be one of scalar, connection, got 'neuron'"),
+        (dict(rule="simple", eta_shape="connection"), "needs the rule hebbian"),
+        (dict(rule="simple", modulator_input="old"), "modulator_input must be one of new, previous, got 'old'"),
+        (dict(rule="simple", fanout=True, fanout_init="zeros"), "fanout_init must be one of ones, default"),
+        (dict(rule="simple", alpha_grad_scale=0), "alpha_grad_scale must be a float > 0 or '1/N', got 0"),
+        (dict(rule="simple", alpha_grad_scale="1/M"), "got '1/M'"),
+        (dict(rule="simple", alpha_init=-1.0), "alpha_init must be >= 0"),
+    ],
+)
+def test_bad_option_values_are_named(kw, message):
+    with pytest.raises(ValueError, match=message):
+        PlasticityConfig(**kw)
+
+
+def test_per_connection_fanout_rate_and_update():
+    syn = synapses("simple", fanout="connection")
+    assert syn.fanout_weight.shape == (2, 2) and syn.fanout_bias.shape == (2, 2)
+    with torch.no_grad():
+        syn.fanout_weight.copy_(t([1.0, 2.0], [-1.0, 0.5]))
+        syn.fanout_bias.copy_(t([0.1, 0.0], [0.0, -0.2]))
+    z = t([0.5, 0.0])  # M = tanh(0.5)
+    m = math.tanh(0.5)
+    hebb, elig = syn.initial_traces(1)
+    pre, post = t([1.0, -2.0]), t([0.3, 0.1])
+    hebb, _, mod = syn.update(hebb, elig, pre, post, z)
+    assert mod.item() == pytest.approx(m)
+    V, U = [[1.0, 2.0], [-1.0, 0.5]], [[0.1, 0.0], [0.0, -0.2]]
+    expected = [[max(-1.0, min(1.0, (V[i][j] * m + U[i][j]) * [1.0, -2.0][i] * [0.3, 0.1][j])) for j in range(2)]
+                for i in range(2)]  # fmt: skip
+    assert torch.allclose(hebb[0], t(*expected))
+
+
+def test_per_connection_eta_update_and_gradient():
+    syn = synapses("hebbian", eta_shape="connection", eta_init=0.1)
+    assert syn.eta.shape == (2, 2) and torch.all(syn.eta == 0.1)
+    with torch.no_grad():
+        syn.eta.copy_(t([0.1, 0.2], [0.3, 4.0]))
+    hebb, elig = syn.initial_traces(1)
+    pre, post = t([1.0, -0.5]), t([0.5, 1.0])
+    new, _, _ = syn.update(hebb, elig, pre, post, pre)
+    # eta_ij * pre_i * post_j; (1, 1): 4 * -0.5 * 1 = -2 is clipped to -1
+    assert torch.allclose(new[0], t([0.05, 0.2], [-0.075, -1.0]))
+    new.sum().backward()
+    # d/d eta_ij = pre_i post_j where the clip passes, 0 where it clamps
+    assert torch.allclose(syn.eta.grad, t([0.5, 1.0], [-0.25, 0.0]))
+
+
+def test_rnn_modulator_reads_previous_activity():
+    cfg = PlasticityConfig(rule="simple", modulator_input="previous", fanout=True)
+    net = PlasticRNN(3, 2, cfg)
+    with torch.no_grad():
+        net.synapses.modulator.weight.copy_(t([0.7, -0.4]))
+        net.synapses.modulator.bias.fill_(0.1)
+    state = net.initial_state(1)
+    state = PlasticState(t([0.5, -0.25]), state.hebb, state.elig)
+    new, m = net.step(t([1.0, 0.0, -1.0]), state)
+    assert m.item() == pytest.approx(math.tanh(0.7 * 0.5 + 0.4 * 0.25 + 0.1))  # x(t-1), not x(t)
+    reads_new = PlasticRNN(3, 2, PlasticityConfig(rule="simple", fanout=True))
+    reads_new.load_state_dict(net.state_dict())
+    new_too, m_new = reads_new.step(t([1.0, 0.0, -1.0]), state)
+    x = new.hidden[0]
+    torch.testing.assert_close(new_too.hidden, new.hidden)  # same activity; only M's input differs
+    assert m_new.item() == pytest.approx(math.tanh(0.7 * x[0].item() - 0.4 * x[1].item() + 0.1))
+    assert abs(m_new.item() - m.item()) > 1e-3
+
+
+@pytest.mark.parametrize("scale, factor", [(0.25, 0.25), ("1/N", 1 / 3)])
+def test_alpha_grad_scale_multiplies_only_alphas_gradient(scale, factor):
+    torch.manual_seed(0)
+    base = PlasticRNN(2, 3, PlasticityConfig(rule="retroactive", fanout=True))
+    torch.manual_seed(0)
+    scaled = PlasticRNN(2, 3, PlasticityConfig(rule="retroactive", fanout=True, alpha_grad_scale=scale))
+    scaled.load_state_dict(base.state_dict())
+    with torch.no_grad():
+        for net in (base, scaled):
+            net.synapses.alpha.fill_(0.5)
+            net.w.fill_(0.3)
+    u = torch.randn(2, 6, 2, generator=torch.Generator().manual_seed(1))
+    outs = []
+    for net in (base, scaled):
+        x, _, _ = net.reference_unroll(u, net.initial_state(2))
+        x.pow(2).sum().backward()
+        outs.append(x)
+    torch.testing.assert_close(outs[0], outs[1])  # the forward is unchanged
+    torch.testing.assert_close(scaled.synapses.alpha.grad, factor * base.synapses.alpha.grad)
+    torch.testing.assert_close(scaled.w.grad, base.w.grad)
+    assert base.synapses.alpha.grad.abs().sum() > 0
+    import copy
+    import pickle
+
+    for clone in (copy.deepcopy(scaled), pickle.loads(pickle.dumps(scaled))):  # the hook survives copies
+        x, _, _ = clone.reference_unroll(u, clone.initial_state(2))
+        x.pow(2).sum().backward()
+        torch.testing.assert_close(clone.synapses.alpha.grad, factor * base.synapses.alpha.grad)
+
+
+def test_alpha_init_is_separate_from_w_init_and_fanout_default_init_is_seeded():
+    torch.manual_seed(3)
+    net = PlasticRNN(2, 40, PlasticityConfig(rule="simple", init_scale=0.5, alpha_init=1e-4, fanout=True,
+                                             fanout_init="default"))  # fmt: skip
+    assert net.synapses.alpha.max() <= 1e-4 and net.synapses.alpha.min() >= 0
+    assert net.w.max() > 0.1  # w keeps init_scale
+    v, u = net.synapses.fanout_weight, net.synapses.fanout_bias
+    assert v.abs().max() <= 1 and u.abs().max() <= 1
+    assert (v > 0).any() and (v < 0).any()  # not one sign for every neuron (the "ones" init)
+    torch.manual_seed(3)
+    again = PlasticRNN(2, 40, PlasticityConfig(rule="simple", init_scale=0.5, alpha_init=1e-4, fanout=True,
+                                               fanout_init="default"))  # fmt: skip
+    torch.testing.assert_close(again.synapses.fanout_weight, v)
+    ones = PlasticRNN(2, 4, PlasticityConfig(rule="simple", fanout=True))
+    assert torch.all(ones.synapses.fanout_weight == 1) and torch.all(ones.synapses.fanout_bias == 0)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(rule="hebbian", eta_shape="connection"), dict(rule="simple", fanout="connection"),
+     dict(rule="retroactive", fanout=True, modulator_input="previous")],
+)  # fmt: skip
+def test_rnn_options_outside_the_fast_kernel_run_the_reference(kw):
+    torch.manual_seed(0)
+    net = PlasticRNN(2, 3, PlasticityConfig(**kw, init_scale=0.5))
+    u = torch.randn(2, 5, 2, generator=torch.Generator().manual_seed(1))
+    auto = net.unroll(u, net.initial_state(2), impl="auto")
+    ref = net.reference_unroll(u, net.initial_state(2))
+    torch.testing.assert_close(auto[0], ref[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="impl='fast' is not available"):
+        net.unroll(u, net.initial_state(2), impl="fast")

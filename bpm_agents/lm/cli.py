@@ -19,8 +19,10 @@ import torch
 from bpm_agents.lm.corpus import Corpus
 from bpm_agents.devices import resolve_device
 from bpm_agents.lm.fast_step import IMPLS
+from bpm_agents.plasticity import ETA_SHAPES, FANOUT_INITS, FANOUTS, MODULATOR_INPUTS
 from bpm_agents.lm.model import VARIANTS, config_parameters, match_hidden_size
 from bpm_agents.lm.trainer import (
+    L2_SCOPES,
     PRESETS,
     NonFiniteLossError,
     evaluate,
@@ -66,12 +68,27 @@ def _train_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip", type=float, help="gradient-norm clip")
     g.add_argument("--hebb-clip", type=float, help="plastic traces are clamped to [-c, c]")
     g.add_argument("--alpha", choices=("connection", "neuron"), help="alpha per connection or per neuron")
+    g.add_argument("--alpha-init", type=float, help="alpha starts alpha_init * U(0, 1) (small: 0.01)")
+    g.add_argument(
+        "--alpha-grad-scale",
+        help="multiply alpha's gradient by this: a float > 0 or 1/N (1 / hidden size, the authors' choice)",
+    )  # fmt: skip
+    g.add_argument("--eta-shape", choices=ETA_SHAPES, help="hebbian: one eta per layer (scalar) or per connection")
+    g.add_argument("--fanout", choices=FANOUTS, help="modulated variants: rate M, v_j M + u_j (neuron) or V_ij M + U_ij (connection)")
+    g.add_argument("--fanout-init", choices=FANOUT_INITS, help="fan-out v=1, u=0 (ones) or U(-1, 1) like Linear(1, N) (default)")
+    g.add_argument("--modulator-input", choices=MODULATOR_INPUTS, help="M reads h_t (new) or h_{t-1} (previous)")
+    g.add_argument("--plastic-w-init", type=float, help="plastic variants: W_hg starts U(-s, s) (default: --init-scale)")
+    g.add_argument("--l2-on", choices=L2_SCOPES, help="parameters that get the L2 penalty (default: all)")
     g.add_argument(
         "--target-params", type=int,
         help="parameter budget for hidden-size matching (default: the lstm baseline's count)",
     )  # fmt: skip
     g.add_argument("--no-match", action="store_true", help="keep the preset hidden sizes (no matching)")
     p.add_argument("--valid-every", type=int, help="also validate every N optimizer steps inside an epoch")
+    p.add_argument(
+        "--stats-steps", type=int,
+        help="steps of the validation streams the plasticity statistics in log.csv are measured on (default 200; 0: none)",
+    )  # fmt: skip
     p.add_argument("--eval-test-each-epoch", action="store_true", help="also log test perplexity every epoch")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -138,12 +155,18 @@ def train_main(argv: list[str]) -> int:
             "lr": args.lr, "lr_decay": args.lr_decay, "decay_start": args.decay_start,
             "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
             "eval_batch_size": args.eval_batch_size, "bptt": args.bptt, "clip": args.clip,
-            "l2": args.l2, "seed": args.seed, "valid_every": args.valid_every,
+            "l2": args.l2, "seed": args.seed, "valid_every": args.valid_every, "l2_on": args.l2_on,
+            "stats_steps": args.stats_steps,
         }  # fmt: skip
         train_cfg = replace(train_cfg, **{k: v for k, v in overrides.items() if v is not None})
         if args.eval_test_each_epoch:
             train_cfg = replace(train_cfg, eval_test_each_epoch=True)
-        model_over = {"init_scale": args.init_scale, "hebb_clip": args.hebb_clip, "alpha": args.alpha}
+        model_over = {
+            "init_scale": args.init_scale, "hebb_clip": args.hebb_clip, "alpha": args.alpha,
+            "alpha_init": args.alpha_init, "alpha_grad_scale": args.alpha_grad_scale,
+            "eta_shape": args.eta_shape, "fanout": args.fanout, "fanout_init": args.fanout_init,
+            "modulator_input": args.modulator_input, "plastic_w_init": args.plastic_w_init,
+        }  # fmt: skip
         model_cfg = replace(model_cfg, **{k: v for k, v in model_over.items() if v is not None})
         out = Path(args.out or f"runs/lm-{args.variant}-{args.preset}-s{args.seed}")
         if args.resume and not (out / "last.pt").exists():
@@ -168,9 +191,18 @@ def train_main(argv: list[str]) -> int:
             f"hidden {list(chosen.hidden_sizes)} -> {count:,} ({100 * (count - target) / target:+.3f}%)",
             file=sys.stderr,
         )
+        from bpm_agents.lm.fast_step import path_of
+        from bpm_agents.lm.model import PlasticLSTMCell
+
+        probe = PlasticLSTMCell(chosen.emb_size, chosen.hidden_sizes[0], chosen.plasticity(), args.impl)
+        path = path_of(probe) if torch.device(device).type == "cpu" else "reference (not on CPU)"
+        if args.impl == "fast" and probe.plasticity.plastic and path != "fast":
+            # refuse before a run folder is written
+            raise ValueError(f"--impl fast cannot run this model: {path.removeprefix('reference ')}; use --impl auto or reference")
+        print(f"plastic step: {path}", file=sys.stderr)
         summary = run_training(
             out, corpus, chosen, train_cfg, device, resume=args.resume,
-            progress_bar=not args.no_progress, extra_config={"argv": ["train.py", "lm", *argv]},
+            progress_bar=not args.no_progress, extra_config={"argv": ["train.py", "lm", *argv], "plastic_step": path},
             impl=args.impl, resume_flags=_resume_flags(args, argv) if args.resume else None,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:

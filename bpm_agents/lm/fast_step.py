@@ -33,8 +33,11 @@ paths to rounding::
     retroactive:       Hebb <- clip(Hebb + R_j E_ij);  E <- (1 - eta_e) E + eta_e (h_{t-1,i} g_j)
 
 Supported: CPU, float32 / float64 (inputs, state and parameters in one dtype), the plastic rules
-with every option of :class:`~bpm_agents.plasticity.PlasticityConfig`; first-order gradients only
-(no double backward). The rule ``none`` has no plastic part and always runs the reference.
+with a scalar eta, no or per-neuron fan-out and the modulator reading h_t; alpha's shape, init and
+gradient scale (a hook on the parameter) and the fan-out init need nothing from the kernel. Not
+supported (``auto`` runs the reference, ``fast`` refuses, see :func:`unsupported_reason`):
+``eta_shape="connection"``, ``fanout="connection"``, ``modulator_input="previous"``. First-order
+gradients only (no double backward). The rule ``none`` has no plastic part and always runs the reference.
 ``BPM_DISABLE_FAST_UNROLL=1`` turns this kernel off too; ``BPM_KERNEL_CACHE`` and
 ``BPM_KERNEL_CFLAGS`` act as for :mod:`bpm_agents.fast_unroll`.
 """
@@ -51,8 +54,12 @@ from bpm_agents.kernel_build import CppKernel
 
 if TYPE_CHECKING:  # pragma: no cover
     from bpm_agents.lm.model import LSTMState, PlasticLSTMCell
+    from bpm_agents.plasticity import PlasticityConfig
 
-__all__ = ["IMPLS", "kernel_available", "unsupported_reason", "use_fast", "step", "sequence"]
+__all__ = [
+    "IMPLS", "kernel_available", "option_reason", "path_of", "unsupported_reason", "use_fast", "step",
+    "sequence",
+]  # fmt: skip
 
 #: values of the cell's ``impl`` option
 IMPLS = ("auto", "fast", "reference")
@@ -523,11 +530,40 @@ def unsupported_reason(cell: PlasticLSTMCell, drive: Tensor) -> str | None:
         return f"the fast LSTM step needs float32 or float64, got {drive.dtype}"
     if any(p.dtype != drive.dtype for p in cell.parameters()):
         return "the fast LSTM step needs the input and every parameter in one dtype"
-    if cell.plasticity.rule not in _RULE_CODES:
-        return f"rule {cell.plasticity.rule!r} has no fast LSTM step"
+    cfg = cell.plasticity
+    if cfg.rule not in _RULE_CODES:
+        return f"rule {cfg.rule!r} has no fast LSTM step"
+    option = option_reason(cfg)
+    if option is not None:
+        return option
     if _library() is None:
         return f"the C++ kernel is unavailable ({_KERNEL.error})"
     return None
+
+
+def option_reason(cfg: PlasticityConfig) -> str | None:
+    """Why the kernel cannot run the plasticity options of ``cfg`` (``None`` when it can): its
+    rates are one scalar or one per post-neuron, and its modulator reads h_t."""
+    if cfg.eta_shape != "scalar":
+        return f"eta_shape={cfg.eta_shape!r} (the fast LSTM step has one scalar eta)"
+    if cfg.fanout == "connection":
+        return "fanout='connection' (the fast LSTM step has per-neuron fan-out only)"
+    if cfg.modulated and cfg.modulator_input != "new":
+        return f"modulator_input={cfg.modulator_input!r} (the fast LSTM step's modulator reads h_t)"
+    return None
+
+
+def path_of(cell: PlasticLSTMCell, drive: Tensor | None = None) -> str:
+    """Which path ``cell`` takes under its ``impl`` on a CPU float32 input: ``fast``,
+    ``reference`` or ``reference (<why>)`` when ``auto`` falls back."""
+    if drive is None:
+        drive = torch.zeros(1, 1, 4 * cell.hidden_size, dtype=cell.weight_hh.dtype)
+    if cell.impl == "reference":
+        return "reference"
+    if not cell.plasticity.plastic:
+        return "reference (no plastic part)"
+    reason = unsupported_reason(cell, drive)
+    return "fast" if reason is None else f"reference ({reason})"
 
 
 def use_fast(cell: PlasticLSTMCell, drive: Tensor, impl: str) -> bool:
@@ -693,7 +729,7 @@ class _Prepared:
         )  # fmt: skip
         self.meta = {
             "B": batch, "T": steps, "H": H, "nthreads": max(1, torch.get_num_threads()),
-            "rule": _RULE_CODES[cfg.rule], "fanout": int(cfg.fanout),
+            "rule": _RULE_CODES[cfg.rule], "fanout": int(bool(cfg.fanout)),
             "act_tanh": int(cfg.modulator_activation == "tanh"), "clip": float(cfg.clip),
             "eta": float(eta.detach()) if eta is not None else 0.0,
             "ee": float(ee.detach()) if ee is not None else 0.0,

@@ -7,15 +7,16 @@ The plastic LSTM cell (only the recurrent matrix into the candidate g is plastic
     c_t     = f * c_{t-1} + i * g_t ;   h_t = o * tanh(c_t)
 
 then the trace update of :mod:`bpm_agents.plasticity` with pre = h_{t-1}, post = g_t and the
-modulator reading h_t. The cell owns ``W_x``, ``b`` and ``W_h``; alpha, the rates and the
+modulator reading h_t (``modulator_input="new"``, the authors' code) or h_{t-1} (``"previous"``,
+the paper's text). The cell owns ``W_x``, ``b`` and ``W_h``; alpha, the rates and the
 modulator are a :class:`~bpm_agents.plasticity.PlasticSynapses`. The variants differ only by the
 :class:`~bpm_agents.plasticity.PlasticityConfig` they hand it:
 
 =============  ===============================================================
 ``lstm``       rule ``none``: an ordinary LSTM (the baseline)
 ``hebbian``    differentiable plasticity (rule ``hebbian``)
-``simple``     simple neuromodulation, per-neuron fan-out
-``retroactive`` retroactive neuromodulation (eligibility trace), per-neuron fan-out
+``simple``     simple neuromodulation, fan-out per neuron (default) or per connection
+``retroactive`` retroactive neuromodulation (eligibility trace), fan-out as ``simple``
 =============  ===============================================================
 
 Everything is batch-first: tokens (B, T), hidden (B, T, H), traces (B, H, H).
@@ -32,7 +33,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bpm_agents.lm import fast_step
-from bpm_agents.plasticity import PlasticityConfig, PlasticSynapses
+from bpm_agents.plasticity import (
+    FANOUTS,
+    PlasticityConfig,
+    PlasticSynapses,
+    check_grad_scale,
+)
 
 VARIANTS = ("lstm", "hebbian", "simple", "retroactive")
 _RULE_OF_VARIANT = {"lstm": "none", "hebbian": "hebbian", "simple": "simple", "retroactive": "retroactive"}
@@ -51,18 +57,35 @@ def plasticity_for(
     eta_init: float = 0.1,
     eta_e_init: float = 0.1,
     alpha_init: float = 0.01,
+    eta_shape: str = "scalar",
+    fanout: str = "neuron",
+    fanout_init: str = "ones",
+    modulator_input: str = "new",
+    alpha_grad_scale: float | str = 1.0,
 ) -> PlasticityConfig:
-    """The plasticity config of a variant; modulated variants get per-neuron fan-out."""
+    """The plasticity config of a variant.
+
+    The options are set for every variant of a preset, so each is passed on only to the rules it
+    applies to: ``eta_shape`` to ``hebbian``; ``fanout``, ``fanout_init`` and ``modulator_input``
+    to the modulated rules (the modulated variants have fan-out unless ``fanout="none"``).
+    """
     rule = _RULE_OF_VARIANT[check_variant(variant)]
+    if fanout not in FANOUTS:
+        raise ValueError(f"fanout must be one of {', '.join(FANOUTS)}, got {fanout!r}")
+    modulated = rule in ("simple", "retroactive")
     return PlasticityConfig(
         rule=rule,
         clip=clip,
-        fanout=rule in ("simple", "retroactive"),
+        fanout=fanout if modulated else "none",
         modulator_activation="tanh",
         alpha=alpha,
         eta_init=eta_init,
         eta_e_init=eta_e_init,
         init_scale=alpha_init,
+        eta_shape=eta_shape if rule == "hebbian" else "scalar",
+        modulator_input=modulator_input if modulated else "new",
+        fanout_init=fanout_init,
+        alpha_grad_scale=alpha_grad_scale,
     )
 
 
@@ -84,6 +107,22 @@ class LSTMState(NamedTuple):
     def detach(self) -> LSTMState:
         """Cut the autograd history; the values carry over to the next BPTT segment."""
         return LSTMState(*(t.detach() for t in self))
+
+
+class StepParts(NamedTuple):
+    """One reference step of a :class:`PlasticLSTMCell` and what the statistics read.
+
+    Attributes:
+        state: the state after the step.
+        fixed: (B, H) fixed recurrent input to the candidate, h_{t-1} W_hg.
+        plastic: (B, H) plastic input h_{t-1} (alpha * Hebb), ``None`` for the baseline.
+        modulation: (B, 1) M(t), ``None`` for unmodulated rules.
+    """
+
+    state: LSTMState
+    fixed: Tensor
+    plastic: Tensor | None
+    modulation: Tensor | None
 
 
 class PlasticLSTMCell(nn.Module):
@@ -141,17 +180,24 @@ class PlasticLSTMCell(nn.Module):
         """One time step from the precomputed input drive ``drive`` (B, 4H)."""
         if fast_step.use_fast(self, drive, self.impl):
             return LSTMState(*fast_step.step(self, drive, state))
+        return self.reference_step(drive, state).state
+
+    def reference_step(self, drive: Tensor, state: LSTMState) -> StepParts:
+        """One step of the reference arithmetic, with the parts the plasticity statistics read."""
         h_prev = state.hidden
         gates = torch.addmm(drive, h_prev, self.weight_hh)
         i, f, g, o = gates.chunk(4, dim=1)
+        H = self.hidden_size
+        fixed = h_prev @ self.weight_hh[:, 2 * H : 3 * H]  # W_hg h_{t-1}, only for the statistics
         plastic = self.synapses.contribution(h_prev, state.hebb)
         if plastic is not None:
             g = g + plastic
         g = torch.tanh(g)
         c = torch.sigmoid(f) * state.cell + torch.sigmoid(i) * g
         h = torch.sigmoid(o) * torch.tanh(c)
-        hebb, elig, _ = self.synapses.update(state.hebb, state.elig, h_prev, g, h)
-        return LSTMState(h, c, hebb, elig)
+        z = self.synapses.modulator_source(h_prev, h)
+        hebb, elig, m = self.synapses.update(state.hebb, state.elig, h_prev, g, z)
+        return StepParts(LSTMState(h, c, hebb, elig), fixed, plastic, m)
 
     def forward(self, x: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
         """Run a segment.
@@ -212,8 +258,18 @@ class LMConfig:
         tied: decoder weight = embedding weight.
         alpha: ``connection`` or ``neuron`` (one alpha per post-synaptic neuron).
         hebb_clip: traces are clamped to [-hebb_clip, hebb_clip].
-        eta_init, eta_e_init, alpha_init: initial plasticity rates and alpha scale.
+        eta_init, eta_e_init, alpha_init: initial plasticity rates and alpha scale (alpha starts
+            alpha_init * U(0, 1)).
         init_scale: other weights are initialised U(-init_scale, init_scale).
+        eta_shape: ``scalar`` or ``connection``: one Hebbian rate eta per layer or per
+            connection (``hebbian`` only).
+        fanout: ``neuron`` (v_j M + u_j), ``connection`` (V_ij M + U_ij) or ``none`` (M): the
+            rates of the modulated variants.
+        fanout_init: ``ones`` (v = 1, u = 0) or ``default`` (v, u ~ U(-1, 1), as Linear(1, N)).
+        modulator_input: ``new`` (M reads h_t) or ``previous`` (M reads h_{t-1}).
+        alpha_grad_scale: alpha's gradient is multiplied by this (float > 0 or ``"1/N"``).
+        plastic_w_init: the fixed plastic matrix W_hg is initialised U(-s, s) with this s
+            (``None``: ``init_scale``), for the plastic variants only.
         dropout_input, dropout_hidden, dropout_output: locked dropout on the embedding, between
             layers, and before the decoder.
     """
@@ -232,9 +288,18 @@ class LMConfig:
     dropout_input: float = 0.0
     dropout_hidden: float = 0.0
     dropout_output: float = 0.0
+    eta_shape: str = "scalar"
+    fanout: str = "neuron"
+    fanout_init: str = "ones"
+    modulator_input: str = "new"
+    alpha_grad_scale: float | str = 1.0
+    plastic_w_init: float | None = None
 
     def __post_init__(self) -> None:
         check_variant(self.variant)
+        object.__setattr__(self, "alpha_grad_scale", check_grad_scale(self.alpha_grad_scale))
+        if self.plastic_w_init is not None and not self.plastic_w_init > 0:
+            raise ValueError(f"plastic_w_init must be > 0 (or None), got {self.plastic_w_init!r}")
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
         if self.vocab_size < 1 or self.emb_size < 1:
             raise ValueError(f"vocab_size and emb_size must be >= 1, got {self.vocab_size}, {self.emb_size}")
@@ -247,11 +312,16 @@ class LMConfig:
             )
         if not self.init_scale > 0:
             raise ValueError(f"init_scale must be > 0, got {self.init_scale!r}")
-        self.plasticity()  # validates alpha / clip
+        self.plasticity()  # validates the plasticity options
+        for v in VARIANTS:  # and for every variant, so a preset's options are checked up front
+            plasticity_for(v, self.alpha, self.hebb_clip, self.eta_init, self.eta_e_init, self.alpha_init,
+                           self.eta_shape, self.fanout, self.fanout_init, self.modulator_input,
+                           self.alpha_grad_scale)  # fmt: skip
 
     def plasticity(self) -> PlasticityConfig:
         return plasticity_for(
-            self.variant, self.alpha, self.hebb_clip, self.eta_init, self.eta_e_init, self.alpha_init
+            self.variant, self.alpha, self.hebb_clip, self.eta_init, self.eta_e_init, self.alpha_init,
+            self.eta_shape, self.fanout, self.fanout_init, self.modulator_input, self.alpha_grad_scale,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -261,6 +331,8 @@ class LMConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LMConfig:
+        """Rebuild from :meth:`to_dict`; fields added later (the plasticity options) take their
+        defaults, which are the behaviour of the configs saved before they existed."""
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
@@ -309,8 +381,10 @@ class LanguageModel(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Weights U(-s, s) with s = init_scale; alpha alpha_init * U(0, 1); biases and rates as
-        :class:`PlasticSynapses` sets them (fan-out v = 1, u = 0; eta, eta_e from the config)."""
+        """Weights U(-s, s) with s = init_scale (W_hg: ``plastic_w_init`` if set, plastic variants);
+        alpha alpha_init * U(0, 1); the modulator weight U(-s, s), its bias 0; fan-out by
+        ``fanout_init``; eta, eta_e from the config. Options at their defaults draw nothing
+        extra, so older configs get the same weights from the same seed."""
         s = self.config.init_scale
         nn.init.uniform_(self.embedding.weight, -s, s, generator=generator)
         if not self.config.tied:
@@ -321,11 +395,20 @@ class LanguageModel(nn.Module):
             nn.init.uniform_(layer.weight_hh, -s, s, generator=generator)
             layer.bias.zero_()
             syn = layer.synapses
+            pw = self.config.plastic_w_init
+            if pw is not None and layer.plasticity.plastic:
+                H = layer.hidden_size
+                nn.init.uniform_(layer.weight_hh[:, 2 * H : 3 * H], -pw, pw, generator=generator)
             if hasattr(syn, "alpha"):
                 nn.init.uniform_(syn.alpha, 0.0, self.config.alpha_init, generator=generator)
             if hasattr(syn, "modulator"):
                 nn.init.uniform_(syn.modulator.weight, -s, s, generator=generator)
                 syn.modulator.bias.zero_()
+            if layer.plasticity.fanout:
+                if layer.plasticity.fanout_init == "default":
+                    syn.reset_fanout(generator)
+                else:  # "ones": no draw (the old behaviour)
+                    syn.reset_fanout()
 
     @torch.no_grad()
     def project_parameters(self) -> None:
@@ -441,6 +524,7 @@ __all__: list[str] = [
     "LanguageModel",
     "LockedDropout",
     "PlasticLSTMCell",
+    "StepParts",
     "config_parameters",
     "count_parameters",
     "match_hidden_size",

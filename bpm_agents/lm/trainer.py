@@ -3,7 +3,8 @@
 State (hidden, cell, Hebbian and eligibility traces) is carried, detached, from one BPTT segment
 to the next, and reset to zero at the start of every training epoch and every evaluation pass.
 
-A run folder holds ``config.json``, ``log.csv`` (one row per epoch), ``last.pt`` (for resume),
+A run folder holds ``config.json``, ``log.csv`` (one row per epoch and per in-epoch check, with
+the plasticity statistics of :mod:`bpm_agents.lm.stats` per layer), ``last.pt`` (for resume),
 ``best.pt`` (lowest validation perplexity) and ``test.json``. Checkpoints are written to a
 temporary file and moved into place (:func:`bpm_agents.checkpoint.atomic_write`), so a crash
 never leaves half a file.
@@ -34,11 +35,15 @@ from bpm_agents.checkpoint import (
 )
 from bpm_agents.lm.corpus import Corpus, Vocabulary, batchify, num_segments, segments
 from bpm_agents.lm.model import LanguageModel, LMConfig, LSTMState, logits_loss
+from bpm_agents.lm.stats import plasticity_stats, stat_columns
 
 CHECKPOINT_FORMAT = "bpm-lm-1"
 LOSS_REDUCTIONS = ("sum_time", "mean")
 #: the largest learning rate the float32 optimizer steps can take (larger ones overflow)
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+#: which parameters get the L2 penalty: every one, all but the plastic ones (alpha, the rates,
+#: the modulator and fan-out: the parameters of each layer's ``synapses``), or none
+L2_SCOPES = ("all", "non-plastic", "none")
 LOG_FIELDS = (
     "epoch", "kind", "step", "lr", "train_ppl", "valid_ppl", "test_ppl",
     "train_tokens_per_s", "epoch_s", "elapsed_s",
@@ -60,6 +65,8 @@ class TrainConfig:
         eval_batch_size: streams for validation / test.
         clip: gradient-norm clip.
         l2: L2 penalty, applied as SGD weight decay (adds ``l2 * w`` to each gradient).
+        l2_on: which parameters get it: ``all``, ``non-plastic`` (not alpha, eta, eta_e, the
+            modulator or the fan-out) or ``none``.
         seed: seeds initialisation and dropout.
         loss_reduction: ``sum_time`` (the loss of a segment is summed over its time steps and
             averaged over the batch, as in Zaremba et al., so their lr 1.0 and clip 5 carry over)
@@ -67,6 +74,8 @@ class TrainConfig:
         eval_test_each_epoch: also report test perplexity after every epoch.
         valid_every: also validate every this many optimizer steps inside an epoch (``None``:
             only at epoch ends); such rows have kind ``check`` in the log.
+        stats_steps: the plasticity statistics of every validation row are measured on this many
+            steps of the validation streams (0: no statistics).
     """
 
     lr: float = 1.0
@@ -83,6 +92,8 @@ class TrainConfig:
     loss_reduction: str = "sum_time"
     eval_test_each_epoch: bool = False
     valid_every: int | None = None
+    l2_on: str = "all"
+    stats_steps: int = 200
 
     def __post_init__(self) -> None:
         checks = {
@@ -93,10 +104,13 @@ class TrainConfig:
             "valid_every": self.valid_every is None or self.valid_every >= 1,
         }  # fmt: skip
         checks["loss_reduction"] = self.loss_reduction in LOSS_REDUCTIONS
+        checks["stats_steps"] = self.stats_steps >= 0
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             hint = " (a finite number > 0, at most 3.4e38, the float32 range)" if bad[0] == "lr" else ""
             raise ValueError(f"invalid training setting {bad[0]}={getattr(self, bad[0])!r}{hint}")
+        if self.l2_on not in L2_SCOPES:
+            raise ValueError(f"l2_on must be one of {', '.join(L2_SCOPES)}, got {self.l2_on!r}")
 
     def lr_at(self, epoch: int) -> float:
         return self.lr * self.lr_decay ** max(0, epoch - self.decay_start + 1)
@@ -110,6 +124,21 @@ class TrainConfig:
 PRESETS: dict[str, tuple[LMConfig, TrainConfig]] = {
     "small": (
         LMConfig(emb_size=200, hidden_sizes=(200, 200), tied=False, init_scale=0.1),
+        TrainConfig(lr=1.0, lr_decay=0.5, decay_start=5, epochs=13, batch_size=20, bptt=20, clip=5.0, l2=1e-6),
+    ),
+    # the paper's description of its small model: one eta per connection (hebbian), fan-out per
+    # connection (modulated), the modulator reading h_{t-1}, clip 1
+    "small-paper": (
+        LMConfig(emb_size=200, hidden_sizes=(200, 200), tied=False, init_scale=0.1, hebb_clip=1.0,
+                 eta_shape="connection", fanout="connection", modulator_input="previous"),
+        TrainConfig(lr=1.0, lr_decay=0.5, decay_start=5, epochs=13, batch_size=20, bptt=20, clip=5.0, l2=1e-6),
+    ),
+    # the authors' LSTM code: alpha per neuron, 1e-4 * U(0, 1), its gradient / N; fan-out per
+    # neuron with Linear(1, N)'s default init; clip 2
+    "small-authors": (
+        LMConfig(emb_size=200, hidden_sizes=(200, 200), tied=False, init_scale=0.1, hebb_clip=2.0,
+                 alpha="neuron", alpha_init=1e-4, alpha_grad_scale="1/N", fanout="neuron",
+                 fanout_init="default"),
         TrainConfig(lr=1.0, lr_decay=0.5, decay_start=5, epochs=13, batch_size=20, bptt=20, clip=5.0, l2=1e-6),
     ),
     "large": (
@@ -183,6 +212,20 @@ def evaluate(
     model.train(was_training)
     loss = total / count
     return loss, perplexity(loss)
+
+
+def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """SGD parameter groups with the weight decay of ``config.l2_on``: one group for ``all`` and
+    ``none`` (as before the option existed, so old optimizer states load), two for
+    ``non-plastic`` (the fixed weights with L2, the plastic parameters without)."""
+    params = list(model.named_parameters())
+    if config.l2_on == "all":
+        return [{"params": [p for _, p in params], "weight_decay": config.l2}]
+    if config.l2_on == "none":
+        return [{"params": [p for _, p in params], "weight_decay": 0.0}]
+    plastic = [p for n, p in params if ".synapses." in n]
+    fixed = [p for n, p in params if ".synapses." not in n]
+    return [{"params": fixed, "weight_decay": config.l2}, {"params": plastic, "weight_decay": 0.0}]
 
 
 def train_epoch(
@@ -390,7 +433,8 @@ def run_training(
         model = LanguageModel(model_config, init_gen).to(device)
     model.set_dropout_generator(drop_gen)
     model.set_impl(impl)
-    optimizer = torch.optim.SGD(model.parameters(), lr=train_config.lr_at(max(epoch0, 1)), weight_decay=train_config.l2)
+    groups = [g for g in parameter_groups(model, train_config) if g["params"]]
+    optimizer = torch.optim.SGD(groups, lr=train_config.lr_at(max(epoch0, 1)))
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
 
@@ -404,9 +448,13 @@ def run_training(
 
     log_path = out / "log.csv"
     new_log = not (resume and log_path.exists())
-    with open(log_path, "w" if new_log else "a", newline="") as f:
-        if new_log:
-            csv.writer(f).writerow(LOG_FIELDS)
+    if new_log:
+        fields = [*LOG_FIELDS, *stat_columns(len(model.layers))]
+        with open(log_path, "w", newline="") as f:
+            csv.writer(f).writerow(fields)
+    else:  # a resumed run keeps its log's columns (a log written before the statistics has none)
+        with open(log_path, newline="") as f:
+            fields = next(csv.reader(f))
 
     train_streams = batchify(corpus.split("train"), train_config.batch_size).to(device)
     per_epoch = num_segments(train_streams, train_config.bptt)
@@ -452,12 +500,18 @@ def run_training(
 
             def write_row(kind: str, at_step: int, train_ppl: float, valid: float, test: float | None,
                           tok_s: float) -> float:
+                stats: dict[str, float | None] = {}
+                if train_config.stats_steps > 0:
+                    stats = plasticity_stats(model, corpus.split("valid"), train_config.eval_batch_size,
+                                             train_config.stats_steps)  # fmt: skip
                 elapsed = elapsed0 + time.perf_counter() - run_start
                 row = [epoch, kind, at_step, f"{lr:.6g}", f"{train_ppl:.3f}", f"{valid:.3f}",
                        "" if test is None else f"{test:.3f}", f"{tok_s:.0f}",
                        f"{time.perf_counter() - t0:.1f}", f"{elapsed:.1f}"]  # fmt: skip
+                values = dict(zip(LOG_FIELDS, row))
+                values.update({k: "" if v is None else f"{v:.6g}" for k, v in stats.items()})
                 with open(log_path, "a", newline="") as f:
-                    csv.writer(f).writerow(row)
+                    csv.writer(f).writerow([values.get(k, "") for k in fields])
                 return elapsed
 
             def on_check(steps_in_epoch: int) -> None:

@@ -55,7 +55,7 @@ import torch
 from torch import Tensor
 
 from bpm_agents.kernel_build import CppKernel
-from bpm_agents.plasticity import KernelParams, KernelStatic, PlasticState
+from bpm_agents.plasticity import KernelParams, KernelStatic, PlasticState, fast_kernel_unsupported
 
 if TYPE_CHECKING:  # pragma: no cover
     from bpm_agents.networks import PlasticRNN
@@ -154,7 +154,8 @@ def unsupported_reason(net: PlasticRNN, inputs: Tensor) -> str | None:
         return f"the fast unroll needs B >= 1 and T >= 1, got shape {tuple(inputs.shape)}"
     static = net.synapses.kernel_static()
     if static is None or static.rule not in _RULE_CODES:
-        return f"the plasticity options {net.plasticity} have no fast kernel"
+        why = fast_kernel_unsupported(net.plasticity) or f"rule {net.plasticity.rule!r}"
+        return f"the kernel does not implement {why}"
     if _library() is None:
         return f"the C++ kernel is unavailable ({_KERNEL.error})"
     return None
