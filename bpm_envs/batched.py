@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -26,6 +26,9 @@ from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
+
+if TYPE_CHECKING:
+    from bpm_envs.rendering import HumanWindow
 
 
 def require_positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -193,7 +196,7 @@ class BatchedSingleEnv(gym.Env):
         self.observation_space = self.task.single_observation_space()
         self.action_space = spaces.Discrete(self.task.n_actions)
         self._episode_over = True
-        self._window = None
+        self._window: HumanWindow | None = None
 
     def _single_info(self) -> dict[str, Any]:
         return {k: v[0] for k, v in self.task.info().items()}
