@@ -220,7 +220,7 @@ class PlasticMazeEnv(BatchedSingleEnv):
     """
 
     task_cls = MazeTask
-    metadata: ClassVar[dict[str, Any]] = {
+    metadata: dict[str, Any] = {
         "render_modes": ["human", "rgb_array", "ansi"],
         "render_fps": 10,
     }
@@ -230,7 +230,7 @@ class PlasticMazeVectorEnv(BatchedVectorEnv):
     """Native vector twin of :class:`PlasticMazeEnv` (next-step autoreset), same options."""
 
     task_cls = MazeTask
-    metadata: ClassVar[dict[str, Any]] = {
+    metadata: dict[str, Any] = {
         "render_modes": ["rgb_array", "ansi"],
         "render_fps": 10,
         "autoreset_mode": AutoresetMode.NEXT_STEP,
