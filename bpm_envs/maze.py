@@ -191,7 +191,8 @@ class MazeTask(BatchedTask):
         frame = rendering.paint_cells(colors, CELL_PX, grid_px=1)
         if hit:
             rendering.draw_border(frame, c["flash"], FLASH_PX)
-        rendering.fill_disc(frame, *divmod(int(self.pos[env]), side), CELL_PX, c["agent"])
+        row, col = divmod(int(self.pos[env]), side)
+        rendering.fill_disc(frame, row, col, CELL_PX, c["agent"])
         bar = rendering.timeline_bar(frame.shape[1], BAR_PX, int(self.t[env]),
                                      self.episode_length,
                                      ticks=np.flatnonzero(self.hit_steps[env]))
