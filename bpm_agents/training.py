@@ -48,7 +48,7 @@ CSV_FIELDS = [
 ALGO = "plastic-a2c"
 
 
-def trainer_classes() -> dict[str, tuple[type, type]]:
+def trainer_classes() -> dict[str, tuple[type[A2CConfig], type[A2CTrainer]]]:
     """The algorithms of our own trainer: name -> (config class, trainer class)."""
     from bpm_agents.ppo import PlasticPPOTrainer, PPOConfig
 
