@@ -24,7 +24,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -37,6 +37,7 @@ from bpm_agents.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from bpm_envs.batched import BatchedVectorEnv
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -48,7 +49,7 @@ CSV_FIELDS = [
 ALGO = "plastic-a2c"
 
 
-def trainer_classes() -> dict[str, tuple[type, type]]:
+def trainer_classes() -> dict[str, tuple[type[A2CConfig], type[A2CTrainer]]]:
     """The algorithms of our own trainer: name -> (config class, trainer class)."""
     from bpm_agents.ppo import PlasticPPOTrainer, PPOConfig
 
@@ -277,7 +278,8 @@ def train(
         bar = tqdm(total=updates, initial=trainer.updates_done, unit="upd", dynamic_ncols=True)
 
     recent: deque[float] = deque(maxlen=reward_window)
-    episode_length = trainer.envs.unwrapped.task.episode_length
+    # make_vector_env builds the bpm/ task's native vector entry point, a BatchedVectorEnv
+    episode_length = cast(BatchedVectorEnv, trainer.envs.unwrapped).task.episode_length
     interrupted = False
     start = time.perf_counter()
     try:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import gymnasium as gym
 import numpy as np
@@ -26,6 +26,9 @@ from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
+
+if TYPE_CHECKING:
+    from bpm_envs.rendering import HumanWindow
 
 
 def require_positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -180,7 +183,7 @@ class BatchedSingleEnv(gym.Env):
     """A single Gymnasium env that is the batch of one of a :class:`BatchedTask`."""
 
     task_cls: ClassVar[type[BatchedTask]]
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array", "ansi"], "render_fps": 4}
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array", "ansi"], "render_fps": 4}
 
     def __init__(self, render_mode: str | None = None, **task_options: Any) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -193,7 +196,7 @@ class BatchedSingleEnv(gym.Env):
         self.observation_space = self.task.single_observation_space()
         self.action_space = spaces.Discrete(self.task.n_actions)
         self._episode_over = True
-        self._window = None
+        self._window: HumanWindow | None = None
 
     def _single_info(self) -> dict[str, Any]:
         return {k: v[0] for k, v in self.task.info().items()}
@@ -261,7 +264,7 @@ class BatchedVectorEnv(VectorEnv):
     """
 
     task_cls: ClassVar[type[BatchedTask]]
-    metadata: ClassVar[dict[str, Any]] = {
+    metadata: dict[str, Any] = {
         "render_modes": ["rgb_array", "ansi"],
         "render_fps": 4,
         "autoreset_mode": AutoresetMode.NEXT_STEP,
@@ -337,7 +340,8 @@ class BatchedVectorEnv(VectorEnv):
         """The per-env generator states (plain dicts), to checkpoint a run bit for bit."""
         if self._rngs is None:
             raise RuntimeError("call reset() before get_rng_states()")
-        return [rng.bit_generator.state for rng in self._rngs]
+        # numpy's stubs type BitGenerator.state as Mapping; at runtime it is a fresh plain dict
+        return [cast(dict[str, Any], rng.bit_generator.state) for rng in self._rngs]
 
     def set_rng_states(self, states: Sequence[dict[str, Any]]) -> None:
         """Restore generator states saved by :meth:`get_rng_states`."""

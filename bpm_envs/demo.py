@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import cast
 
 import gymnasium as gym
 import numpy as np
@@ -64,7 +65,8 @@ def run(env_id: str = "bpm/PlasticMaze-v0", episodes: int = 1, seed: int = 0,
     frames: list[np.ndarray] = []
 
     def record(episode: int, step: int, total: float) -> None:
-        frame = env.render()
+        # render_mode is "rgb_array" whenever record runs, so render() gives one RGB array
+        frame = cast(np.ndarray, env.render())
         if gif is not None:  # the GIF's frames get a caption: episode, step, reward so far
             text = f"episode {episode + 1}/{episodes}   step {step}   reward so far {total:+g}"
             frames.append(stack_rows(frame, caption_strip(frame.shape[1], text)))

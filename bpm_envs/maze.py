@@ -191,7 +191,8 @@ class MazeTask(BatchedTask):
         frame = rendering.paint_cells(colors, CELL_PX, grid_px=1)
         if hit:
             rendering.draw_border(frame, c["flash"], FLASH_PX)
-        rendering.fill_disc(frame, *divmod(int(self.pos[env]), side), CELL_PX, c["agent"])
+        row, col = divmod(int(self.pos[env]), side)
+        rendering.fill_disc(frame, row, col, CELL_PX, c["agent"])
         bar = rendering.timeline_bar(frame.shape[1], BAR_PX, int(self.t[env]),
                                      self.episode_length,
                                      ticks=np.flatnonzero(self.hit_steps[env]))
@@ -220,7 +221,7 @@ class PlasticMazeEnv(BatchedSingleEnv):
     """
 
     task_cls = MazeTask
-    metadata: ClassVar[dict[str, Any]] = {
+    metadata: dict[str, Any] = {
         "render_modes": ["human", "rgb_array", "ansi"],
         "render_fps": 10,
     }
@@ -230,7 +231,7 @@ class PlasticMazeVectorEnv(BatchedVectorEnv):
     """Native vector twin of :class:`PlasticMazeEnv` (next-step autoreset), same options."""
 
     task_cls = MazeTask
-    metadata: ClassVar[dict[str, Any]] = {
+    metadata: dict[str, Any] = {
         "render_modes": ["rgb_array", "ansi"],
         "render_fps": 10,
         "autoreset_mode": AutoresetMode.NEXT_STEP,
