@@ -51,17 +51,31 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("run_dir", help="run folder written by train.py (config.json + checkpoint)")
-    p.add_argument("--episodes", type=_count(0), default=200, help="episodes to evaluate (0: skip the evaluation, e.g. to only plot)")
+    p.add_argument(
+        "--episodes",
+        type=_count(0),
+        default=200,
+        help="episodes to evaluate (0: skip the evaluation, e.g. to only plot)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the episodes and of action sampling")
     p.add_argument("--deterministic", action="store_true", help="greedy (argmax) actions instead of sampling")
     p.add_argument("--batch-size", type=_count(1), default=50, help="episodes run together in lock-step")
-    p.add_argument("--json", action="store_true", help="print one JSON object with all results, nothing else on stdout")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object with all results, nothing else on stdout"
+    )
     p.add_argument("--render", choices=["human"], default=None, help="show episodes in a pygame-ce window")
     p.add_argument("--render-episodes", type=_count(1), default=1, help="episodes shown with --render human")
     p.add_argument("--gif", default=None, metavar="PATH", help="save episodes as an animated GIF")
     p.add_argument("--gif-episodes", type=_count(1), default=1, help="episodes recorded in the GIF")
-    p.add_argument("--plot-modulator", default=None, metavar="PATH", help="draw the paper's Fig. 3 for one episode (cue: cue raster, reward, M(t); maze: reward hits, M(t)); modulated rules only")
-    p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"], help="'auto' = cuda if available")
+    p.add_argument(
+        "--plot-modulator",
+        default=None,
+        metavar="PATH",
+        help="draw the paper's Fig. 3 for one episode (cue: cue raster, reward, M(t); maze: reward hits, M(t)); modulated rules only",
+    )
+    p.add_argument(
+        "--device", default="auto", choices=["cpu", "cuda", "auto"], help="'auto' = cuda if available"
+    )
     return p
 
 
@@ -86,8 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.episodes == 0 and not (args.render or args.gif or args.plot_modulator):
             note("--episodes 0 and nothing else asked: only checked that the run loads")
         if args.episodes > 0:
-            result = ev.evaluate(agent, episodes=args.episodes, seed=args.seed,
-                                 deterministic=args.deterministic, batch_size=args.batch_size)
+            result = ev.evaluate(
+                agent,
+                episodes=args.episodes,
+                seed=args.seed,
+                deterministic=args.deterministic,
+                batch_size=args.batch_size,
+            )
             results.update(result.to_dict())
             if not args.json:
                 print(result.format_table())
@@ -95,16 +114,14 @@ def main(argv: list[str] | None = None) -> int:
             totals = ev.render_episodes(agent, args.render_episodes, args.seed, args.deterministic)
             results["rendered_episode_rewards"] = totals
         if args.gif:
-            path, totals = ev.record_gif(agent, args.gif, args.gif_episodes, args.seed,
-                                         args.deterministic)
+            path, totals = ev.record_gif(agent, args.gif, args.gif_episodes, args.seed, args.deterministic)
             results["gif"] = str(path)
             results["gif_episode_rewards"] = totals
             if not args.json:
                 print(f"saved {len(totals)} episode(s) to {path}")
         if args.plot_modulator:
             try:
-                path, trace = ev.plot_modulator(agent, args.plot_modulator, args.seed,
-                                                args.deterministic)
+                path, trace = ev.plot_modulator(agent, args.plot_modulator, args.seed, args.deterministic)
                 results["modulator_plot"] = str(path)
                 if not args.json:
                     print(f"saved the modulator plot to {path}")

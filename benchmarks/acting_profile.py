@@ -70,8 +70,9 @@ def profile(name: str) -> dict[str, tuple[float, float]]:
         parts["fused"].append((w, c))
         (obs, *_), w, c = _timed(lambda: envs.step(actions))
         parts["env"].append((w, c))
-    return {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
-            for k, v in parts.items()}
+    return {
+        k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for k, v in parts.items()
+    }
 
 
 def main(argv=None) -> int:
@@ -81,14 +82,18 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"# threads={args.threads}; medians per acting step of B=30 (wall ms / CPU ms)")
-    print("| config | env step | previous network + sampling | fused Actor.step | previous step total | fused step total | ratio |")
+    print(
+        "| config | env step | previous network + sampling | fused Actor.step | previous step total | fused step total | ratio |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name in args.configs.split(","):
         r = profile(name)
         env, prev, fused = (np.array(r[k]) * 1e3 for k in ("env", "previous", "fused"))
-        print(f"| {name} | {env[0]:.3f} / {env[1]:.3f} | {prev[0]:.3f} / {prev[1]:.3f} "
-              f"| {fused[0]:.3f} / {fused[1]:.3f} | {env[0] + prev[0]:.3f} | {env[0] + fused[0]:.3f} "
-              f"| {(env[0] + prev[0]) / (env[0] + fused[0]):.1f}x |")
+        print(
+            f"| {name} | {env[0]:.3f} / {env[1]:.3f} | {prev[0]:.3f} / {prev[1]:.3f} "
+            f"| {fused[0]:.3f} / {fused[1]:.3f} | {env[0] + prev[0]:.3f} | {env[0] + fused[0]:.3f} "
+            f"| {(env[0] + prev[0]) / (env[0] + fused[0]):.1f}x |"
+        )
     return 0
 
 

@@ -45,8 +45,9 @@ def time_steps(venv: gym.vector.VectorEnv, actions: np.ndarray, warmup: int, see
     return time.perf_counter() - start
 
 
-def measure(env_id: str, num_envs: int, steps: int, warmup: int, repeats: int,
-            seed: int) -> tuple[float, float, float]:
+def measure(
+    env_id: str, num_envs: int, steps: int, warmup: int, repeats: int, seed: int
+) -> tuple[float, float, float]:
     """Median env steps/s of the native and the Sync vector env, and the median of their ratios.
 
     The two are timed alternately, ``repeats`` times each, so that both see the same machine load;
@@ -63,8 +64,7 @@ def measure(env_id: str, num_envs: int, steps: int, warmup: int, repeats: int,
     native.close()
     sync.close()
     ratios = [n / s for n, s in zip(native_rates, sync_rates)]
-    return (statistics.median(native_rates), statistics.median(sync_rates),
-            statistics.median(ratios))
+    return (statistics.median(native_rates), statistics.median(sync_rates), statistics.median(ratios))
 
 
 def profile_native(env_id: str, num_envs: int, steps: int, seed: int, top: int = 18) -> str:
@@ -97,19 +97,24 @@ def main(argv: list[str] | None = None) -> None:
     if args.warmup < 0:
         parser.error(f"--warmup must be >= 0, got {args.warmup}")
 
-    print(f"num_envs={args.num_envs} steps={args.steps} warmup={args.warmup} "
-          f"repeats={args.repeats} (median), random actions seed={args.seed}")
+    print(
+        f"num_envs={args.num_envs} steps={args.steps} warmup={args.warmup} "
+        f"repeats={args.repeats} (median), random actions seed={args.seed}"
+    )
     header = f"{'task':<22}{'native steps/s':>16}{'Sync steps/s':>16}{'native/Sync':>13}"
     print(header)
     print("-" * len(header))
     ratios = {}
     for env_id in bpm_envs.ENV_IDS:
-        native, sync, ratios[env_id] = measure(env_id, args.num_envs, args.steps, args.warmup,
-                                               args.repeats, args.seed)
+        native, sync, ratios[env_id] = measure(
+            env_id, args.num_envs, args.steps, args.warmup, args.repeats, args.seed
+        )
         print(f"{env_id:<22}{native:>16,.0f}{sync:>16,.0f}{ratios[env_id]:>12.1f}x")
     verdict = "meets" if ratios[TARGET_ID] >= TARGET_RATIO else "is BELOW"
-    print(f"\n{TARGET_ID} native/Sync = {ratios[TARGET_ID]:.1f}x {verdict} the target of "
-          f"{TARGET_RATIO:.0f}x (at num_envs={args.num_envs})")
+    print(
+        f"\n{TARGET_ID} native/Sync = {ratios[TARGET_ID]:.1f}x {verdict} the target of "
+        f"{TARGET_RATIO:.0f}x (at num_envs={args.num_envs})"
+    )
     if args.profile:
         for env_id in bpm_envs.ENV_IDS:
             print(f"\n=== cProfile, native {env_id}, {args.steps} steps ===")

@@ -75,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             idx = [i for i, u in enumerate(updates) if m - args.window < u <= m]
             cells.append(f"{sum(rewards[i] for i in idx) / len(idx):.2f}" if idx and updates[-1] >= m else "")
         per_update = walls[-1] / updates[-1]
-        print(f"| {run.name} | {rule_of(run)} | {updates[-1]} | {walls[-1] / 3600:.2f} | "
-              f"{per_update:.2f} | " + " | ".join(cells) + " |")
+        print(
+            f"| {run.name} | {rule_of(run)} | {updates[-1]} | {walls[-1] / 3600:.2f} | "
+            f"{per_update:.2f} | " + " | ".join(cells) + " |"
+        )
 
     if args.plot:
         import matplotlib
@@ -87,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         fig, ax = plt.subplots(figsize=(8, 4.5))
         for run, (updates, rewards, _) in data.items():
             w = args.window
-            smooth = [sum(rewards[max(0, i - w + 1): i + 1]) / len(rewards[max(0, i - w + 1): i + 1])
-                      for i in range(len(rewards))]
+            smooth = [
+                sum(rewards[max(0, i - w + 1) : i + 1]) / len(rewards[max(0, i - w + 1) : i + 1])
+                for i in range(len(rewards))
+            ]
             ax.plot(updates, smooth, label=f"{run.name}", lw=1.2)
         ax.set_xlabel("update (30 episodes each)")
         ax.set_ylabel(f"episode reward (mean of last {args.window} updates)")

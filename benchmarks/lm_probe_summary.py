@@ -42,8 +42,11 @@ def section(run: Path) -> str:
         f"`{flags(config.get('argv', []))}`; hidden {m['hidden_sizes']}, {config['parameters']:,} parameters, "
         f"plastic step: {config.get('plastic_step', '?')}",
         "",
-        "| step | train ppl | valid ppl | " + " | ".join(f"l1 {s}" for s in STATS) + " | "
-        + " | ".join(f"l2 {s}" for s in STATS) + " |",
+        "| step | train ppl | valid ppl | "
+        + " | ".join(f"l1 {s}" for s in STATS)
+        + " | "
+        + " | ".join(f"l2 {s}" for s in STATS)
+        + " |",
         "|" + "---|" * (3 + 2 * len(STATS)),
     ]
     for r in rows:

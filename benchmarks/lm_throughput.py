@@ -37,9 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bpm_agents.lm.corpus import Corpus, batchify, segment  # noqa: E402
 from bpm_agents.lm.fast_step import IMPLS, option_reason, path_of  # noqa: E402
+from bpm_agents.lm.model import (  # noqa: E402
+    VARIANTS,
+    LanguageModel,
+    config_parameters,  # noqa: E402
+    logits_loss,
+    match_hidden_size,
+)
 from bpm_agents.lm.trainer import PRESETS  # noqa: E402
-from bpm_agents.lm.model import VARIANTS, LanguageModel, LMConfig, logits_loss, match_hidden_size  # noqa: E402
-from bpm_agents.lm.model import config_parameters  # noqa: E402
 
 
 class TorchLSTMLM(nn.Module):
@@ -110,10 +115,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--eval-batch-size", type=int, default=10)
     p.add_argument("--bptt", type=int, default=20)
-    p.add_argument("--preset", default="small", choices=[k for k in PRESETS if k.startswith("small")],
-                   help="architecture and plasticity options of this preset")
-    p.add_argument("--impl", default="fast,reference",
-                   help="comma-separated step implementations to time: auto, fast, reference")
+    p.add_argument(
+        "--preset",
+        default="small",
+        choices=[k for k in PRESETS if k.startswith("small")],
+        help="architecture and plasticity options of this preset",
+    )
+    p.add_argument(
+        "--impl",
+        default="fast,reference",
+        help="comma-separated step implementations to time: auto, fast, reference",
+    )
     args = p.parse_args(argv)
     impls = [s.strip() for s in args.impl.split(",") if s.strip()]
     bad = [i for i in impls if i not in IMPLS]
@@ -146,12 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, m in models.items():
         hidden = m.lstm.hidden_size if name == "nn.LSTM" else m.config.hidden_sizes[0]
         path = "torch" if name == "nn.LSTM" else path_of(m.layers[0])
-        print(f"  {name:22s} hidden {hidden:4d}  parameters {sum(q.numel() for q in m.parameters()):,}  path: {path}")
+        print(
+            f"  {name:22s} hidden {hidden:4d}  parameters {sum(q.numel() for q in m.parameters()):,}  path: {path}"
+        )
 
     train_tok = args.train_steps * args.batch_size * args.bptt
     eval_tok = args.eval_steps * args.eval_batch_size * args.bptt
     res: dict[str, dict[str, list[float]]] = {n: {"tw": [], "tc": [], "ew": [], "ec": []} for n in models}
-    for name, m in models.items():  # warm-up (allocator, first-call costs)
+    for m in models.values():  # warm-up (allocator, first-call costs)
         time_train(m, train, 2, 0, args.bptt, 5.0, warmup=0)
         time_eval(m, valid, 2, args.bptt)
     for r in range(args.rounds):
@@ -165,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     med = {n: {k: statistics.median(v) for k, v in d.items()} for n, d in res.items()}
     ref = med["nn.LSTM"]
     print()
-    print("| model | train tok/s | x nn.LSTM | train tok/CPU-s | x nn.LSTM | eval tok/s | x nn.LSTM | target >= 0.5x train |")
+    print(
+        "| model | train tok/s | x nn.LSTM | train tok/CPU-s | x nn.LSTM | eval tok/s | x nn.LSTM | target >= 0.5x train |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, d in med.items():
         ok = "" if name in ("nn.LSTM", "lstm") else ("yes" if ref["tw"] / d["tw"] >= 0.5 else "no")

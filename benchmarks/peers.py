@@ -78,8 +78,13 @@ def sb3_config(agent: str, env_id: str, seed: int, lstm_hidden: int | None = Non
     if agent == "ppo":
         return SB3Config(algo="ppo", env_id=env_id, seed=seed, n_envs=SB3_ENVS, n_steps=n_steps).resolve()
     return SB3Config(
-        algo="recurrent-ppo", env_id=env_id, seed=seed, n_envs=SB3_ENVS, n_steps=n_steps,
-        lstm_hidden_size=lstm_hidden, minibatch_size=SB3_ENVS * n_steps,
+        algo="recurrent-ppo",
+        env_id=env_id,
+        seed=seed,
+        n_envs=SB3_ENVS,
+        n_steps=n_steps,
+        lstm_hidden_size=lstm_hidden,
+        minibatch_size=SB3_ENVS * n_steps,
     ).resolve()
 
 
@@ -123,7 +128,9 @@ def run_plastic(rule: str, env_id: str, seed: int, budget: int) -> dict[str, Any
 def run_sb3(agent: str, env_id: str, seed: int, budget: int, lstm_hidden: int | None) -> dict[str, Any]:
     cfg = sb3_config(agent, env_id, seed, lstm_hidden)
     if budget % cfg.steps_per_update:
-        raise ValueError(f"budget {budget} is not a multiple of {agent}'s {cfg.steps_per_update} steps per update")
+        raise ValueError(
+            f"budget {budget} is not a multiple of {agent}'s {cfg.steps_per_update} steps per update"
+        )
     venv = make_sb3_vec_env(env_id, cfg.n_envs, seed)
     model = build_model(cfg, venv)
     stats = _RolloutStats(cfg.n_envs)
@@ -163,7 +170,11 @@ def env_speed(steps: int = 2000) -> list[str]:
         for n in (8, 32):
             rate = {}
             for name in ("native", "dummy"):
-                venv = NativeVecEnv(env_id, n) if name == "native" else DummyVecEnv([lambda: gym.make(env_id)] * n)
+                venv = (
+                    NativeVecEnv(env_id, n)
+                    if name == "native"
+                    else DummyVecEnv([lambda: gym.make(env_id)] * n)
+                )
                 venv.seed(0)
                 venv.reset()
                 actions = np.random.default_rng(0).integers(0, venv.action_space.n, size=(steps, n))
@@ -172,8 +183,10 @@ def env_speed(steps: int = 2000) -> list[str]:
                     venv.step(a)
                 rate[name] = steps * n / (time.perf_counter() - start)
                 venv.close()
-            lines.append(f"{task} n_envs={n}: NativeVecEnv {rate['native']:.0f} steps/s, DummyVecEnv "
-                         f"{rate['dummy']:.0f} steps/s, ratio {rate['native'] / rate['dummy']:.1f}x")
+            lines.append(
+                f"{task} n_envs={n}: NativeVecEnv {rate['native']:.0f} steps/s, DummyVecEnv "
+                f"{rate['dummy']:.0f} steps/s, ratio {rate['native'] / rate['dummy']:.1f}x"
+            )
     return lines
 
 
@@ -223,7 +236,9 @@ def plot(results: dict[str, Any], budgets: dict[str, int], path: Path) -> None:
             if len(runs) > 1:
                 ax.fill_between(centers, low, high, alpha=0.2)
         if task in results["random"]:
-            ax.axhline(np.mean(list(results["random"][task].values())), color="gray", ls="--", label="uniform random")
+            ax.axhline(
+                np.mean(list(results["random"][task].values())), color="gray", ls="--", label="uniform random"
+            )
         ax.set_title(f"{TASKS[task]} ({budget} env steps)")
         ax.set_xlabel("environment steps")
         ax.set_ylabel("mean episode reward (band: min-max over seeds)")
@@ -255,21 +270,39 @@ def table(results: dict[str, Any], budgets: dict[str, int]) -> str:
         if task in results["random"]:
             vals = list(results["random"][task].values())
             m, h = interval(vals)
-            lines.append(f"| {task} | uniform random | 0 | {len(vals)} | {m:.2f} ± {h:.2f} | {m:.2f} ± {h:.2f} | - | - |")
+            lines.append(
+                f"| {task} | uniform random | 0 | {len(vals)} | {m:.2f} ± {h:.2f} | {m:.2f} ± {h:.2f} | - | - |"
+            )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--budget-cue", type=int, default=57600, help="env steps per run on the cue task (multiple of 14400 = lcm(3600, 960))")
-    p.add_argument("--budget-maze", type=int, default=96000, help="env steps per run on the maze (multiple of 24000 = lcm(6000, 1600))")
+    p.add_argument(
+        "--budget-cue",
+        type=int,
+        default=57600,
+        help="env steps per run on the cue task (multiple of 14400 = lcm(3600, 960))",
+    )
+    p.add_argument(
+        "--budget-maze",
+        type=int,
+        default=96000,
+        help="env steps per run on the maze (multiple of 24000 = lcm(6000, 1600))",
+    )
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     p.add_argument("--agents", nargs="+", default=list(AGENTS), choices=list(AGENTS))
     p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
     p.add_argument("--resume", action="store_true", help="keep the runs already in peers.json")
-    p.add_argument("--env-speed", action="store_true", help="only compare env stepping: NativeVecEnv vs SB3's DummyVecEnv")
+    p.add_argument(
+        "--env-speed",
+        action="store_true",
+        help="only compare env stepping: NativeVecEnv vs SB3's DummyVecEnv",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.env_speed:
@@ -285,7 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and json_path.exists():
         results = json.loads(json_path.read_text())
         if results["budgets"] != budgets:
-            print(f"peers.py: error: {json_path} holds budgets {results['budgets']}, not {budgets}", file=sys.stderr)
+            print(
+                f"peers.py: error: {json_path} holds budgets {results['budgets']}, not {budgets}",
+                file=sys.stderr,
+            )
             return 2
     results["command"] = command
 
@@ -298,7 +334,10 @@ def main(argv: list[str] | None = None) -> int:
             target = plastic_param_count(env_id, "retroactive")
             h, n = matched_lstm_size(env_id, target)
             results["lstm_hidden"][task] = [h, n, target]
-            print(f"{task}: RecurrentPPO LSTM width {h} -> {n} parameters (retroactive agent: {target})", flush=True)
+            print(
+                f"{task}: RecurrentPPO LSTM width {h} -> {n} parameters (retroactive agent: {target})",
+                flush=True,
+            )
     total_start = time.perf_counter()
     for seed in args.seeds:
         for task in args.tasks:

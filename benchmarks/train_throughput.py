@@ -84,10 +84,14 @@ def worker(row: str, impl: str, updates: int, warmup: int, threads: int) -> dict
     from bpm_agents.a2c import A2CConfig, A2CTrainer
 
     env_id, rule, hidden, *_ = ROWS[row]
-    unroll = {"ours": "auto", "previous": "fast" if rule != "none" else "reference",
-              "reference": "reference"}[impl]
-    trainer = A2CTrainer(A2CConfig(env_id=env_id, rule=rule, hidden_size=hidden, batch_size=30,
-                                   seed=0, unroll_impl=unroll))
+    unroll = {
+        "ours": "auto",
+        "previous": "fast" if rule != "none" else "reference",
+        "reference": "reference",
+    }[impl]
+    trainer = A2CTrainer(
+        A2CConfig(env_id=env_id, rule=rule, hidden_size=hidden, batch_size=30, seed=0, unroll_impl=unroll)
+    )
     act, learn = [], []
     for i in range(warmup + updates):
         t0 = time.perf_counter()
@@ -99,7 +103,11 @@ def worker(row: str, impl: str, updates: int, warmup: int, threads: int) -> dict
             act.append(t1 - t0)
             learn.append(t2 - t1)
     return {
-        "row": row, "impl": impl, "threads": threads, "act_s": act, "learn_s": learn,
+        "row": row,
+        "impl": impl,
+        "threads": threads,
+        "act_s": act,
+        "learn_s": learn,
         "step_s": [a + b for a, b in zip(act, learn)],
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
@@ -107,8 +115,19 @@ def worker(row: str, impl: str, updates: int, warmup: int, threads: int) -> dict
 
 
 def _run_subprocess(row, impl, threads, policy, args) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", row, impl,
-           "--updates", str(args.updates), "--warmup", str(args.warmup), "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        row,
+        impl,
+        "--updates",
+        str(args.updates),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(threads),
+    ]
     env = dict(os.environ)
     env.pop("OMP_WAIT_POLICY", None)
     if policy != "default":
@@ -124,9 +143,12 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma list from: {', '.join(ROWS)}")
     parser.add_argument("--impls", default="ours,previous", help=f"comma list from: {', '.join(IMPLS)}")
     parser.add_argument("--threads", default="1,2", help="comma list of torch thread counts")
-    parser.add_argument("--omp-wait-policies", default="default,passive",
-                        help="comma list of OMP_WAIT_POLICY settings for 'ours' (default = unset); "
-                             "'previous' and 'reference' run under the first one")
+    parser.add_argument(
+        "--omp-wait-policies",
+        default="default,passive",
+        help="comma list of OMP_WAIT_POLICY settings for 'ours' (default = unset); "
+        "'previous' and 'reference' run under the first one",
+    )
     parser.add_argument("--updates", type=int, default=5, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--json", help="write all measurements to this file")
@@ -139,8 +161,11 @@ def main(argv=None) -> int:
     impls = [i for i in args.impls.split(",") if i]
     threads = [int(t) for t in args.threads.split(",") if t]
     policies = [p for p in args.omp_wait_policies.split(",") if p]
-    bad = ([r for r in rows if r not in ROWS] + [i for i in impls if i not in IMPLS]
-           + [p for p in policies if p not in ("default", "passive", "active")])
+    bad = (
+        [r for r in rows if r not in ROWS]
+        + [i for i in impls if i not in IMPLS]
+        + [p for p in policies if p not in ("default", "passive", "active")]
+    )
     if bad or args.updates < 1 or args.warmup < 0 or not threads or min(threads) < 1:
         parser.error(f"bad arguments: {bad or 'updates/warmup/threads'}")
 
@@ -150,26 +175,37 @@ def main(argv=None) -> int:
     for row in rows:
         for th in threads:
             for impl in impls:
-                for pol in (policies if impl == "ours" else policies[:1]):
+                for pol in policies if impl == "ours" else policies[:1]:
                     res = _run_subprocess(row, impl, th, pol, args)
                     res["policy"] = pol
                     results.append(res)
-                    print(f"# {row:17s} {impl:9s} threads={th} omp={pol:8s} step {med(res['step_s']):.3f} s "
-                          f"(act {med(res['act_s']):.3f}, learn {med(res['learn_s']):.3f}), "
-                          f"peak RSS {res['peak_rss_gb']:.2f} GB", flush=True)
+                    print(
+                        f"# {row:17s} {impl:9s} threads={th} omp={pol:8s} step {med(res['step_s']):.3f} s "
+                        f"(act {med(res['act_s']):.3f}, learn {med(res['learn_s']):.3f}), "
+                        f"peak RSS {res['peak_rss_gb']:.2f} GB",
+                        flush=True,
+                    )
     print()
-    print("| config | threads | impl | OMP_WAIT_POLICY | step s | act s | learn s | peak RSS GB "
-          "| x previous | x release | target s | met |")
+    print(
+        "| config | threads | impl | OMP_WAIT_POLICY | step s | act s | learn s | peak RSS GB "
+        "| x previous | x release | target s | met |"
+    )
     print("|---" * 12 + "|")
     prev = {(r["row"], r["threads"]): med(r["step_s"]) for r in results if r["impl"] == "previous"}
     for res in results:
         _, _, _, release, target = ROWS[res["row"]]
         step = med(res["step_s"])
         p = prev.get((res["row"], res["threads"]))
-        met = "n/a" if res["impl"] != "ours" else ("yes" if step <= target and res["peak_rss_gb"] <= 0.6 else "no")
-        print(f"| {res['row']} | {res['threads']} | {res['impl']} | {res['policy']} | {step:.3f} "
-              f"| {med(res['act_s']):.3f} | {med(res['learn_s']):.3f} | {res['peak_rss_gb']:.2f} "
-              f"| {'n/a' if p is None else f'{p / step:.1f}'} | {release / step:.1f} | {target:.2f} | {met} |")
+        met = (
+            "n/a"
+            if res["impl"] != "ours"
+            else ("yes" if step <= target and res["peak_rss_gb"] <= 0.6 else "no")
+        )
+        print(
+            f"| {res['row']} | {res['threads']} | {res['impl']} | {res['policy']} | {step:.3f} "
+            f"| {med(res['act_s']):.3f} | {med(res['learn_s']):.3f} | {res['peak_rss_gb']:.2f} "
+            f"| {'n/a' if p is None else f'{p / step:.1f}'} | {release / step:.1f} | {target:.2f} | {met} |"
+        )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)

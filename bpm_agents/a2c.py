@@ -39,12 +39,22 @@ ENTROPY_MODES = ("sum_squares", "entropy")
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "bpm/CueReward-v0": dict(
         hidden_size={"none": 200, "hebbian": 200, "simple": 200, "retroactive": 200},
-        lr=1e-4, adam_eps=1e-6, grad_clip=2.0, entropy_coef=0.1, eta_init=0.1, eta_e_init=0.1,
+        lr=1e-4,
+        adam_eps=1e-6,
+        grad_clip=2.0,
+        entropy_coef=0.1,
+        eta_init=0.1,
+        eta_e_init=0.1,
     ),
     "bpm/PlasticMaze-v0": dict(
         # the release matched parameter counts (~22.5k) by size: rnn 139, plastic 101, modulated 100
         hidden_size={"none": 139, "hebbian": 101, "simple": 100, "retroactive": 100},
-        lr=1e-4, adam_eps=1e-4, grad_clip=4.0, entropy_coef=0.03, eta_init=0.01, eta_e_init=0.01,
+        lr=1e-4,
+        adam_eps=1e-4,
+        grad_clip=4.0,
+        entropy_coef=0.03,
+        eta_init=0.01,
+        eta_e_init=0.01,
     ),
 }
 
@@ -124,7 +134,6 @@ class A2CConfig(DictConfig):
             eta_init=self.eta_init if self.eta_init is not None else 0.1,
             eta_e_init=self.eta_e_init if self.eta_e_init is not None else 0.1,
         )
-
 
 
 class Rollout(NamedTuple):

@@ -16,9 +16,10 @@ import tempfile
 import types
 import typing
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -49,8 +50,11 @@ def _type_name(tp: Any) -> str:
         return "null"
     if origin in (list, tuple):
         inner = [a for a in args if a is not Ellipsis]
-        return "a list" + (f" of {_type_name(inner[0])}s".replace("an ", "").replace("a ", "")
-                           if inner and inner[0] is not Any else "")
+        return "a list" + (
+            f" of {_type_name(inner[0])}s".replace("an ", "").replace("a ", "")
+            if inner and inner[0] is not Any
+            else ""
+        )
     if origin is dict or tp is dict:
         return "a JSON object"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
@@ -79,8 +83,11 @@ def _fits(value: Any, tp: Any) -> bool:
         return isinstance(value, dict)
     if origin in (list, tuple):
         inner = [a for a in args if a is not Ellipsis]
-        return isinstance(value, (list, tuple)) and all(_fits(v, inner[0]) for v in value) if inner \
+        return (
+            isinstance(value, (list, tuple)) and all(_fits(v, inner[0]) for v in value)
+            if inner
             else isinstance(value, (list, tuple))
+        )
     return True  # a type this checker does not know: left to the class itself
 
 
@@ -217,7 +224,5 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except Exception as exc:  # torch raises many types for bad bytes; all mean "unusable"
         raise CheckpointError(f"{path} is not a readable checkpoint: {load_failure(path, exc)}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{path} is not a backpropamine-gym checkpoint (expected format {FORMAT!r})"
-        )
+        raise CheckpointError(f"{path} is not a backpropamine-gym checkpoint (expected format {FORMAT!r})")
     return data

@@ -36,10 +36,10 @@ import torch
 import bpm_envs  # noqa: F401  (registers the bpm/ environments)
 from bpm_agents.a2c import A2CConfig, build_policy
 from bpm_agents.checkpoint import CheckpointError, load_checkpoint
+from bpm_agents.devices import resolve_device
 from bpm_agents.plasticity import PlasticState
 from bpm_agents.policy import PlasticActorCritic
 from bpm_agents.training import ALGO, CHECKPOINT_FILE, read_run_config, trainer_classes
-from bpm_agents.devices import resolve_device
 from bpm_envs.extras import MissingExtraError, as_missing_extra, require
 
 #: two-sided 95% quantile of the standard normal (normal-approximation interval)
@@ -168,8 +168,7 @@ def load_agent(run_dir: str | Path, device: str | torch.device = "cpu") -> Any:
     state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE, map_location=device)
     if state.get("env_id") != config.env_id:
         raise CheckpointError(
-            f"checkpoint is for env {state.get('env_id')!r} but the run config says "
-            f"{config.env_id!r}"
+            f"checkpoint is for env {state.get('env_id')!r} but the run config says {config.env_id!r}"
         )
     try:
         trainer_state = state["trainer"]
@@ -296,8 +295,7 @@ class TrialAccuracy:
     def rows(self) -> list[dict[str, Any]]:
         """One dict per trial index: trial, answers, correct, fraction."""
         return [
-            {"trial": k, "answers": int(a), "correct": int(c),
-             "fraction": None if a == 0 else float(c / a)}
+            {"trial": k, "answers": int(a), "correct": int(c), "fraction": None if a == 0 else float(c / a)}
             for k, (a, c) in enumerate(zip(self.answers, self.correct))
         ]
 
@@ -420,16 +418,19 @@ class EvaluationResult:
         ]
         acc = self.trial_accuracy
         if acc is not None and acc.answers.size:
-            lines.append(f"fraction of correct answers: {acc.overall:.3f} "
-                         f"({int(acc.correct.sum())}/{int(acc.answers.sum())})")
+            lines.append(
+                f"fraction of correct answers: {acc.overall:.3f} "
+                f"({int(acc.correct.sum())}/{int(acc.answers.sum())})"
+            )
             lines.append("by trial index within the episode (correct fraction / answers):")
             frac = acc.fraction
             per_row = 12
             for start in range(0, acc.answers.size, per_row):
                 ks = range(start, min(start + per_row, acc.answers.size))
                 lines.append("  trial   " + "".join(f"{k:>6d}" for k in ks))
-                lines.append("  correct " + "".join(
-                    "     -" if np.isnan(frac[k]) else f"{frac[k]:6.2f}" for k in ks))
+                lines.append(
+                    "  correct " + "".join("     -" if np.isnan(frac[k]) else f"{frac[k]:6.2f}" for k in ks)
+                )
                 lines.append("  n       " + "".join(f"{int(acc.answers[k]):>6d}" for k in ks))
         return "\n".join(lines)
 
@@ -476,8 +477,7 @@ def evaluate(
     with _seeded_torch(int(seed)):
         for start in range(0, episodes, batch_size):
             n = min(batch_size, episodes - start)
-            envs = gym.make_vec(env_id, num_envs=n, vectorization_mode="vector_entry_point",
-                                **env_kwargs)
+            envs = gym.make_vec(env_id, num_envs=n, vectorization_mode="vector_entry_point", **env_kwargs)
             try:
                 _check_fits(agent, env_id, envs.single_observation_space.shape)
                 act = _make_actor(agent, deterministic, generator)
@@ -648,8 +648,15 @@ def record_gif(
     totals = []
     with _seeded_torch(int(seed)):
         for j in range(episodes):
-            trace = run_episode(agent, int(seed) + j, deterministic, env_id, env_kwargs,
-                                render_mode="rgb_array", generator=generator)
+            trace = run_episode(
+                agent,
+                int(seed) + j,
+                deterministic,
+                env_id,
+                env_kwargs,
+                render_mode="rgb_array",
+                generator=generator,
+            )
             so_far = np.concatenate([[0.0], np.cumsum(trace.rewards)])
             last = len(trace.frames) - 1
             for k, frame in enumerate(trace.frames):
@@ -697,16 +704,33 @@ def render_episodes(
         with _seeded_torch(int(seed)):
             for j in range(episodes):
                 if window is not None:
+
                     def show(frame: np.ndarray) -> bool:
                         window.show(frame)
                         return window.closed_by_user
-                    trace = run_episode(agent, int(seed) + j, deterministic, env_id, env_kwargs,
-                                        render_mode="rgb_array", on_frame=show, generator=generator)
+
+                    trace = run_episode(
+                        agent,
+                        int(seed) + j,
+                        deterministic,
+                        env_id,
+                        env_kwargs,
+                        render_mode="rgb_array",
+                        on_frame=show,
+                        generator=generator,
+                    )
                     trace.frames.clear()
                     closed = window.closed_by_user
                 else:
-                    trace = run_episode(agent, int(seed) + j, deterministic, env_id, env_kwargs,
-                                        render_mode="human", generator=generator)
+                    trace = run_episode(
+                        agent,
+                        int(seed) + j,
+                        deterministic,
+                        env_id,
+                        env_kwargs,
+                        render_mode="human",
+                        generator=generator,
+                    )
                     closed = trace.stopped_early
                 totals.append(trace.total_reward)
                 if closed:
@@ -774,8 +798,13 @@ def plot_modulator(
     mods = trace.modulators
     cue = _is_cue_info(infos[0])
     nrows = 3 if cue else 2
-    fig, axes = plt.subplots(nrows, 1, figsize=(11, 2.2 * nrows + 0.6), sharex=True,
-                             gridspec_kw={"height_ratios": [1.4, 1, 1.2][-nrows:]})
+    fig, axes = plt.subplots(
+        nrows,
+        1,
+        figsize=(11, 2.2 * nrows + 0.6),
+        sharex=True,
+        gridspec_kw={"height_ratios": [1.4, 1, 1.2][-nrows:]},
+    )
     ax_i = 0
     if cue:
         ax = axes[0]
@@ -788,10 +817,15 @@ def plot_modulator(
         for g in steps[go]:
             ax.axvline(g, color="0.75", lw=0.8, zorder=0)
         is_t = shown == target
-        ax.scatter(steps[(shown >= 0) & ~is_t], shown[(shown >= 0) & ~is_t], marker="s", s=14,
-                   color="tab:blue", label="cue shown")
-        ax.scatter(steps[is_t], shown[is_t], marker="s", s=14, color="tab:red",
-                   label="target cue shown")
+        ax.scatter(
+            steps[(shown >= 0) & ~is_t],
+            shown[(shown >= 0) & ~is_t],
+            marker="s",
+            s=14,
+            color="tab:blue",
+            label="cue shown",
+        )
+        ax.scatter(steps[is_t], shown[is_t], marker="s", s=14, color="tab:red", label="target cue shown")
         ax.set_yticks(ids, [f"cue {k}" + (" (target)" if k == target else "") for k in ids])
         ax.set_ylim(min(ids) - 0.7, max(ids) + 0.7)
         ax.set_title("cue shown at each step (grey lines: Go steps)")
@@ -808,8 +842,9 @@ def plot_modulator(
     assert mods is not None  # modulated agents report M(t) at every step
     ax.plot(steps, mods, color="k", lw=1)
     for s in steps[pos | neg]:
-        ax.axvline(s + 1, color="tab:green" if trace.rewards[s] > 0 else "tab:red", lw=0.6,
-                   alpha=0.5, zorder=0)
+        ax.axvline(
+            s + 1, color="tab:green" if trace.rewards[s] > 0 else "tab:red", lw=0.6, alpha=0.5, zorder=0
+        )
     ax.axhline(0, color="0.5", lw=0.6)
     ax.set_ylabel("M(t)")
     ax.set_xlabel("step t")

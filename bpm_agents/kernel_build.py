@@ -129,13 +129,16 @@ class CppKernel:
         cache = cache_dir()
         os.makedirs(cache, exist_ok=True)
         targets = {
-            dt: os.path.join(cache, f"{self.name}_{key}_{str(dt).split('.')[-1]}.so")
-            for dt in _PRECISIONS
+            dt: os.path.join(cache, f"{self.name}_{key}_{str(dt).split('.')[-1]}.so") for dt in _PRECISIONS
         }
         missing = [dt for dt in _PRECISIONS if not os.path.exists(targets[dt])]
         if missing:
-            print(f"backpropamine-gym: compiling the C++ kernel '{self.name}' (once per machine, "
-                  "about 10-30 s)...", file=sys.stderr, flush=True)
+            print(
+                f"backpropamine-gym: compiling the C++ kernel '{self.name}' (once per machine, "
+                "about 10-30 s)...",
+                file=sys.stderr,
+                flush=True,
+            )
             self._compile(compiler, flags, missing, targets, cache)
         libs = {}
         for dt, path in targets.items():
@@ -165,9 +168,10 @@ class CppKernel:
             for arch in (["-march=native"], []):  # not every compiler knows -march=native
                 procs = {
                     dt: subprocess.Popen(
-                        [compiler, *flags, *arch, *_PRECISIONS[dt], src, "-o",
-                         os.path.join(tmp, f"{i}.so")],
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                        [compiler, *flags, *arch, *_PRECISIONS[dt], src, "-o", os.path.join(tmp, f"{i}.so")],
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        text=True,
                     )
                     for i, dt in enumerate(missing)
                 }

@@ -41,9 +41,7 @@ class PlasticRNN(nn.Module):
         self.w = nn.Parameter(plasticity.init_scale * torch.rand(hidden_size, hidden_size))
         self.synapses = PlasticSynapses(hidden_size, hidden_size, hidden_size, plasticity)
 
-    def initial_state(
-        self, batch_size: int, device: torch.device | str | None = None
-    ) -> PlasticState:
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> PlasticState:
         """All-zero state for ``batch_size`` new episodes."""
         device = device if device is not None else self.w.device
         hidden = torch.zeros(batch_size, self.hidden_size, device=device, dtype=self.w.dtype)
@@ -105,9 +103,7 @@ class PlasticRNN(nn.Module):
         if impl not in UNROLL_IMPLS:
             raise ValueError(f"unknown unroll impl {impl!r}; allowed: {', '.join(UNROLL_IMPLS)}")
         if inputs.dim() != 3 or inputs.shape[-1] != self.input_size:
-            raise ValueError(
-                f"inputs must have shape (B, T, {self.input_size}), got {tuple(inputs.shape)}"
-            )
+            raise ValueError(f"inputs must have shape (B, T, {self.input_size}), got {tuple(inputs.shape)}")
         if impl == "reference":
             return self.reference_unroll(inputs, state, episode_starts)
         if impl == "chunked":

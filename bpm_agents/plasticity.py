@@ -145,9 +145,7 @@ class PlasticityConfig:
         if self.alpha not in ALPHA_SHAPES:
             raise ValueError(f"alpha must be one of {ALPHA_SHAPES}, got {self.alpha!r}")
         if self.fanout and not self.modulated:
-            raise ValueError(
-                f"fanout needs a modulated rule (simple or retroactive), got rule={self.rule!r}"
-            )
+            raise ValueError(f"fanout needs a modulated rule (simple or retroactive), got rule={self.rule!r}")
         if self.eta_shape not in ETA_SHAPES:
             raise ValueError(f"eta_shape must be one of {', '.join(ETA_SHAPES)}, got {self.eta_shape!r}")
         if self.eta_shape != "scalar" and self.rule != "hebbian":
@@ -157,7 +155,9 @@ class PlasticityConfig:
                 f"modulator_input must be one of {', '.join(MODULATOR_INPUTS)}, got {self.modulator_input!r}"
             )
         if self.fanout_init not in FANOUT_INITS:
-            raise ValueError(f"fanout_init must be one of {', '.join(FANOUT_INITS)}, got {self.fanout_init!r}")
+            raise ValueError(
+                f"fanout_init must be one of {', '.join(FANOUT_INITS)}, got {self.fanout_init!r}"
+            )
         if self.alpha_init is not None and not self.alpha_init >= 0:
             raise ValueError(f"alpha_init must be >= 0 (or None), got {self.alpha_init!r}")
 
@@ -265,9 +265,7 @@ class PlasticSynapses(nn.Module):
         config: the rule and its options.
     """
 
-    def __init__(
-        self, n_pre: int, n_post: int, modulator_size: int, config: PlasticityConfig
-    ) -> None:
+    def __init__(self, n_pre: int, n_post: int, modulator_size: int, config: PlasticityConfig) -> None:
         super().__init__()
         self.n_pre, self.n_post, self.config = n_pre, n_post, config
         if config.plastic:
@@ -401,9 +399,7 @@ class PlasticSynapses(nn.Module):
         cfg = self.config
         if fast_kernel_unsupported(cfg) is not None:
             return None
-        return KernelStatic(
-            cfg.rule, bool(cfg.fanout), cfg.modulator_activation == "tanh", float(cfg.clip)
-        )
+        return KernelStatic(cfg.rule, bool(cfg.fanout), cfg.modulator_activation == "tanh", float(cfg.clip))
 
     def kernel_params(self) -> KernelParams:
         """The plastic parameters as the fused kernels take them (views: gradients flow back)."""

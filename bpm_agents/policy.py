@@ -80,7 +80,9 @@ class _ReferenceActor:
         self._mods: list[Tensor] = []
 
     def step(self, obs: np.ndarray) -> np.ndarray:
-        out = self.policy.step(torch.from_numpy(np.asarray(obs)).to(self.device), self.state, impl="reference")
+        out = self.policy.step(
+            torch.from_numpy(np.asarray(obs)).to(self.device), self.state, impl="reference"
+        )
         self.state = out.state
         if out.modulator is not None:
             self._mods.append(out.modulator.cpu())
@@ -147,14 +149,10 @@ class PlasticActorCritic(nn.Module):
     ) -> UnrollOutput:
         """Replay a sequence obs (B, T, D); ``episode_starts`` (B, T) bool zeroes the state there."""
         hidden, mods, state = self.core.unroll(obs, state, episode_starts, impl=impl)
-        return UnrollOutput(
-            self.policy_head(hidden), self.value_head(hidden).squeeze(-1), mods, state
-        )
+        return UnrollOutput(self.policy_head(hidden), self.value_head(hidden).squeeze(-1), mods, state)
 
     @torch.no_grad()
-    def episode_actor(
-        self, batch: int, length: int, uniforms: Tensor, impl: str = "auto"
-    ) -> EpisodeActor:
+    def episode_actor(self, batch: int, length: int, uniforms: Tensor, impl: str = "auto") -> EpisodeActor:
         """An actor for ``batch`` new episodes of ``length`` steps, sampling with ``uniforms``.
 
         Args:
@@ -193,7 +191,10 @@ class PlasticActorCritic(nn.Module):
 
         hidden, mods = plastic_rnn.unroll_recorded(self.core, obs, record)
         return UnrollOutput(
-            self.policy_head(hidden), self.value_head(hidden).squeeze(-1), mods, None  # type: ignore[arg-type]
+            self.policy_head(hidden),
+            self.value_head(hidden).squeeze(-1),
+            mods,
+            None,  # type: ignore[arg-type]
         )
 
     # ------------------------------------------------------------------ SB3-style acting

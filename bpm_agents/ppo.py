@@ -70,8 +70,11 @@ class PPOConfig(A2CConfig):
             raise ValueError(f"value_clip must be a finite number > 0 or None, got {cfg.value_clip!r}")
         if isinstance(cfg.n_epochs, bool) or not isinstance(cfg.n_epochs, int) or cfg.n_epochs < 1:
             raise ValueError(f"n_epochs must be an integer >= 1, got {cfg.n_epochs!r}")
-        if (isinstance(cfg.n_minibatches, bool) or not isinstance(cfg.n_minibatches, int)
-                or not 1 <= cfg.n_minibatches <= cfg.batch_size):
+        if (
+            isinstance(cfg.n_minibatches, bool)
+            or not isinstance(cfg.n_minibatches, int)
+            or not 1 <= cfg.n_minibatches <= cfg.batch_size
+        ):
             raise ValueError(
                 f"n_minibatches must be an integer from 1 to batch_size ({cfg.batch_size}), "
                 f"got {cfg.n_minibatches!r}"
@@ -183,8 +186,9 @@ class PlasticPPOTrainer(A2CTrainer):
             hidden = record.x  # the activities acting computed: no second forward
             logits, values = self.policy.policy_head(hidden), self.policy.value_head(hidden).squeeze(-1)
         else:
-            out = self.policy.unroll(obs, self.policy.initial_state(obs.shape[0], self.device),
-                                     impl=self.config.unroll_impl)
+            out = self.policy.unroll(
+                obs, self.policy.initial_state(obs.shape[0], self.device), impl=self.config.unroll_impl
+            )
             logits, values = out.logits, out.values
         log_probs = torch.log_softmax(logits, -1).gather(-1, rollout.actions.to(self.device).unsqueeze(-1))
         return log_probs.squeeze(-1), values
@@ -212,12 +216,23 @@ class PlasticPPOTrainer(A2CTrainer):
                 if record is not None and record.matches(self.policy.core):
                     out = self.policy.unroll_recorded(obs[idx], record.select(idx))
                 else:
-                    out = self.policy.unroll(obs[idx], self.policy.initial_state(len(idx), self.device),
-                                             impl=cfg.unroll_impl)
+                    out = self.policy.unroll(
+                        obs[idx], self.policy.initial_state(len(idx), self.device), impl=cfg.unroll_impl
+                    )
                 terms = ppo_loss(
-                    out.logits, out.values, actions[idx], old_log_probs[idx], advantages[idx],
-                    returns[idx], old_values[idx], cfg.clip_range, cfg.value_clip, cfg.value_coef,
-                    cfg.entropy_coef, cfg.entropy_mode, cfg.normalize_advantage,
+                    out.logits,
+                    out.values,
+                    actions[idx],
+                    old_log_probs[idx],
+                    advantages[idx],
+                    returns[idx],
+                    old_values[idx],
+                    cfg.clip_range,
+                    cfg.value_clip,
+                    cfg.value_coef,
+                    cfg.entropy_coef,
+                    cfg.entropy_mode,
+                    cfg.normalize_advantage,
                 )
                 if not torch.isfinite(terms.total):
                     raise NonFiniteLossError(
@@ -233,10 +248,15 @@ class PlasticPPOTrainer(A2CTrainer):
                     )
                 self.optimizer.step()
                 n_steps += 1
-                for key, value in (("loss", terms.total), ("policy_loss", terms.policy),
-                                   ("value_loss", terms.value), ("entropy_term", terms.entropy),
-                                   ("grad_norm", grad_norm), ("clip_fraction", terms.clip_fraction),
-                                   ("approx_kl", terms.approx_kl)):
+                for key, value in (
+                    ("loss", terms.total),
+                    ("policy_loss", terms.policy),
+                    ("value_loss", terms.value),
+                    ("entropy_term", terms.entropy),
+                    ("grad_norm", grad_norm),
+                    ("clip_fraction", terms.clip_fraction),
+                    ("approx_kl", terms.approx_kl),
+                ):
                     sums[key] = sums.get(key, 0.0) + float(value.detach())
         self.updates_done += 1
         means = {k: v / n_steps for k, v in sums.items()}

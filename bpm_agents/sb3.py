@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
-import io
 import os
 import pickle
 import random
@@ -60,6 +60,7 @@ from bpm_agents.checkpoint import (
     atomic_write_text,
     load_failure,
 )
+from bpm_agents.devices import resolve_device
 from bpm_agents.training import (
     CONFIG_FILE,
     PROGRESS_FILE,
@@ -71,14 +72,23 @@ from bpm_agents.training import (
     read_run_config,
     resume_conflicts,
 )
-from bpm_agents.devices import resolve_device
 from bpm_envs.extras import MissingExtraError, require
 
 ALGOS = ("ppo", "a2c", "recurrent-ppo")
 CHECKPOINT_FILE = "checkpoint.zip"
 CSV_FIELDS = [
-    "update", "episodes", "env_steps", "wall_time", "reward_mean", "loss", "policy_loss",
-    "value_loss", "entropy_loss", "approx_kl", "clip_fraction", "explained_variance",
+    "update",
+    "episodes",
+    "env_steps",
+    "wall_time",
+    "reward_mean",
+    "loss",
+    "policy_loss",
+    "value_loss",
+    "entropy_loss",
+    "approx_kl",
+    "clip_fraction",
+    "explained_variance",
 ]
 #: SB3 logger keys -> our CSV columns (A2C calls its policy loss ``policy_loss``, PPO
 #: ``policy_gradient_loss``)
@@ -96,12 +106,36 @@ _LOG_KEYS = {
 #: SB3's own defaults, except the rollout length of PPO (2048 -> 128 steps per env, so that
 #: an update stays near a thousand env steps with 8 envs, as sb3-contrib's RecurrentPPO uses).
 ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
-    "ppo": dict(n_steps=128, learning_rate=3e-4, gae_lambda=0.95, minibatch_size=64, n_epochs=10,
-                clip_range=0.2, net_arch=[64, 64], lstm_hidden_size=None),
-    "a2c": dict(n_steps=5, learning_rate=7e-4, gae_lambda=1.0, minibatch_size=None, n_epochs=None,
-                clip_range=None, net_arch=[64, 64], lstm_hidden_size=None),
-    "recurrent-ppo": dict(n_steps=128, learning_rate=3e-4, gae_lambda=0.95, minibatch_size=128,
-                          n_epochs=10, clip_range=0.2, net_arch=[64, 64], lstm_hidden_size=256),
+    "ppo": dict(
+        n_steps=128,
+        learning_rate=3e-4,
+        gae_lambda=0.95,
+        minibatch_size=64,
+        n_epochs=10,
+        clip_range=0.2,
+        net_arch=[64, 64],
+        lstm_hidden_size=None,
+    ),
+    "a2c": dict(
+        n_steps=5,
+        learning_rate=7e-4,
+        gae_lambda=1.0,
+        minibatch_size=None,
+        n_epochs=None,
+        clip_range=None,
+        net_arch=[64, 64],
+        lstm_hidden_size=None,
+    ),
+    "recurrent-ppo": dict(
+        n_steps=128,
+        learning_rate=3e-4,
+        gae_lambda=0.95,
+        minibatch_size=128,
+        n_epochs=10,
+        clip_range=0.2,
+        net_arch=[64, 64],
+        lstm_hidden_size=256,
+    ),
 }
 
 
@@ -148,7 +182,8 @@ class NativeVecEnv(VecEnv):
         self.render_mode = None
         self._record = None
         super().__init__(
-            self.native.num_envs, self.native.single_observation_space,
+            self.native.num_envs,
+            self.native.single_observation_space,
             self.native.single_action_space,
         )
 
@@ -177,8 +212,10 @@ class NativeVecEnv(VecEnv):
             return None
         actions = self._record["actions"]
         return {
-            "seeds": self._record["seeds"], "rng_states": self._record["rng_states"],
-            "actions": torch.from_numpy(np.stack(actions)) if actions
+            "seeds": self._record["seeds"],
+            "rng_states": self._record["rng_states"],
+            "actions": torch.from_numpy(np.stack(actions))
+            if actions
             else torch.zeros((0, self.num_envs), dtype=torch.int64),
         }
 
@@ -218,8 +255,7 @@ class NativeVecEnv(VecEnv):
         if dones.any():
             if not dones.all():
                 raise RuntimeError(
-                    "bpm/ episodes must end together (fixed length, lock-step); "
-                    f"got dones={dones.tolist()}"
+                    f"bpm/ episodes must end together (fixed length, lock-step); got dones={dones.tolist()}"
                 )
             for i, inf in enumerate(infos):
                 inf["terminal_observation"] = obs[i]
@@ -230,9 +266,7 @@ class NativeVecEnv(VecEnv):
         return obs, rewards.astype(np.float32), dones, infos
 
     def _split_info(self, info: dict[str, Any]) -> list[dict[str, Any]]:
-        return [
-            {k: v[i] for k, v in info.items() if not k.startswith("_")} for i in range(self.num_envs)
-        ]
+        return [{k: v[i] for k, v in info.items() if not k.startswith("_")} for i in range(self.num_envs)]
 
     def close(self) -> None:
         self.native.close()
@@ -321,7 +355,9 @@ class SB3Config(DictConfig):
         for name in ("gamma", "gae_lambda"):
             if not 0 <= getattr(cfg, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(cfg, name)!r}")
-        for name in ("learning_rate", "max_grad_norm") + (("clip_range",) if cfg.clip_range is not None else ()):
+        for name in ("learning_rate", "max_grad_norm") + (
+            ("clip_range",) if cfg.clip_range is not None else ()
+        ):
             if not 0 < getattr(cfg, name) <= torch.finfo(torch.float32).max:
                 raise ValueError(
                     f"{name} must be a finite number > 0 (at most 3.4e38, the float32 range), "
@@ -341,7 +377,6 @@ class SB3Config(DictConfig):
         return self.n_envs * self.n_steps
 
 
-
 def build_model(config: SB3Config, env: VecEnv, device: str | torch.device = "cpu") -> BaseAlgorithm:
     """A fresh SB3 model of a resolved ``config`` on ``env``, weights seeded by ``config.seed``.
 
@@ -349,16 +384,30 @@ def build_model(config: SB3Config, env: VecEnv, device: str | torch.device = "cp
     how SB3 samples actions, so a run is reproducible only as a whole process.
     """
     common = dict(
-        learning_rate=config.learning_rate, n_steps=config.n_steps, gamma=config.gamma,
-        gae_lambda=config.gae_lambda, ent_coef=config.ent_coef, vf_coef=config.vf_coef,
-        max_grad_norm=config.max_grad_norm, seed=config.seed, device=device, verbose=0,
+        learning_rate=config.learning_rate,
+        n_steps=config.n_steps,
+        gamma=config.gamma,
+        gae_lambda=config.gae_lambda,
+        ent_coef=config.ent_coef,
+        vf_coef=config.vf_coef,
+        max_grad_norm=config.max_grad_norm,
+        seed=config.seed,
+        device=device,
+        verbose=0,
     )
     arch = list(config.net_arch)
     if config.algo == "ppo":
         from stable_baselines3 import PPO
 
-        return PPO("MlpPolicy", env, batch_size=config.minibatch_size, n_epochs=config.n_epochs,
-                   clip_range=config.clip_range, policy_kwargs=dict(net_arch=arch), **common)
+        return PPO(
+            "MlpPolicy",
+            env,
+            batch_size=config.minibatch_size,
+            n_epochs=config.n_epochs,
+            clip_range=config.clip_range,
+            policy_kwargs=dict(net_arch=arch),
+            **common,
+        )
     if config.algo == "a2c":
         from stable_baselines3 import A2C
 
@@ -367,7 +416,10 @@ def build_model(config: SB3Config, env: VecEnv, device: str | torch.device = "cp
         RecurrentPPO = require("sb3_contrib", "--algo recurrent-ppo").RecurrentPPO
 
         return RecurrentPPO(
-            "MlpLstmPolicy", env, batch_size=config.minibatch_size, n_epochs=config.n_epochs,
+            "MlpLstmPolicy",
+            env,
+            batch_size=config.minibatch_size,
+            n_epochs=config.n_epochs,
             clip_range=config.clip_range,
             policy_kwargs=dict(net_arch=arch, lstm_hidden_size=config.lstm_hidden_size),
             **common,
@@ -433,12 +485,17 @@ def capture_resume_state(model: BaseAlgorithm, venv: VecEnv) -> dict[str, Any]:
         "num_timesteps": int(model.num_timesteps),
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy_rng": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy_rng": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python_rng": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
         "episode_record": _native(venv).episode_record() if model._last_obs is not None else None,
         "last_episode_starts": (
-            None if model._last_episode_starts is None
+            None
+            if model._last_episode_starts is None
             else torch.from_numpy(np.asarray(model._last_episode_starts, dtype=bool))
         ),
         "lstm_states": None if lstm is None else [t.detach().cpu().clone() for pair in lstm for t in pair],
@@ -461,8 +518,9 @@ def read_resume_state(path: Path) -> dict[str, Any] | None:
         raise CheckpointError(f"{path}: its resume state {RESUME_ENTRY} {reason}") from None
 
 
-def restore_resume_state(model: BaseAlgorithm, venv: VecEnv, state: dict[str, Any],
-                         stats: _RolloutStats | None = None) -> None:
+def restore_resume_state(
+    model: BaseAlgorithm, venv: VecEnv, state: dict[str, Any], stats: _RolloutStats | None = None
+) -> None:
     """Undo :func:`capture_resume_state`: generators, envs, last observation, LSTM states."""
     try:
         record = state["episode_record"]
@@ -485,8 +543,15 @@ def restore_resume_state(model: BaseAlgorithm, venv: VecEnv, state: dict[str, An
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         rng = state["numpy_rng"]
-        np.random.set_state(("MT19937", rng["keys"].numpy().astype(np.uint32), rng["pos"],
-                             rng["has_gauss"], rng["cached_gaussian"]))
+        np.random.set_state(
+            (
+                "MT19937",
+                rng["keys"].numpy().astype(np.uint32),
+                rng["pos"],
+                rng["has_gauss"],
+                rng["cached_gaussian"],
+            )
+        )
         py = state["python_rng"]
         random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as exc:
@@ -666,8 +731,10 @@ def train(
             stats = _RolloutStats(config.n_envs)
             restore_resume_state(model, venv, saved_state, stats)
         else:  # a checkpoint from before resume states were saved
-            info("the checkpoint holds no resume state: continuing with freshly seeded envs and "
-                 "generators (not bit for bit)")
+            info(
+                "the checkpoint holds no resume state: continuing with freshly seeded envs and "
+                "generators (not bit for bit)"
+            )
             seed = _derived_seed(config.seed, updates_done)
             venv = make_sb3_vec_env(config.env_id, config.n_envs, seed, config.env_kwargs)
             config, model = load_model(run_dir, device, env=venv)
@@ -706,8 +773,9 @@ def train(
             stats = stats or _RolloutStats(config.n_envs)
             csv_writer = csv.DictWriter(log, fieldnames=CSV_FIELDS)
             while updates_done < updates and not stop.requested:
-                model.learn(config.steps_per_update, callback=stats, log_interval=None,
-                            reset_num_timesteps=False)
+                model.learn(
+                    config.steps_per_update, callback=stats, log_interval=None, reset_num_timesteps=False
+                )
                 updates_done = model.num_timesteps // config.steps_per_update
                 returns = stats.pop_returns()
                 episodes += len(returns)
@@ -717,7 +785,9 @@ def train(
                 row.update({_LOG_KEYS[k]: float(v) for k, v in logged.items() if k in _LOG_KEYS})
                 model.logger.dump()  # clears the values for the next update
                 row.update(
-                    update=updates_done, episodes=episodes, env_steps=model.num_timesteps,
+                    update=updates_done,
+                    episodes=episodes,
+                    env_steps=model.num_timesteps,
                     wall_time=round(wall_offset + time.perf_counter() - start, 3),
                     reward_mean=float(returns.mean()) if len(returns) else math.nan,
                 )
@@ -770,15 +840,37 @@ def load_model_config(run_dir: str | Path) -> SB3Config:
 # ====================================================================== command line
 #: train.py --algo ... options (dest) that are fields of the saved SB3Config (option -> field)
 RESUME_FIELDS = {
-    "env": "env_id", "env_kwargs": "env_kwargs", "seed": "seed", "n_envs": "n_envs",
-    "n_steps": "n_steps", "lr": "learning_rate", "gamma": "gamma", "gae_lambda": "gae_lambda",
-    "ent_coef": "ent_coef", "vf_coef": "vf_coef", "max_grad_norm": "max_grad_norm",
-    "minibatch_size": "minibatch_size", "n_epochs": "n_epochs", "clip_range": "clip_range",
-    "net_arch": "net_arch", "lstm_hidden_size": "lstm_hidden_size",
+    "env": "env_id",
+    "env_kwargs": "env_kwargs",
+    "seed": "seed",
+    "n_envs": "n_envs",
+    "n_steps": "n_steps",
+    "lr": "learning_rate",
+    "gamma": "gamma",
+    "gae_lambda": "gae_lambda",
+    "ent_coef": "ent_coef",
+    "vf_coef": "vf_coef",
+    "max_grad_norm": "max_grad_norm",
+    "minibatch_size": "minibatch_size",
+    "n_epochs": "n_epochs",
+    "clip_range": "clip_range",
+    "net_arch": "net_arch",
+    "lstm_hidden_size": "lstm_hidden_size",
 }
 #: train.py flags of our plastic A2C that mean nothing for SB3 models
-_PLASTIC_ONLY = ("plasticity", "batch_size", "adam_eps", "entropy_mode", "trace_clip", "fanout",
-                 "modulator_activation", "eta_init", "eta_e_init", "unroll", "hidden_size")
+_PLASTIC_ONLY = (
+    "plasticity",
+    "batch_size",
+    "adam_eps",
+    "entropy_mode",
+    "trace_clip",
+    "fanout",
+    "modulator_activation",
+    "eta_init",
+    "eta_e_init",
+    "unroll",
+    "hidden_size",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -792,31 +884,87 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--algo", default=None, choices=["plastic-a2c", *ALGOS], help="the SB3 algorithm (required unless --resume, which reads it from the run folder)")
+    p.add_argument(
+        "--algo",
+        default=None,
+        choices=["plastic-a2c", *ALGOS],
+        help="the SB3 algorithm (required unless --resume, which reads it from the run folder)",
+    )
     p.add_argument("--env", default="bpm/CueReward-v0", help=f"environment id: {', '.join(bpm_envs.ENV_IDS)}")
-    p.add_argument("--updates", type=int, default=1000, help="total number of rollout-and-update cycles of the run (one = --n-envs x --n-steps env steps)")
+    p.add_argument(
+        "--updates",
+        type=int,
+        default=1000,
+        help="total number of rollout-and-update cycles of the run (one = --n-envs x --n-steps env steps)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of weights, environments and action sampling")
     p.add_argument("--out", required=True, help="run folder (created; must be new unless --resume)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out bit for bit (the checkpoint also holds the global generators, the running episodes, the last observation and LSTM states). The saved config is kept: only --updates, --device, --checkpoint-every, --threads and the logging flags apply; a hyper-parameter flag whose value differs from the saved one is refused (exit 2). With --updates at or below the updates done, nothing is trained (exit 0)")
-    p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"], help="'auto' = cuda if available")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="save a checkpoint every K updates (and at the end, and on Ctrl-C or SIGTERM, which stop after the current update and exit 130)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out bit for bit (the checkpoint also holds the global generators, the running episodes, the last observation and LSTM states). The saved config is kept: only --updates, --device, --checkpoint-every, --threads and the logging flags apply; a hyper-parameter flag whose value differs from the saved one is refused (exit 2). With --updates at or below the updates done, nothing is trained (exit 0)",
+    )
+    p.add_argument(
+        "--device", default="auto", choices=["cpu", "cuda", "auto"], help="'auto' = cuda if available"
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=100,
+        help="save a checkpoint every K updates (and at the end, and on Ctrl-C or SIGTERM, which stop after the current update and exit 130)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; 1 is much faster for these small models on a busy machine)")
-    p.add_argument("--env-kwargs", default="{}", help='JSON options for the environment, e.g. \'{"fixed_cues": true}\'')
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; 1 is much faster for these small models on a busy machine)",
+    )
+    p.add_argument(
+        "--env-kwargs", default="{}", help="JSON options for the environment, e.g. '{\"fixed_cues\": true}'"
+    )
     g = p.add_argument_group("SB3 hyper-parameters (default: SB3's per algorithm)")
     g.add_argument("--n-envs", type=int, default=8, help="environments stepped together")
-    g.add_argument("--n-steps", type=int, default=None, help="rollout steps per env and update (ppo/recurrent-ppo 128, a2c 5)")
+    g.add_argument(
+        "--n-steps",
+        type=int,
+        default=None,
+        help="rollout steps per env and update (ppo/recurrent-ppo 128, a2c 5)",
+    )
     g.add_argument("--lr", type=float, default=None, help="learning rate (ppo/recurrent-ppo 3e-4, a2c 7e-4)")
     g.add_argument("--gamma", type=float, default=0.99, help="discount")
     g.add_argument("--gae-lambda", type=float, default=None, help="GAE lambda (ppo 0.95, a2c 1.0)")
-    g.add_argument("--ent-coef", "--entropy-coef", dest="ent_coef", type=float, default=0.0, help="entropy bonus coefficient (SB3's true entropy, not our sum-of-squares)")
-    g.add_argument("--vf-coef", "--value-coef", dest="vf_coef", type=float, default=0.5, help="value loss coefficient")
-    g.add_argument("--max-grad-norm", "--grad-clip", dest="max_grad_norm", type=float, default=0.5, help="gradient-norm clip")
-    g.add_argument("--minibatch-size", type=int, default=None, help="PPO minibatch size in steps (ppo 64, recurrent-ppo 128)")
+    g.add_argument(
+        "--ent-coef",
+        "--entropy-coef",
+        dest="ent_coef",
+        type=float,
+        default=0.0,
+        help="entropy bonus coefficient (SB3's true entropy, not our sum-of-squares)",
+    )
+    g.add_argument(
+        "--vf-coef", "--value-coef", dest="vf_coef", type=float, default=0.5, help="value loss coefficient"
+    )
+    g.add_argument(
+        "--max-grad-norm",
+        "--grad-clip",
+        dest="max_grad_norm",
+        type=float,
+        default=0.5,
+        help="gradient-norm clip",
+    )
+    g.add_argument(
+        "--minibatch-size",
+        type=int,
+        default=None,
+        help="PPO minibatch size in steps (ppo 64, recurrent-ppo 128)",
+    )
     g.add_argument("--n-epochs", type=int, default=None, help="PPO epochs per update (10)")
     g.add_argument("--clip-range", type=float, default=None, help="PPO clip range (0.2)")
-    g.add_argument("--net-arch", default=None, help="hidden layer sizes of the policy and value MLPs, e.g. '64,64'")
+    g.add_argument(
+        "--net-arch", default=None, help="hidden layer sizes of the policy and value MLPs, e.g. '64,64'"
+    )
     g.add_argument("--lstm-hidden-size", type=int, default=None, help="LSTM units of recurrent-ppo (256)")
     for name in _PLASTIC_ONLY:  # accepted so the message can say why they are refused
         flag = "--" + name.replace("_", "-")
@@ -876,29 +1024,49 @@ def train_main(argv: list[str]) -> int:
             if not isinstance(env_kwargs, dict):
                 raise ValueError(f"--env-kwargs must be a JSON object, got {args.env_kwargs!r}")
             config = SB3Config(
-                algo=args.algo, env_id=args.env, env_kwargs=env_kwargs, seed=args.seed,
-                n_envs=args.n_envs, n_steps=args.n_steps, learning_rate=args.lr, gamma=args.gamma,
-                gae_lambda=args.gae_lambda, ent_coef=args.ent_coef, vf_coef=args.vf_coef,
-                max_grad_norm=args.max_grad_norm, minibatch_size=args.minibatch_size,
-                n_epochs=args.n_epochs, clip_range=args.clip_range,
-                net_arch=_parse_net_arch(args.net_arch), lstm_hidden_size=args.lstm_hidden_size,
+                algo=args.algo,
+                env_id=args.env,
+                env_kwargs=env_kwargs,
+                seed=args.seed,
+                n_envs=args.n_envs,
+                n_steps=args.n_steps,
+                learning_rate=args.lr,
+                gamma=args.gamma,
+                gae_lambda=args.gae_lambda,
+                ent_coef=args.ent_coef,
+                vf_coef=args.vf_coef,
+                max_grad_norm=args.max_grad_norm,
+                minibatch_size=args.minibatch_size,
+                n_epochs=args.n_epochs,
+                clip_range=args.clip_range,
+                net_arch=_parse_net_arch(args.net_arch),
+                lstm_hidden_size=args.lstm_hidden_size,
             ).resolve()
             # fail before writing anything if the env options are wrong
             NativeVecEnv(config.env_id, 1, config.env_kwargs).close()
         result = train(
-            config, args.out, args.updates, resume=args.resume,
-            checkpoint_every=args.checkpoint_every, device=resolve_device(args.device),
-            progress=not args.no_progress, tensorboard=not args.no_tensorboard,
+            config,
+            args.out,
+            args.updates,
+            resume=args.resume,
+            checkpoint_every=args.checkpoint_every,
+            device=resolve_device(args.device),
+            progress=not args.no_progress,
+            tensorboard=not args.no_tensorboard,
         )
     except (ValueError, TypeError, CheckpointError, json.JSONDecodeError, MissingExtraError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
     if result.nothing_to_do:
-        print(f"nothing to do: run already has {result.updates_done} updates (asked for --updates {args.updates})")
+        print(
+            f"nothing to do: run already has {result.updates_done} updates (asked for --updates {args.updates})"
+        )
         return 0
     status = "interrupted, checkpoint saved" if result.interrupted else "done"
-    print(f"{status}: {result.updates_done} updates, recent mean episode reward "
-          f"{result.recent_reward:.3f}, run folder {args.out}")
+    print(
+        f"{status}: {result.updates_done} updates, recent mean episode reward "
+        f"{result.recent_reward:.3f}, run folder {args.out}"
+    )
     return 130 if result.interrupted else 0
 
 

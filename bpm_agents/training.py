@@ -43,8 +43,19 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 PROGRESS_FILE = "progress.csv"
 CSV_FIELDS = [
-    "update", "episodes", "env_steps", "wall_time", "reward_mean", "loss", "policy_loss",
-    "value_loss", "entropy_term", "grad_norm", "modulator_abs_mean", "eta", "eta_e",
+    "update",
+    "episodes",
+    "env_steps",
+    "wall_time",
+    "reward_mean",
+    "loss",
+    "policy_loss",
+    "value_loss",
+    "entropy_term",
+    "grad_norm",
+    "modulator_abs_mean",
+    "eta",
+    "eta_e",
 ]
 ALGO = "plastic-a2c"
 
@@ -116,8 +127,10 @@ def open_tensorboard(log_dir: Path, purge_step: int) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        info("tensorboard is not installed: no TensorBoard logs (pip install 'backpropamine-gym[tensorboard]'); "
-             "progress.csv is written as usual")
+        info(
+            "tensorboard is not installed: no TensorBoard logs (pip install 'backpropamine-gym[tensorboard]'); "
+            "progress.csv is written as usual"
+        )
         return None
     return SummaryWriter(str(log_dir), purge_step=purge_step)
 
@@ -159,9 +172,7 @@ def load_trainer(run_dir: str | Path, device: str | torch.device = "cpu") -> A2C
     meta = read_run_config(run_dir)
     algos = trainer_classes()
     if meta["algo"] not in algos:
-        raise CheckpointError(
-            f"{run_dir} was trained with {meta['algo']!r}, not one of {', '.join(algos)}"
-        )
+        raise CheckpointError(f"{run_dir} was trained with {meta['algo']!r}, not one of {', '.join(algos)}")
     config_cls, trainer_cls = algos[meta["algo"]]
     try:
         config = config_cls.from_dict(meta["config"]).resolve()
@@ -171,8 +182,7 @@ def load_trainer(run_dir: str | Path, device: str | torch.device = "cpu") -> A2C
     state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE, map_location=trainer.device)
     if state.get("env_id") != trainer.config.env_id:
         raise CheckpointError(
-            f"checkpoint is for env {state.get('env_id')!r} but the run config says "
-            f"{trainer.config.env_id!r}"
+            f"checkpoint is for env {state.get('env_id')!r} but the run config says {trainer.config.env_id!r}"
         )
     try:
         trainer.load_state_dict(state["trainer"])
@@ -191,8 +201,7 @@ def _truncate_progress(path: Path, last_update: int) -> float:
         return 0.0
     with path.open(newline="") as f:
         rows = [
-            r for r in csv.DictReader(f)
-            if r.get("update", "").isdigit() and int(r["update"]) <= last_update
+            r for r in csv.DictReader(f) if r.get("update", "").isdigit() and int(r["update"]) <= last_update
         ]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_FIELDS)
@@ -262,8 +271,12 @@ def train(
     def save() -> None:
         save_checkpoint(
             run_dir / CHECKPOINT_FILE,
-            {"algo": algo_of(trainer.config), "env_id": trainer.config.env_id, "trainer": trainer.state_dict(),
-             "config_json": json.dumps(trainer.config.to_dict())},
+            {
+                "algo": algo_of(trainer.config),
+                "env_id": trainer.config.env_id,
+                "trainer": trainer.state_dict(),
+                "config_json": json.dumps(trainer.config.to_dict()),
+            },
         )
 
     if not resume:

@@ -163,19 +163,13 @@ class BatchedTask(ABC):
             )
         if arr.dtype.kind == "f":
             if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-                raise ValueError(
-                    f"actions must be integers in 0..{self.n_actions - 1}, got {arr.tolist()}"
-                )
+                raise ValueError(f"actions must be integers in 0..{self.n_actions - 1}, got {arr.tolist()}")
         elif arr.dtype.kind not in "iu":
-            raise ValueError(
-                f"actions must be integers in 0..{self.n_actions - 1}, got dtype {arr.dtype}"
-            )
+            raise ValueError(f"actions must be integers in 0..{self.n_actions - 1}, got dtype {arr.dtype}")
         arr = arr.astype(np.int64)
         bad = (arr < 0) | (arr >= self.n_actions)
         if bad.any():
-            raise ValueError(
-                f"invalid action {arr[bad][0]!r}: allowed actions are 0..{self.n_actions - 1}"
-            )
+            raise ValueError(f"invalid action {arr[bad][0]!r}: allowed actions are 0..{self.n_actions - 1}")
         return arr
 
 
@@ -242,9 +236,7 @@ class BatchedSingleEnv(gym.Env):
             from bpm_envs.rendering import HumanWindow
 
             if self._window is None:
-                self._window = HumanWindow(
-                    title=type(self).__name__, fps=self.metadata["render_fps"]
-                )
+                self._window = HumanWindow(title=type(self).__name__, fps=self.metadata["render_fps"])
             self._window.show(self.task.render_rgb(0))
             return None
         return None
@@ -270,9 +262,7 @@ class BatchedVectorEnv(VectorEnv):
         "autoreset_mode": AutoresetMode.NEXT_STEP,
     }
 
-    def __init__(
-        self, num_envs: int = 1, render_mode: str | None = None, **task_options: Any
-    ) -> None:
+    def __init__(self, num_envs: int = 1, render_mode: str | None = None, **task_options: Any) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
                 f"render_mode={render_mode!r} is not supported by the vector env; allowed: "
@@ -312,17 +302,14 @@ class BatchedVectorEnv(VectorEnv):
                 seeds = list(seed)
                 if len(seeds) != self.num_envs:
                     raise ValueError(
-                        f"a list of seeds must have num_envs={self.num_envs} entries, "
-                        f"got {len(seeds)}"
+                        f"a list of seeds must have num_envs={self.num_envs} entries, got {len(seeds)}"
                     )
             self._rngs = [seeding.np_random(s)[0] for s in seeds]
         self.task.reset(self._all_envs, self._rngs)
         self._needs_reset[:] = False
         return self.task.observation(), self._vector_info()
 
-    def step(
-        self, actions: Any
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         if self._rngs is None:
             raise RuntimeError("call reset() before step()")
         actions = self.task.check_actions(actions)

@@ -260,8 +260,10 @@ class CueRewardTask(BatchedTask):
         """
         t = int(self.t[env])
         trial = int(self.trial[env, t])
-        header = (f"trial {trial + 1}   step {t}/{self.episode_length}   "
-                  f"reward so far {float(self.return_so_far[env]):+g}")
+        header = (
+            f"trial {trial + 1}   step {t}/{self.episode_length}   "
+            f"reward so far {float(self.return_so_far[env]):+g}"
+        )
         stim = int(self.stim[env, t])
         if self.go[env, t]:
             shown = "Go: answer now"
@@ -273,8 +275,10 @@ class CueRewardTask(BatchedTask):
         action = int(self.prev_action[env])
         if grade >= 0:
             meaning = "target in pair" if action == 1 else "target not in pair"
-            result = (f"answer {action} ({meaning}): {'right' if grade == 1 else 'wrong'}, "
-                      f"reward {float(self.prev_reward[env]):+g}")
+            result = (
+                f"answer {action} ({meaning}): {'right' if grade == 1 else 'wrong'}, "
+                f"reward {float(self.prev_reward[env]):+g}"
+            )
         elif action >= 0:
             result = f"action {action} (not a Go step: no reward)"
         else:
@@ -312,9 +316,7 @@ class CueRewardTask(BatchedTask):
         action = int(self.prev_action[env])
         colours[0, nb + 2] = R.COLORS[{-1: "neutral", 0: "trail", 1: "agent"}[action]]
         reward = float(self.prev_reward[env])
-        colours[0, nb + 3] = R.COLORS[
-            "positive" if reward > 0 else "negative" if reward < 0 else "neutral"
-        ]
+        colours[0, nb + 3] = R.COLORS["positive" if reward > 0 else "negative" if reward < 0 else "neutral"]
         cells = R.paint_cells(colours, cell_px=_CELL_PX, grid_px=1)
         header, shown, result = self.status_lines(env)
         width = _LABEL_PX + cells.shape[1]
@@ -327,12 +329,22 @@ class CueRewardTask(BatchedTask):
         top = _FRAME_PX_ABOVE_CELLS
         frame[top : top + cells.shape[0], _LABEL_PX:] = cells
         go_now = bool(self.go[env, t])
-        R.draw_text(frame, shown, 6, top + 5, _TEXT_SIZE,
-                    R.COLORS["wall"], R.COLORS["flash"] if go_now else R.COLORS["free"])
-        R.draw_text(frame, f"target {int(self.target[env])}", 6, top + _CELL_PX + 5, _TEXT_SIZE,
-                    R.COLORS["neutral"])
+        R.draw_text(
+            frame,
+            shown,
+            6,
+            top + 5,
+            _TEXT_SIZE,
+            R.COLORS["wall"],
+            R.COLORS["flash"] if go_now else R.COLORS["free"],
+        )
+        R.draw_text(
+            frame, f"target {int(self.target[env])}", 6, top + _CELL_PX + 5, _TEXT_SIZE, R.COLORS["neutral"]
+        )
         grade = int(self.answer_correct[env])
-        tint = R.COLORS["positive"] if grade == 1 else R.COLORS["negative"] if grade == 0 else R.COLORS["wall"]
+        tint = (
+            R.COLORS["positive"] if grade == 1 else R.COLORS["negative"] if grade == 0 else R.COLORS["wall"]
+        )
         R.draw_text(frame, result, 6, top + cells.shape[0] + 5, _TEXT_SIZE, tint)
         go_steps = np.flatnonzero(self.go[env, : self.episode_length])
         bar = R.timeline_bar(width, 6, t, self.episode_length, ticks=go_steps)

@@ -1,8 +1,8 @@
 """Run a uniformly random policy in a ``bpm/`` env, print its rewards, show it and/or save a GIF.
 
-    python -m bpm_envs.demo --gif maze.gif            # one maze episode -> maze.gif
-    python -m bpm_envs.demo --render human            # watch it in a pygame-ce window
-    python -m bpm_envs.demo --env bpm/CueReward-v0 --episodes 3
+python -m bpm_envs.demo --gif maze.gif            # one maze episode -> maze.gif
+python -m bpm_envs.demo --render human            # watch it in a pygame-ce window
+python -m bpm_envs.demo --env bpm/CueReward-v0 --episodes 3
 """
 
 from __future__ import annotations
@@ -34,34 +34,63 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a uniformly random policy for a few episodes of a bpm/ environment, "
         "print the total reward of each, and optionally show it in a window or save a GIF.",
     )
-    parser.add_argument("--env", default="bpm/PlasticMaze-v0", choices=bpm_envs.ENV_IDS,
-                        help="environment id (default: %(default)s)")
-    parser.add_argument("--episodes", type=_positive_int, default=1,
-                        help="number of episodes (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the first episode and of the random policy; later episodes "
-                        "continue the same generators (default: %(default)s)")
-    parser.add_argument("--render", choices=("human", "none"), default="none",
-                        help="'human' shows every step in a pygame-ce window at the env's "
-                        "render_fps (default: %(default)s)")
-    parser.add_argument("--gif", default=None, metavar="PATH",
-                        help="save every frame of every episode (first observation included) "
-                        "as an animated GIF at PATH")
-    parser.add_argument("--steps", type=_positive_int, default=None, metavar="N",
-                        help="stop each episode after at most N steps (default: the full episode)")
+    parser.add_argument(
+        "--env",
+        default="bpm/PlasticMaze-v0",
+        choices=bpm_envs.ENV_IDS,
+        help="environment id (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--episodes", type=_positive_int, default=1, help="number of episodes (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the first episode and of the random policy; later episodes "
+        "continue the same generators (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--render",
+        choices=("human", "none"),
+        default="none",
+        help="'human' shows every step in a pygame-ce window at the env's render_fps (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--gif",
+        default=None,
+        metavar="PATH",
+        help="save every frame of every episode (first observation included) as an animated GIF at PATH",
+    )
+    parser.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="stop each episode after at most N steps (default: the full episode)",
+    )
     return parser
 
 
-def run(env_id: str = "bpm/PlasticMaze-v0", episodes: int = 1, seed: int = 0,
-        render: str = "none", gif: str | None = None, steps: int | None = None) -> list[float]:
+def run(
+    env_id: str = "bpm/PlasticMaze-v0",
+    episodes: int = 1,
+    seed: int = 0,
+    render: str = "none",
+    gif: str | None = None,
+    steps: int | None = None,
+) -> list[float]:
     """Run the random-policy demo; return the total reward of each episode."""
     if render not in ("human", "none"):
         raise ValueError(f"render must be 'human' or 'none', got {render!r}")
     want_frames = render == "human" or gif is not None
     # One rgb_array env serves both the window and the GIF, so each frame is drawn once.
     env = gym.make(env_id, render_mode="rgb_array" if want_frames else None)
-    window = (HumanWindow(title=f"{env_id} (random policy)", fps=env.metadata["render_fps"])
-              if render == "human" else None)
+    window = (
+        HumanWindow(title=f"{env_id} (random policy)", fps=env.metadata["render_fps"])
+        if render == "human"
+        else None
+    )
     frames: list[np.ndarray] = []
 
     def record(episode: int, step: int, total: float) -> None:

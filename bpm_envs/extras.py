@@ -27,8 +27,10 @@ class MissingExtraError(ImportError):
 
 def extra_message(module: str, purpose: str) -> str:
     dist, extra = EXTRAS[module.split(".")[0]]
-    return (f"{purpose} needs {dist}, which is not installed; it is part of the '{extra}' extra: "
-            f"pip install 'backpropamine-gym[{extra}]'")
+    return (
+        f"{purpose} needs {dist}, which is not installed; it is part of the '{extra}' extra: "
+        f"pip install 'backpropamine-gym[{extra}]'"
+    )
 
 
 def as_missing_extra(exc: ImportError, purpose: str) -> MissingExtraError | None:

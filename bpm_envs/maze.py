@@ -26,7 +26,7 @@ step bumped a wall.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from gymnasium.vector import AutoresetMode
@@ -44,16 +44,18 @@ FLASH_PX = 4
 
 
 def _finite_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.integer, np.floating))
+        or not np.isfinite(value)
+    ):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(value)
 
 
 def build_walls(size: int) -> np.ndarray:
     """Wall map (size + 2, size + 2) bool for an odd ``size`` >= 5: border, pillars, free centre."""
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 5 \
-            or size % 2 == 0:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 5 or size % 2 == 0:
         raise ValueError(f"size (the maze interior) must be an odd integer >= 5, got {size!r}")
     side = int(size) + 2
     walls = np.zeros((side, side), dtype=bool)
@@ -76,8 +78,14 @@ class MazeTask(BatchedTask):
     n_actions = 4
     task_feature_size = 9
 
-    def __init__(self, num_envs: int = 1, size: int = 9, reward: float = 10.0,
-                 wall_penalty: float = 0.0, episode_length: int = 200) -> None:
+    def __init__(
+        self,
+        num_envs: int = 1,
+        size: int = 9,
+        reward: float = 10.0,
+        wall_penalty: float = 0.0,
+        episode_length: int = 200,
+    ) -> None:
         self.walls = build_walls(size)
         self.size = int(size)
         self.reward = _finite_number("reward", reward)
@@ -193,9 +201,13 @@ class MazeTask(BatchedTask):
             rendering.draw_border(frame, c["flash"], FLASH_PX)
         row, col = divmod(int(self.pos[env]), side)
         rendering.fill_disc(frame, row, col, CELL_PX, c["agent"])
-        bar = rendering.timeline_bar(frame.shape[1], BAR_PX, int(self.t[env]),
-                                     self.episode_length,
-                                     ticks=np.flatnonzero(self.hit_steps[env]))
+        bar = rendering.timeline_bar(
+            frame.shape[1],
+            BAR_PX,
+            int(self.t[env]),
+            self.episode_length,
+            ticks=np.flatnonzero(self.hit_steps[env]),
+        )
         return rendering.stack_rows(frame, bar)
 
     def render_ansi(self, env: int) -> str:
@@ -204,8 +216,10 @@ class MazeTask(BatchedTask):
         grid[divmod(self.reward_cell[env], self.side)] = "R"
         grid[divmod(self.pos[env], self.side)] = "A"
         lines = ["".join(row) for row in grid]
-        status = (f"t={int(self.t[env])}/{self.episode_length} "
-                  f"reward={float(self.prev_reward[env]):+g} hits={int(self.hits[env])}")
+        status = (
+            f"t={int(self.t[env])}/{self.episode_length} "
+            f"reward={float(self.prev_reward[env]):+g} hits={int(self.hits[env])}"
+        )
         if self.hit[env]:
             status += " HIT (teleported)"
         elif self.bumped[env]:

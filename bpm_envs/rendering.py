@@ -55,9 +55,7 @@ def check_frame(frame: Any) -> np.ndarray:
     """Return ``frame`` if it is an (H, W, 3) uint8 array with H, W >= 1; else raise ValueError."""
     arr = np.asarray(frame)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or 0 in arr.shape:
-        raise ValueError(
-            f"a frame must be an (H, W, 3) uint8 array, got shape {arr.shape} dtype {arr.dtype}"
-        )
+        raise ValueError(f"a frame must be an (H, W, 3) uint8 array, got shape {arr.shape} dtype {arr.dtype}")
     return arr
 
 
@@ -69,8 +67,9 @@ def blend(a: Sequence[int], b: Sequence[int], alpha: float) -> Color:
     return tuple(int(v) for v in np.rint(mixed))  # type: ignore[return-value]
 
 
-def paint_cells(colors: np.ndarray, cell_px: int, grid_px: int = 0,
-                grid_color: Sequence[int] = COLORS["grid"]) -> np.ndarray:
+def paint_cells(
+    colors: np.ndarray, cell_px: int, grid_px: int = 0, grid_color: Sequence[int] = COLORS["grid"]
+) -> np.ndarray:
     """Paint a grid of coloured cells: ``colors`` (R, C, 3) uint8 -> (R*cell_px, C*cell_px, 3).
 
     Each cell becomes a ``cell_px`` x ``cell_px`` square; with ``grid_px > 0`` the first
@@ -79,8 +78,7 @@ def paint_cells(colors: np.ndarray, cell_px: int, grid_px: int = 0,
     colors = np.asarray(colors)
     if colors.ndim != 3 or colors.shape[2] != 3 or colors.dtype != np.uint8:
         raise ValueError(
-            f"colors must be an (R, C, 3) uint8 array, "
-            f"got shape {colors.shape} dtype {colors.dtype}"
+            f"colors must be an (R, C, 3) uint8 array, got shape {colors.shape} dtype {colors.dtype}"
         )
     if isinstance(cell_px, bool) or not isinstance(cell_px, (int, np.integer)) or cell_px < 1:
         raise ValueError(f"cell_px must be an integer >= 1, got {cell_px!r}")
@@ -97,30 +95,30 @@ def paint_cells(colors: np.ndarray, cell_px: int, grid_px: int = 0,
 
 def _cell_box(frame: np.ndarray, row: int, col: int, cell_px: int) -> tuple[int, int]:
     top, left = row * cell_px, col * cell_px
-    if not (0 <= top and top + cell_px <= frame.shape[0] and 0 <= left
-            and left + cell_px <= frame.shape[1]):
-        raise ValueError(f"cell ({row}, {col}) of {cell_px} px lies outside a frame of shape "
-                         f"{frame.shape}")
+    if not (0 <= top and top + cell_px <= frame.shape[0] and 0 <= left and left + cell_px <= frame.shape[1]):
+        raise ValueError(f"cell ({row}, {col}) of {cell_px} px lies outside a frame of shape {frame.shape}")
     return top, left
 
 
-def fill_inset(frame: np.ndarray, row: int, col: int, cell_px: int, color: Sequence[int],
-               margin: int = 0) -> np.ndarray:
+def fill_inset(
+    frame: np.ndarray, row: int, col: int, cell_px: int, color: Sequence[int], margin: int = 0
+) -> np.ndarray:
     """Fill cell (``row``, ``col``) of ``frame`` with ``color``, leaving ``margin`` px on each side.
 
     Modifies ``frame`` in place and returns it.
     """
     top, left = _cell_box(frame, row, col, cell_px)
     if not 0 <= 2 * margin < cell_px:
-        raise ValueError(f"margin must be in 0..{(cell_px - 1) // 2} for {cell_px} px cells, "
-                         f"got {margin!r}")
-    frame[top + margin:top + cell_px - margin, left + margin:left + cell_px - margin] = (
-        _check_color(color))
+        raise ValueError(f"margin must be in 0..{(cell_px - 1) // 2} for {cell_px} px cells, got {margin!r}")
+    frame[top + margin : top + cell_px - margin, left + margin : left + cell_px - margin] = _check_color(
+        color
+    )
     return frame
 
 
-def fill_disc(frame: np.ndarray, row: int, col: int, cell_px: int, color: Sequence[int],
-              radius_frac: float = 0.36) -> np.ndarray:
+def fill_disc(
+    frame: np.ndarray, row: int, col: int, cell_px: int, color: Sequence[int], radius_frac: float = 0.36
+) -> np.ndarray:
     """Draw a disc of radius ``radius_frac * cell_px`` centred in cell (``row``, ``col``), in place.
 
     The cell's centre pixel, (row * cell_px + cell_px // 2, col * cell_px + cell_px // 2), is
@@ -132,7 +130,7 @@ def fill_disc(frame: np.ndarray, row: int, col: int, cell_px: int, color: Sequen
     centre = cell_px // 2
     yy, xx = np.mgrid[0:cell_px, 0:cell_px]
     mask = (yy - centre) ** 2 + (xx - centre) ** 2 <= (radius_frac * cell_px) ** 2
-    frame[top:top + cell_px, left:left + cell_px][mask] = _check_color(color)
+    frame[top : top + cell_px, left : left + cell_px][mask] = _check_color(color)
     return frame
 
 
@@ -145,9 +143,16 @@ def draw_border(frame: np.ndarray, color: Sequence[int], width: int) -> np.ndarr
     return frame
 
 
-def timeline_bar(width: int, height: int, t: int, total: int, ticks: Iterable[int] = (),
-                 fg: Sequence[int] = COLORS["bar_fg"], bg: Sequence[int] = COLORS["bar_bg"],
-                 tick_color: Sequence[int] = COLORS["flash"]) -> np.ndarray:
+def timeline_bar(
+    width: int,
+    height: int,
+    t: int,
+    total: int,
+    ticks: Iterable[int] = (),
+    fg: Sequence[int] = COLORS["bar_fg"],
+    bg: Sequence[int] = COLORS["bar_bg"],
+    tick_color: Sequence[int] = COLORS["flash"],
+) -> np.ndarray:
     """A text-free time bar (height, width, 3) uint8: filled up to ``t / total``, events ticked.
 
     The filled part covers columns ``[0, round(width * t / total))``; while ``total <= width`` it
@@ -196,8 +201,12 @@ def _font(size: int) -> Any:
     return _FONTS[size]
 
 
-def text_image(text: str, size: int = 18, color: Sequence[int] = COLORS["wall"],
-               background: Sequence[int] = COLORS["free"]) -> np.ndarray:
+def text_image(
+    text: str,
+    size: int = 18,
+    color: Sequence[int] = COLORS["wall"],
+    background: Sequence[int] = COLORS["free"],
+) -> np.ndarray:
     """``text`` drawn in pygame-ce's default font: (line height, text width, 3) uint8.
 
     Not anti-aliased, so a frame keeps two colours per label (GIF palettes stay exact).
@@ -211,12 +220,22 @@ def text_image(text: str, size: int = 18, color: Sequence[int] = COLORS["wall"],
     return np.ascontiguousarray(pygame.surfarray.array3d(surface).transpose(1, 0, 2)).astype(np.uint8)
 
 
-def draw_text(frame: np.ndarray, text: str, x: int, y: int, size: int = 18,
-              color: Sequence[int] = COLORS["wall"], background: Sequence[int] | None = None) -> int:
+def draw_text(
+    frame: np.ndarray,
+    text: str,
+    x: int,
+    y: int,
+    size: int = 18,
+    color: Sequence[int] = COLORS["wall"],
+    background: Sequence[int] | None = None,
+) -> int:
     """Draw ``text`` into ``frame`` in place with its top-left corner at (x, y), clipped to the
     frame; ``background`` defaults to the frame's colour there. Returns the text's width in px."""
-    bg = tuple(int(v) for v in frame[min(y, frame.shape[0] - 1), min(x, frame.shape[1] - 1)]) \
-        if background is None else background
+    bg = (
+        tuple(int(v) for v in frame[min(y, frame.shape[0] - 1), min(x, frame.shape[1] - 1)])
+        if background is None
+        else background
+    )
     img = text_image(text, size, color, bg)
     h = min(img.shape[0], frame.shape[0] - y)
     w = min(img.shape[1], frame.shape[1] - x)
@@ -225,14 +244,18 @@ def draw_text(frame: np.ndarray, text: str, x: int, y: int, size: int = 18,
     return int(img.shape[1])
 
 
-def caption_strip(width: int, text: str, height: int = 18, size: int = 16,
-                  color: Sequence[int] = COLORS["wall"],
-                  background: Sequence[int] = COLORS["grid"]) -> np.ndarray:
+def caption_strip(
+    width: int,
+    text: str,
+    height: int = 18,
+    size: int = 16,
+    color: Sequence[int] = COLORS["wall"],
+    background: Sequence[int] = COLORS["grid"],
+) -> np.ndarray:
     """A (height, width, 3) strip holding one line of text, for captions under or over frames."""
     strip = np.empty((height, width, 3), dtype=np.uint8)
     strip[:] = _check_color(background)
-    draw_text(strip, text, 4, max(0, (height - _font(size).get_linesize()) // 2 + 1), size, color,
-              background)
+    draw_text(strip, text, 4, max(0, (height - _font(size).get_linesize()) // 2 + 1), size, color, background)
     return strip
 
 
@@ -247,8 +270,12 @@ class HumanWindow:
     """
 
     def __init__(self, title: str = "bpm", fps: float = 10) -> None:
-        if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) \
-                or not np.isfinite(fps) or fps <= 0:
+        if (
+            isinstance(fps, bool)
+            or not isinstance(fps, (int, float, np.integer, np.floating))
+            or not np.isfinite(fps)
+            or fps <= 0
+        ):
             raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
         self.title = str(title)
         self.fps = float(fps)
@@ -283,9 +310,12 @@ class HumanWindow:
         height, width = frame.shape[:2]
         pg = self._pygame
         # pygame has one display per process: another window may have closed or replaced ours
-        if (self._screen is None or not pg.display.get_init()
-                or pg.display.get_surface() is not self._screen
-                or self._screen.get_size() != (width, height)):
+        if (
+            self._screen is None
+            or not pg.display.get_init()
+            or pg.display.get_surface() is not self._screen
+            or self._screen.get_size() != (width, height)
+        ):
             self._open(width, height)
             pg = self._pygame
         for event in pg.event.get():
@@ -319,8 +349,9 @@ def _to_palette_images(frames: Sequence[np.ndarray]) -> list[Any]:
 
     Image = require("PIL.Image", "saving a GIF")
 
-    packed = [(f[..., 0].astype(np.int32) << 16) | (f[..., 1].astype(np.int32) << 8) | f[..., 2]
-              for f in frames]
+    packed = [
+        (f[..., 0].astype(np.int32) << 16) | (f[..., 1].astype(np.int32) << 8) | f[..., 2] for f in frames
+    ]
     seen = np.zeros(1 << 24, dtype=bool)
     for p in packed:
         seen[p] = True
@@ -357,6 +388,12 @@ def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike[str], fps: fl
     images = _to_palette_images(checked)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    images[0].save(out, format="GIF", save_all=True, append_images=images[1:],
-                   duration=max(1, int(round(1000.0 / fps))), loop=0)
+    images[0].save(
+        out,
+        format="GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=max(1, int(round(1000.0 / fps))),
+        loop=0,
+    )
     return out

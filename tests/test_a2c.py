@@ -62,9 +62,21 @@ def test_policy_term_does_not_train_the_value():
 
 def test_task_defaults_follow_the_paper():
     cue = A2CConfig(env_id="bpm/CueReward-v0", rule="simple").resolve()
-    assert (cue.hidden_size, cue.lr, cue.adam_eps, cue.grad_clip, cue.entropy_coef) == (200, 1e-4, 1e-6, 2.0, 0.1)
+    assert (cue.hidden_size, cue.lr, cue.adam_eps, cue.grad_clip, cue.entropy_coef) == (
+        200,
+        1e-4,
+        1e-6,
+        2.0,
+        0.1,
+    )
     maze = A2CConfig(env_id="bpm/PlasticMaze-v0", rule="retroactive").resolve()
-    assert (maze.hidden_size, maze.adam_eps, maze.grad_clip, maze.entropy_coef, maze.eta_e_init) == (100, 1e-4, 4.0, 0.03, 0.01)
+    assert (maze.hidden_size, maze.adam_eps, maze.grad_clip, maze.entropy_coef, maze.eta_e_init) == (
+        100,
+        1e-4,
+        4.0,
+        0.03,
+        0.01,
+    )
     assert A2CConfig(env_id="bpm/PlasticMaze-v0", rule="none").resolve().hidden_size == 139
 
 
@@ -105,7 +117,11 @@ def test_update_changes_parameters_and_reports_metrics():
     assert metrics["update"] == 1 and math.isfinite(metrics["loss"])
     assert 0 < metrics["modulator_abs_mean"] <= 1  # tanh modulator
     changed = [k for k, v in trainer.policy.state_dict().items() if not torch.equal(v, before[k])]
-    assert "core.w" in changed and "core.synapses.alpha" in changed and "core.synapses.modulator.weight" in changed
+    assert (
+        "core.w" in changed
+        and "core.synapses.alpha" in changed
+        and "core.synapses.modulator.weight" in changed
+    )
 
 
 def test_same_seed_same_run_and_state_dict_resumes_exactly():
@@ -138,8 +154,10 @@ def test_configs_round_trip_and_refuse_unknown_keys():
         SB3Config.from_dict({"algo": "ppo", "n_layers": 3})
 
 
-@pytest.mark.parametrize("env_id,rule", [("bpm/CueReward-v0", "retroactive"), ("bpm/PlasticMaze-v0", "none"),
-                                         ("bpm/PlasticMaze-v0", "hebbian")])
+@pytest.mark.parametrize(
+    "env_id,rule",
+    [("bpm/CueReward-v0", "retroactive"), ("bpm/PlasticMaze-v0", "none"), ("bpm/PlasticMaze-v0", "hebbian")],
+)
 def test_learning_from_the_acting_record_equals_the_replay(env_id, rule):
     """Act once, learn once: the gradients of the A2C loss from the acting record equal those of
     replaying the episodes (float32, rounding only), for the policy, value and plastic weights."""

@@ -27,10 +27,25 @@ ROOT = Path(__file__).resolve().parents[1]
 CUE = "bpm/CueReward-v0"
 MAZE = "bpm/PlasticMaze-v0"
 T = 30
-ENV = {**os.environ, "SDL_VIDEODRIVER": "dummy", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1",
-       "PYGAME_HIDE_SUPPORT_PROMPT": "1"}
-TINY = ["--batch-size", "4", "--hidden-size", "8", "--env-kwargs", json.dumps({"episode_length": T}),
-        "--unroll", "reference", "--no-progress", "--no-tensorboard"]
+ENV = {
+    **os.environ,
+    "SDL_VIDEODRIVER": "dummy",
+    "MPLBACKEND": "Agg",
+    "OMP_NUM_THREADS": "1",
+    "PYGAME_HIDE_SUPPORT_PROMPT": "1",
+}
+TINY = [
+    "--batch-size",
+    "4",
+    "--hidden-size",
+    "8",
+    "--env-kwargs",
+    json.dumps({"episode_length": T}),
+    "--unroll",
+    "reference",
+    "--no-progress",
+    "--no-tensorboard",
+]
 
 
 def command(script: str, *args: str) -> list[str]:
@@ -38,13 +53,25 @@ def command(script: str, *args: str) -> list[str]:
 
 
 def run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(command(script, *args), cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        command(script, *args), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def train_args(out: Path, env: str = CUE, rule: str = "retroactive", updates: int = 4) -> list[str]:
-    return ["--env", env, "--plasticity", rule, "--updates", str(updates), "--seed", "3",
-            "--out", str(out), *TINY]
+    return [
+        "--env",
+        env,
+        "--plasticity",
+        rule,
+        "--updates",
+        str(updates),
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+        *TINY,
+    ]
 
 
 def progress_rows(run_dir: Path) -> list[dict[str, str]]:
@@ -75,11 +102,22 @@ def runs(tmp_path_factory):
     """An uninterrupted 4-update cue run and a 3-update maze run, trained concurrently."""
     base = tmp_path_factory.mktemp("cli")
     jobs = {
-        "cue": subprocess.Popen(command("train.py", *train_args(base / "cue")), cwd=ROOT, env=ENV,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-        "maze": subprocess.Popen(command("train.py", *train_args(base / "maze", MAZE, "simple", 3)),
-                                 cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True),
+        "cue": subprocess.Popen(
+            command("train.py", *train_args(base / "cue")),
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ),
+        "maze": subprocess.Popen(
+            command("train.py", *train_args(base / "maze", MAZE, "simple", 3)),
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ),
     }
     for name, job in jobs.items():
         out, err = job.communicate(timeout=180)
@@ -109,8 +147,7 @@ def test_resume_equals_an_uninterrupted_run(runs):
     first = run("train.py", *train_args(part, updates=2))
     assert first.returncode == 0, first.stderr
     assert load_checkpoint(part / "checkpoint.pt")["trainer"]["updates_done"] == 2
-    second = run("train.py", "--out", part, "--resume", "--updates", "4", "--no-progress",
-                 "--no-tensorboard")
+    second = run("train.py", "--out", part, "--resume", "--updates", "4", "--no-progress", "--no-tensorboard")
     assert second.returncode == 0, second.stderr
     whole = load_checkpoint(runs["cue"] / "checkpoint.pt")
     resumed = load_checkpoint(part / "checkpoint.pt")
@@ -124,10 +161,14 @@ def test_resume_equals_an_uninterrupted_run(runs):
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_continues(runs):
     out = runs["base"] / "interrupted"
-    proc = subprocess.Popen(command("train.py", *train_args(out, updates=100000),
-                                    "--checkpoint-every", "100000"),
-                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        command("train.py", *train_args(out, updates=100000), "--checkpoint-every", "100000"),
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -146,8 +187,9 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(runs):
     done = load_checkpoint(out / "checkpoint.pt")["trainer"]["updates_done"]
     assert done >= 1 and len(progress_rows(out)) == done
     target = max(4, done + 1)
-    resumed = run("train.py", "--out", out, "--resume", "--updates", str(target), "--no-progress",
-                  "--no-tensorboard")
+    resumed = run(
+        "train.py", "--out", out, "--resume", "--updates", str(target), "--no-progress", "--no-tensorboard"
+    )
     assert resumed.returncode == 0, resumed.stderr
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["trainer"]["updates_done"] == target
@@ -161,8 +203,23 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(runs):
 
 def test_evaluate_json_gif_and_modulator_plot(runs, tmp_path):
     gif, png = tmp_path / "cue.gif", tmp_path / "fig3.png"
-    res = run("evaluate.py", runs["cue"], "--episodes", "12", "--batch-size", "5", "--json",
-              "--seed", "1", "--gif", gif, "--gif-episodes", "2", "--plot-modulator", png)
+    res = run(
+        "evaluate.py",
+        runs["cue"],
+        "--episodes",
+        "12",
+        "--batch-size",
+        "5",
+        "--json",
+        "--seed",
+        "1",
+        "--gif",
+        gif,
+        "--gif-episodes",
+        "2",
+        "--plot-modulator",
+        png,
+    )
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)  # the whole stdout is one JSON object
     assert data["episodes"] == 12 and len(data["episode_rewards"]) == 12
@@ -173,7 +230,8 @@ def test_evaluate_json_gif_and_modulator_plot(runs, tmp_path):
     rows = data["correct_by_trial"]
     assert rows[0]["trial"] == 0 and rows[0]["answers"] == 12  # every episode answers trial 0
     assert sum(r["correct"] for r in rows) / sum(r["answers"] for r in rows) == pytest.approx(
-        data["fraction_correct"])
+        data["fraction_correct"]
+    )
     assert data["gif"] == str(gif) and data["modulator_plot"] == str(png)
     with Image.open(gif) as im:
         assert im.format == "GIF" and im.n_frames == 2 * (T + 1)
@@ -204,22 +262,34 @@ def bad_input_cases(runs, tmp_path):
     (other_env / "config.json").write_text(json.dumps(meta))
     (tmp_path / "plain").mkdir()
     return {
-        "unknown env": (["train.py", *train_args(tmp_path / "a", env="bpm/Nope-v0")],
-                        "unknown env id 'bpm/Nope-v0'"),
-        "unknown plasticity": (["train.py", *train_args(tmp_path / "b", rule="magic")],
-                               "invalid choice: 'magic'"),
-        "unknown env option": (["train.py", *train_args(tmp_path / "d"), "--env-kwargs",
-                                '{"colour": 1}'], "bad env options {'colour': 1}"),
-        "hidden size 0": (["train.py", *train_args(tmp_path / "c"), "--hidden-size", "0"],
-                          "hidden_size must be >= 1, got 0"),
+        "unknown env": (
+            ["train.py", *train_args(tmp_path / "a", env="bpm/Nope-v0")],
+            "unknown env id 'bpm/Nope-v0'",
+        ),
+        "unknown plasticity": (
+            ["train.py", *train_args(tmp_path / "b", rule="magic")],
+            "invalid choice: 'magic'",
+        ),
+        "unknown env option": (
+            ["train.py", *train_args(tmp_path / "d"), "--env-kwargs", '{"colour": 1}'],
+            "bad env options {'colour': 1}",
+        ),
+        "hidden size 0": (
+            ["train.py", *train_args(tmp_path / "c"), "--hidden-size", "0"],
+            "hidden_size must be >= 1, got 0",
+        ),
         "existing run folder": (["train.py", *train_args(runs["cue"])], "already holds a run"),
-        "resume corrupted": (["train.py", "--out", corrupt, "--resume", "--updates", "5"],
-                             "not a readable checkpoint"),
+        "resume corrupted": (
+            ["train.py", "--out", corrupt, "--resume", "--updates", "5"],
+            "not a readable checkpoint",
+        ),
         "missing run folder": (["evaluate.py", tmp_path / "nowhere"], "does not exist"),
         "not a run folder": (["evaluate.py", tmp_path / "plain"], "not a run folder"),
         "corrupted checkpoint": (["evaluate.py", corrupt], "not a readable checkpoint"),
-        "checkpoint for another env": (["evaluate.py", other_env],
-                                       "checkpoint is for env 'bpm/CueReward-v0'"),
+        "checkpoint for another env": (
+            ["evaluate.py", other_env],
+            "checkpoint is for env 'bpm/CueReward-v0'",
+        ),
     }
 
 
@@ -229,9 +299,17 @@ SUBPROCESS_CASES = ("unknown env", "corrupted checkpoint")
 
 def test_bad_input_exits_2_subprocess(runs, tmp_path):
     cases = bad_input_cases(runs, tmp_path)
-    jobs = {name: subprocess.Popen(command(*cases[name][0]), cwd=ROOT, env=ENV,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for name in SUBPROCESS_CASES}
+    jobs = {
+        name: subprocess.Popen(
+            command(*cases[name][0]),
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in SUBPROCESS_CASES
+    }
     for name, job in jobs.items():
         stdout, stderr = job.communicate(timeout=120)
         assert job.returncode == 2, f"{name}: rc={job.returncode} {stderr}"
@@ -270,9 +348,30 @@ def test_train_py_routes_sb3_flags_and_resumes_by_the_saved_algo(tmp_path, capsy
     main = load_script("train").main
     out = tmp_path / "ppo"
     common = ["--no-progress", "--no-tensorboard", "--threads", "1"]
-    assert main(["--algo", "ppo", "--env", "bpm/PlasticMaze-v0", "--n-envs", "2", "--n-steps", "16",
-                 "--minibatch-size", "16", "--n-epochs", "1", "--updates", "1", "--out", str(out),
-                 *common]) == 0
+    assert (
+        main(
+            [
+                "--algo",
+                "ppo",
+                "--env",
+                "bpm/PlasticMaze-v0",
+                "--n-envs",
+                "2",
+                "--n-steps",
+                "16",
+                "--minibatch-size",
+                "16",
+                "--n-epochs",
+                "1",
+                "--updates",
+                "1",
+                "--out",
+                str(out),
+                *common,
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "config.json").read_text())["algo"] == "ppo"
     assert main(["--out", str(out), "--resume", "--updates", "2", *common]) == 0
     assert [r["update"] for r in progress_rows(out)] == ["1", "2"]

@@ -32,8 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(env_id: str, rule: str) -> A2CConfig:
-    return A2CConfig(env_id=env_id, rule=rule, hidden_size=8, batch_size=4,
-                     env_kwargs={"episode_length": T}, unroll_impl="reference").resolve()
+    return A2CConfig(
+        env_id=env_id,
+        rule=rule,
+        hidden_size=8,
+        batch_size=4,
+        env_kwargs={"episode_length": T},
+        unroll_impl="reference",
+    ).resolve()
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +105,9 @@ def test_correct_by_trial_from_hand_made_infos():
     # "trial" is that of the step shown next; "answer_correct" grades the action just taken.
     trial_shown = [[0, 0], [0, 0], [1, 1], [1, 1], [1, 1], [2, 1], [2, 2]]
     graded = [[-1, -1], [-1, -1], [1, -1], [-1, 0], [-1, -1], [0, -1], [-1, 1]]
-    infos = [{"trial": np.array(t), "answer_correct": np.array(g, np.int8)}
-             for t, g in zip(trial_shown, graded)]
+    infos = [
+        {"trial": np.array(t), "answer_correct": np.array(g, np.int8)} for t, g in zip(trial_shown, graded)
+    ]
     trial, grade = ev.answers_from_infos(infos)
     assert trial.shape == grade.shape == (2, 6)
     acc = ev.correct_by_trial(trial, grade)
@@ -288,9 +295,17 @@ def test_non_plastic_a2c_runs_go_to_the_sb3_loader(runs, tmp_path, monkeypatch):
 def test_recurrent_ppo_run_is_evaluated_with_its_lstm_state(tmp_path):
     from bpm_agents import sb3
 
-    cfg = sb3.SB3Config(algo="recurrent-ppo", env_id=CUE, env_kwargs={"episode_length": T},
-                        n_envs=2, n_steps=16, minibatch_size=32, n_epochs=1, lstm_hidden_size=8,
-                        net_arch=[8])
+    cfg = sb3.SB3Config(
+        algo="recurrent-ppo",
+        env_id=CUE,
+        env_kwargs={"episode_length": T},
+        n_envs=2,
+        n_steps=16,
+        minibatch_size=32,
+        n_epochs=1,
+        lstm_hidden_size=8,
+        net_arch=[8],
+    )
     sb3.train(cfg, tmp_path / "rppo", updates=1, progress=False, tensorboard=False)
     agent = ev.load_agent(tmp_path / "rppo")
     assert agent.algo == "recurrent-ppo" and agent.env_id == CUE
@@ -301,8 +316,9 @@ def test_recurrent_ppo_run_is_evaluated_with_its_lstm_state(tmp_path):
         obs, _ = env.reset(seed=2 + j)
         state, total = None, 0.0
         for t in range(T):
-            a, state = agent.model.predict(obs[None], state=state, episode_start=np.array([t == 0]),
-                                           deterministic=True)
+            a, state = agent.model.predict(
+                obs[None], state=state, episode_start=np.array([t == 0]), deterministic=True
+            )
             obs, reward, *_ = env.step(int(a[0]))
             total += reward
         assert result.episode_rewards[j] == total

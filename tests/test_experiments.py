@@ -71,8 +71,17 @@ def rewards(run_dir: Path) -> list[str]:
 
 
 def sweep(exp, out, updates, seeds=(0,), **kw):
-    return run_sweep(exp, out, list(seeds), updates, backend="inline", stream=None, busy_window=0,
-                     checkpoint_every=kw.pop("checkpoint_every", 2), **kw)
+    return run_sweep(
+        exp,
+        out,
+        list(seeds),
+        updates,
+        backend="inline",
+        stream=None,
+        busy_window=0,
+        checkpoint_every=kw.pop("checkpoint_every", 2),
+        **kw,
+    )
 
 
 # ---------------------------------------------------------------- definitions
@@ -85,9 +94,17 @@ def test_builtin_experiments_are_the_papers():
     assert [c.name for c in BUILTIN["a5"].conditions] == cue
     assert BUILTIN["a5"].env_kwargs == {"fixed_cues": True}
     assert [c.name for c in BUILTIN["fig2"].conditions] == [
-        "simple-N100", "retroactive-N100", "hebbian-N101", "none-N139", "none-N100"]
+        "simple-N100",
+        "retroactive-N100",
+        "hebbian-N101",
+        "none-N139",
+        "none-N100",
+    ]
     assert {c.label for c in BUILTIN["fig2"].claims} == {
-        "simple-N100 > hebbian-N101", "retroactive-N100 > hebbian-N101", "simple-N100 > none-N139"}
+        "simple-N100 > hebbian-N101",
+        "retroactive-N100 > hebbian-N101",
+        "simple-N100 > none-N139",
+    }
     for exp in BUILTIN.values():
         assert exp.protocols == {"paper": {}}
         assert experiment_from_dict(json.loads(json.dumps(exp.to_dict()))) == exp
@@ -98,28 +115,42 @@ def test_paper_protocol_equals_the_train_py_config():
     for exp in BUILTIN.values():
         for cond in exp.conditions:
             cfg = resolve_run_config(exp, cond.name, "paper", seed=3)
-            assert cfg == A2CConfig(env_id=exp.env_id, rule=cond.rule, hidden_size=cond.hidden_size,
-                                    env_kwargs=exp.env_kwargs, seed=3).resolve()
+            assert (
+                cfg
+                == A2CConfig(
+                    env_id=exp.env_id,
+                    rule=cond.rule,
+                    hidden_size=cond.hidden_size,
+                    env_kwargs=exp.env_kwargs,
+                    seed=3,
+                ).resolve()
+            )
 
 
-@pytest.mark.parametrize("change, words", [
-    (lambda d: d.pop("env_id"), ["missing field 'env_id'"]),
-    (lambda d: d.update(colour=1), ["unknown field", "colour"]),
-    (lambda d: d.update(env_id="bpm/Nope-v0"), ["bpm/Nope-v0"]),
-    (lambda d: d["conditions"][0].update(rule="oja"), ["none-N8", "'oja'", "hebbian"]),
-    (lambda d: d["conditions"][0].update(hidden_size=0), ["hidden_size", "0"]),
-    (lambda d: d["conditions"][0].update(name="a/b"), ["'a/b'"]),
-    (lambda d: d["conditions"][1].update(name="none-N8"), ["used twice"]),
-    (lambda d: d["conditions"][0]["overrides"].update(lr="fast"), ["lr", "'fast'"]),
-    (lambda d: d["conditions"][0]["overrides"].update(seed=1), ["'seed'", "--seeds"]),
-    (lambda d: d["conditions"][0]["overrides"].update(learning_rate=1), ["learning_rate", "allowed"]),
-    (lambda d: d["conditions"][0]["overrides"].update(lr=-1.0), ["lr must be a finite number > 0", "-1.0"]),
-    (lambda d: d["conditions"][0]["overrides"].update(unroll_impl="gpu"), ["unroll_impl", "'gpu'"]),
-    (lambda d: d["protocols"]["fast"].update(batch_size=4), ["both set", "batch_size"]),
-    (lambda d: d["claims"][0].update(worse="rnn"), ["worse", "'rnn'"]),
-    (lambda d: d["claims"][0].update(relation="<"), ["relation", "'<'"]),
-    (lambda d: d.update(env_kwargs={"colour": 1}), ["env_kwargs", "colour"]),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda d: d.pop("env_id"), ["missing field 'env_id'"]),
+        (lambda d: d.update(colour=1), ["unknown field", "colour"]),
+        (lambda d: d.update(env_id="bpm/Nope-v0"), ["bpm/Nope-v0"]),
+        (lambda d: d["conditions"][0].update(rule="oja"), ["none-N8", "'oja'", "hebbian"]),
+        (lambda d: d["conditions"][0].update(hidden_size=0), ["hidden_size", "0"]),
+        (lambda d: d["conditions"][0].update(name="a/b"), ["'a/b'"]),
+        (lambda d: d["conditions"][1].update(name="none-N8"), ["used twice"]),
+        (lambda d: d["conditions"][0]["overrides"].update(lr="fast"), ["lr", "'fast'"]),
+        (lambda d: d["conditions"][0]["overrides"].update(seed=1), ["'seed'", "--seeds"]),
+        (lambda d: d["conditions"][0]["overrides"].update(learning_rate=1), ["learning_rate", "allowed"]),
+        (
+            lambda d: d["conditions"][0]["overrides"].update(lr=-1.0),
+            ["lr must be a finite number > 0", "-1.0"],
+        ),
+        (lambda d: d["conditions"][0]["overrides"].update(unroll_impl="gpu"), ["unroll_impl", "'gpu'"]),
+        (lambda d: d["protocols"]["fast"].update(batch_size=4), ["both set", "batch_size"]),
+        (lambda d: d["claims"][0].update(worse="rnn"), ["worse", "'rnn'"]),
+        (lambda d: d["claims"][0].update(relation="<"), ["relation", "'<'"]),
+        (lambda d: d.update(env_kwargs={"colour": 1}), ["env_kwargs", "colour"]),
+    ],
+)
 def test_user_experiment_validation_names_the_bad_field(change, words):
     d = tiny_dict()
     change(d)
@@ -191,15 +222,22 @@ def test_sweep_adopts_a_train_py_folder_and_refuses_a_different_config(tiny, tmp
     train(cfg, out / "none-N8" / "seed0", 2, checkpoint_every=1, progress=False, tensorboard=False)
     res = sweep(tiny, out, 4, seeds=(0,))
     assert {(o["condition"], o["status"], o["updates_done"]) for o in res.outcomes} == {
-        ("none-N8", "done", 4), ("hebbian-N8", "done", 4)}
+        ("none-N8", "done", 4),
+        ("hebbian-N8", "done", 4),
+    }
     straight = tmp_path / "straight"
     train(cfg, straight, 4, progress=False, tensorboard=False)
     assert rewards(out / "none-N8" / "seed0") == rewards(straight)
 
     # a folder with another protocol's config: the whole sweep is refused, nothing started
     other = tmp_path / "other"
-    train(resolve_run_config(tiny, "hebbian-N8", "fast", 0), other / "hebbian-N8" / "seed0", 1,
-          progress=False, tensorboard=False)
+    train(
+        resolve_run_config(tiny, "hebbian-N8", "fast", 0),
+        other / "hebbian-N8" / "seed0",
+        1,
+        progress=False,
+        tensorboard=False,
+    )
     with pytest.raises(SweepError) as err:
         sweep(tiny, other, 4, seeds=(0,))
     assert str(other / "hebbian-N8" / "seed0") in str(err.value) and "lr: folder=0.001" in str(err.value)
@@ -210,10 +248,43 @@ def test_sweep_adopts_a_train_py_folder_and_refuses_a_different_config(tiny, tmp
     msg = capsys.readouterr().err
     assert "differing fields: lr" in msg and "Traceback" not in msg
     # the same folder under its own protocol is fine, but one folder holds one protocol
-    assert main(["run", str(exp_file), "--seeds", "0", "--updates", "1", "--protocol", "fast",
-                 "--backend", "inline", "--out", str(other)]) == 0
-    assert main(["run", str(exp_file), "--seeds", "0", "--updates", "1", "--out", str(out),
-                 "--protocol", "fast", "--dry-run"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                str(exp_file),
+                "--seeds",
+                "0",
+                "--updates",
+                "1",
+                "--protocol",
+                "fast",
+                "--backend",
+                "inline",
+                "--out",
+                str(other),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "run",
+                str(exp_file),
+                "--seeds",
+                "0",
+                "--updates",
+                "1",
+                "--out",
+                str(out),
+                "--protocol",
+                "fast",
+                "--dry-run",
+            ]
+        )
+        == 2
+    )
     assert "differing fields" in capsys.readouterr().err
 
 
@@ -247,7 +318,10 @@ def test_progress_line_and_a_folder_another_process_is_training(tiny, tmp_path):
     status = {o["condition"]: o["status"] for o in res.outcomes}
     assert status == {"none-N8": "busy", "hebbian-N8": "done"} and res.exit_code == 1
     assert progress.read_bytes() == before
-    assert "another process" in json.loads((out / "sweep.json").read_text())["failures"]["none-N8/seed0"]["message"]
+    assert (
+        "another process"
+        in json.loads((out / "sweep.json").read_text())["failures"]["none-N8/seed0"]["message"]
+    )
     assert {r.condition: r.state for r in sweep_status(out)}["none-N8"] == "failed (busy)"
 
 
@@ -257,11 +331,17 @@ def test_status_table(tiny, tmp_path, capsys):
     sweep(tiny, out, 5, seeds=(1,))
     rows = sweep_status(out)
     got = {(r.condition, r.seed): (r.updates_logged, r.updates_saved, r.target, r.state) for r in rows}
-    assert got == {("none-N8", 0): (3, 3, 3, "done"), ("hebbian-N8", 0): (3, 3, 3, "done"),
-                   ("none-N8", 1): (5, 5, 5, "done"), ("hebbian-N8", 1): (5, 5, 5, "done")}
+    assert got == {
+        ("none-N8", 0): (3, 3, 3, "done"),
+        ("hebbian-N8", 0): (3, 3, 3, "done"),
+        ("none-N8", 1): (5, 5, 5, "done"),
+        ("hebbian-N8", 1): (5, 5, 5, "done"),
+    }
     assert [r.condition for r in rows][:2] == ["none-N8", "none-N8"]  # the experiment's order
     r = next(r for r in rows if (r.condition, r.seed) == ("hebbian-N8", 1))
-    assert r.recent_reward == pytest.approx(np.mean([float(x) for x in rewards(out / "hebbian-N8" / "seed1")]))
+    assert r.recent_reward == pytest.approx(
+        np.mean([float(x) for x in rewards(out / "hebbian-N8" / "seed1")])
+    )
     assert {r.state for r in sweep_status(out, target=5) if r.seed == 0} == {"stopped"}
     exp_file = tmp_path / "tiny.json"
     exp_file.write_text(json.dumps(tiny_dict()))
@@ -285,18 +365,42 @@ def test_cli_kill9_loses_at_most_one_interval_and_the_rerun_continues(tmp_path):
     exp_file = tmp_path / "tiny.json"
     exp_file.write_text(json.dumps(tiny_dict()))
     out = tmp_path / "sweep"
-    args = ["run", str(exp_file), "--seeds", "0", "--updates", "3000", "--workers", "2",
-            "--checkpoint-every", "3", "--out", str(out)]
+    args = [
+        "run",
+        str(exp_file),
+        "--seeds",
+        "0",
+        "--updates",
+        "3000",
+        "--workers",
+        "2",
+        "--checkpoint-every",
+        "3",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SDL_VIDEODRIVER": "dummy"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "experiment.py"), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "experiment.py"), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     runs = [out / "none-N8" / "seed0", out / "hebbian-N8" / "seed0"]
     try:
         deadline = time.time() + 90
-        while time.time() < deadline and not all(len(rewards(r)) >= 4 if (r / "progress.csv").exists() else False for r in runs):
+        while time.time() < deadline and not all(
+            len(rewards(r)) >= 4 if (r / "progress.csv").exists() else False for r in runs
+        ):
             time.sleep(0.3)
-        assert all(len(rewards(r)) >= 4 for r in runs), proc.stderr.read1().decode() if proc.poll() else "too slow"
-        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert all(len(rewards(r)) >= 4 for r in runs), (
+            proc.stderr.read1().decode() if proc.poll() else "too slow"
+        )
+        workers = subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
+        ).stdout.split()
         proc.kill()  # SIGKILL: no handler runs in the runner
         proc.wait(10)
         deadline = time.time() + 30
@@ -319,8 +423,13 @@ def test_cli_kill9_loses_at_most_one_interval_and_the_rerun_continues(tmp_path):
         saved, kept = before[r]
         assert len(rewards(r)) == target and rewards(r)[:saved] == kept  # continued, not restarted
     straight = tmp_path / "straight"
-    train(resolve_run_config(experiment_from_dict(tiny_dict()), "hebbian-N8", "paper", 0), straight,
-          target, progress=False, tensorboard=False)
+    train(
+        resolve_run_config(experiment_from_dict(tiny_dict()), "hebbian-N8", "paper", 0),
+        straight,
+        target,
+        progress=False,
+        tensorboard=False,
+    )
     assert rewards(runs[1]) == rewards(straight)
 
 
@@ -364,8 +473,17 @@ def fake_run(out: Path, cond: str, seed: int, rewards_: np.ndarray, batch_size: 
     """A run folder as the report reads it: config.json and progress.csv."""
     run_dir = out / cond / f"seed{seed}"
     run_dir.mkdir(parents=True)
-    cfg = A2CConfig(env_id="bpm/CueReward-v0", rule=cond.split("-")[0], hidden_size=8,
-                    batch_size=batch_size, seed=seed).resolve().to_dict()
+    cfg = (
+        A2CConfig(
+            env_id="bpm/CueReward-v0",
+            rule=cond.split("-")[0],
+            hidden_size=8,
+            batch_size=batch_size,
+            seed=seed,
+        )
+        .resolve()
+        .to_dict()
+    )
     (run_dir / "config.json").write_text(json.dumps({"algo": "plastic-a2c", "config": cfg}))
     with (run_dir / "progress.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
@@ -375,11 +493,18 @@ def fake_run(out: Path, cond: str, seed: int, rewards_: np.ndarray, batch_size: 
 
 
 def two_condition_experiment(relation=">", significant=True):
-    d = {"name": "synthetic", "env_id": "bpm/CueReward-v0",
-         "conditions": [{"name": "simple-N8", "rule": "simple", "hidden_size": 8},
-                        {"name": "hebbian-N8", "rule": "hebbian", "hidden_size": 8}],
-         "claims": [{"better": "simple-N8", "worse": "hebbian-N8", "relation": relation, "significant": significant},
-                    {"better": "hebbian-N8", "worse": "simple-N8", "relation": ">=", "significant": False}]}
+    d = {
+        "name": "synthetic",
+        "env_id": "bpm/CueReward-v0",
+        "conditions": [
+            {"name": "simple-N8", "rule": "simple", "hidden_size": 8},
+            {"name": "hebbian-N8", "rule": "hebbian", "hidden_size": 8},
+        ],
+        "claims": [
+            {"better": "simple-N8", "worse": "hebbian-N8", "relation": relation, "significant": significant},
+            {"better": "hebbian-N8", "worse": "simple-N8", "relation": ">=", "significant": False},
+        ],
+    }
     return experiment_from_dict(d)
 
 
@@ -428,8 +553,23 @@ def test_report_on_shifted_and_identical_synthetic_curves(tmp_path, capsys):
     # the command line writes the four files; the episodes axis uses the runs' batch size
     exp_file = tmp_path / "exp.json"
     exp_file.write_text(json.dumps(exp.to_dict()))
-    assert main(["report", str(shifted), "--experiment", str(exp_file), "--window", "50",
-                 "--marks", "100,400", "--out", str(tmp_path / "rep" / "shifted")]) == 0
+    assert (
+        main(
+            [
+                "report",
+                str(shifted),
+                "--experiment",
+                str(exp_file),
+                "--window",
+                "50",
+                "--marks",
+                "100,400",
+                "--out",
+                str(tmp_path / "rep" / "shifted"),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "simple-N8 > hebbian-N8 (significant): HOLDS at this budget" in text and "400 (12,000)" in text
     data = json.loads((tmp_path / "rep" / "shifted.json").read_text())

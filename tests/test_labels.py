@@ -84,8 +84,9 @@ class Always:
 def test_gif_frames_carry_a_step_and_reward_caption(tmp_path, env_id):
     agent = Always(env_id, 1, {"episode_length": 12})
     path, totals = ev.record_gif(agent, tmp_path / "x.gif", episodes=2, seed=4)
-    trace = ev.run_episode(agent, seed=5, env_id=env_id, env_kwargs={"episode_length": 12},
-                           render_mode="rgb_array")
+    trace = ev.run_episode(
+        agent, seed=5, env_id=env_id, env_kwargs={"episode_length": 12}, render_mode="rgb_array"
+    )
     assert totals[1] == trace.total_reward
     with Image.open(path) as im:
         assert im.n_frames == 2 * 13

@@ -33,8 +33,6 @@ def _ptb_skip_reason() -> str | None:
     return None
 
 
-
-
 def write_corpus(folder: Path, train: str, valid: str, test: str, prefix: str = "ptb.") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in (("train", train), ("valid", valid), ("test", test)):

@@ -25,8 +25,6 @@ from bpm_agents.lm.model import (
 from bpm_agents.lm.trainer import PRESETS, evaluate
 
 
-
-
 def sig(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
@@ -39,7 +37,10 @@ def hand_retroactive(xs, p, clip):
     elig = [[0.0] * H for _ in range(H)]
     hs = []
     for x in xs:
-        pre = (x * p["wih"][0][k] + p["b"][k] + sum(h[i] * p["whh"][i][k] for i in range(H)) for k in range(4 * H))
+        pre = (
+            x * p["wih"][0][k] + p["b"][k] + sum(h[i] * p["whh"][i][k] for i in range(H))
+            for k in range(4 * H)
+        )
         pre = list(pre)
         gi = [sig(pre[j]) for j in range(H)]
         gf = [sig(pre[H + j]) for j in range(H)]
@@ -50,8 +51,12 @@ def hand_retroactive(xs, p, clip):
         h_new = [go[j] * math.tanh(c[j]) for j in range(H)]
         m = math.tanh(sum(p["wm"][k] * h_new[k] for k in range(H)) + p["bm"])
         rate = [p["v"][j] * m + p["u"][j] for j in range(H)]
-        hebb = [[max(-clip, min(clip, hebb[i][j] + rate[j] * elig[i][j])) for j in range(H)] for i in range(H)]
-        elig = [[(1 - p["eta_e"]) * elig[i][j] + p["eta_e"] * h[i] * g[j] for j in range(H)] for i in range(H)]
+        hebb = [
+            [max(-clip, min(clip, hebb[i][j] + rate[j] * elig[i][j])) for j in range(H)] for i in range(H)
+        ]
+        elig = [
+            [(1 - p["eta_e"]) * elig[i][j] + p["eta_e"] * h[i] * g[j] for j in range(H)] for i in range(H)
+        ]
         h = h_new
         hs.append(h)
     return hs, hebb, elig
@@ -173,7 +178,9 @@ def test_uniform_model_perplexity_is_vocab_size() -> None:
 
 
 def test_evaluation_carries_state_across_segments_and_resets_per_pass() -> None:
-    model = LanguageModel(replace(small_config("retroactive"), init_scale=1.0), torch.Generator().manual_seed(4))
+    model = LanguageModel(
+        replace(small_config("retroactive"), init_scale=1.0), torch.Generator().manual_seed(4)
+    )
     ids = torch.randint(0, 11, (121,), generator=torch.Generator().manual_seed(5))
     short = evaluate(model, ids, batch_size=2, bptt=6)
     # One segment over the whole stream: carrying the state across segments gives the same loss.
@@ -189,7 +196,9 @@ def test_evaluation_carries_state_across_segments_and_resets_per_pass() -> None:
             x, y = streams[:, start : start + 6], streams[:, start + 1 : start + 7]
             x = x[:, : y.shape[1]]
             logits, _ = model(x, model.initial_state(2))
-            total += torch.nn.functional.cross_entropy(logits.reshape(-1, 11), y.reshape(-1), reduction="sum").item()
+            total += torch.nn.functional.cross_entropy(
+                logits.reshape(-1, 11), y.reshape(-1), reduction="sum"
+            ).item()
     assert abs(total / 118 - short[0]) > 1e-5  # several times the tolerance above
 
 
@@ -207,7 +216,9 @@ def test_state_detach_cuts_graph_but_keeps_values() -> None:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_parameter_count_of_config_matches_built_model(variant: str) -> None:
     for cfg in (small_config(variant), small_config(variant, alpha="neuron")):
-        assert config_parameters(cfg) == count_parameters(LanguageModel(cfg, torch.Generator().manual_seed(0)))
+        assert config_parameters(cfg) == count_parameters(
+            LanguageModel(cfg, torch.Generator().manual_seed(0))
+        )
     tied = LMConfig(variant=variant, vocab_size=50, emb_size=7, hidden_sizes=(9, 7), tied=True)
     model = LanguageModel(tied, torch.Generator().manual_seed(0))
     assert model.decoder.weight is model.embedding.weight
@@ -248,7 +259,12 @@ def test_matching_keeps_tied_last_layer_and_rejects_tiny_targets() -> None:
     target = config_parameters(base)
     for variant, (cfg, count) in matched.items():
         assert cfg.hidden_sizes[-1] == 40 and cfg.hidden_sizes[0] == cfg.hidden_sizes[1]
-        assert count == config_parameters(cfg) <= target < config_parameters(with_hidden(cfg, cfg.hidden_sizes[0] + 1))
+        assert (
+            count
+            == config_parameters(cfg)
+            <= target
+            < config_parameters(with_hidden(cfg, cfg.hidden_sizes[0] + 1))
+        )
     with pytest.raises(ValueError, match="below the smallest"):
         match_hidden_size(replace(base, variant="retroactive"), 10)
 

@@ -4,7 +4,6 @@ reference, fast vs reference where the kernel runs them, old configs, L2 scopes 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,7 +25,9 @@ from bpm_agents.lm.model import (
 from bpm_agents.lm.trainer import PRESETS, TrainConfig, parameter_groups
 
 D, H = 4, 5
-needs_kernel = pytest.mark.skipif(not fast_step.kernel_available(), reason="the C++ LSTM kernel cannot be built here")
+needs_kernel = pytest.mark.skipif(
+    not fast_step.kernel_available(), reason="the C++ LSTM kernel cannot be built here"
+)
 
 
 def make_cell(variant: str, **options) -> PlasticLSTMCell:
@@ -78,7 +79,9 @@ def test_lstm_per_connection_fanout_and_eta_update_by_hand():
         cell = make_cell(variant, clip=10.0, **opts)
         syn = cell.synapses
         state = cell.initial_state(2, dtype=torch.float64)
-        state = LSTMState(torch.full((2, H), 0.5, dtype=torch.float64), state.cell, state.hebb + 0.1, state.elig)
+        state = LSTMState(
+            torch.full((2, H), 0.5, dtype=torch.float64), state.cell, state.hebb + 0.1, state.elig
+        )
         parts = cell.reference_step(cell.input_drive(X[:, :1])[:, 0], state)
         h = parts.state.hidden
         # g_t recomputed by hand: tanh(drive_g + h_{t-1} (W_hg + alpha * Hebb))
@@ -116,7 +119,10 @@ def test_fast_matches_reference_for_the_options_it_supports(variant, opts):
 
 @needs_kernel
 def test_alpha_grad_scale_is_exact_on_the_fast_path():
-    plain, scaled = make_cell("simple", alpha="neuron"), make_cell("simple", alpha="neuron", alpha_grad_scale="1/N")
+    plain, scaled = (
+        make_cell("simple", alpha="neuron"),
+        make_cell("simple", alpha="neuron", alpha_grad_scale="1/N"),
+    )
     a, b = run(plain, "fast", X), run(scaled, "fast", X)
     torch.testing.assert_close(b["grad synapses.alpha"], a["grad synapses.alpha"] / H, rtol=1e-12, atol=0)
     torch.testing.assert_close(b["grad weight_hh"], a["grad weight_hh"], rtol=0, atol=0)
@@ -149,7 +155,12 @@ def test_old_lm_config_loads_with_the_old_behaviour():
     cfg = LMConfig.from_dict(old)
     p = cfg.plasticity()
     assert (p.fanout, p.fanout_init, p.modulator_input, p.eta_shape, p.alpha_grad_scale) == (
-        "neuron", "ones", "new", "scalar", 1.0)
+        "neuron",
+        "ones",
+        "new",
+        "scalar",
+        1.0,
+    )
     model = LanguageModel(cfg, torch.Generator().manual_seed(0))
     syn = model.layers[0].synapses
     assert torch.all(syn.fanout_weight == 1) and torch.all(syn.fanout_bias == 0)
@@ -224,7 +235,9 @@ def test_presets_hold_the_paper_and_authors_choices():
     syn = model.layers[0].synapses
     assert syn.alpha.shape == (200,) and 0 <= syn.alpha.min() and syn.alpha.max() <= 1e-4
     assert syn.alpha_grad_scale == pytest.approx(1 / 200)
-    assert syn.fanout_weight.shape == (200,) and (syn.fanout_weight < 0).any() and (syn.fanout_weight > 0).any()
+    assert (
+        syn.fanout_weight.shape == (200,) and (syn.fanout_weight < 0).any() and (syn.fanout_weight > 0).any()
+    )
     assert syn.config.clip == 2.0 and syn.config.modulator_input == "new"
 
 
@@ -253,8 +266,18 @@ def test_cli_flags_reach_the_run_config(corpus_dir: Path, tmp_path: Path, capsys
     config = json.loads((out / "config.json").read_text())
     m, tr = config["model"], config["train"]
     assert (m["fanout"], m["fanout_init"], m["modulator_input"], m["alpha"], m["alpha_init"]) == (
-        "connection", "default", "previous", "neuron", 0.001)
-    assert (m["alpha_grad_scale"], m["plastic_w_init"], tr["l2_on"], tr["stats_steps"]) == ("1/N", 0.02, "non-plastic", 5)
+        "connection",
+        "default",
+        "previous",
+        "neuron",
+        0.001,
+    )
+    assert (m["alpha_grad_scale"], m["plastic_w_init"], tr["l2_on"], tr["stats_steps"]) == (
+        "1/N",
+        0.02,
+        "non-plastic",
+        5,
+    )
     assert config["plastic_step"].startswith("reference")
     assert train_main(["--variant", "hebbian", "--data", str(corpus_dir), "--out", str(tmp_path / "h"), *TINY,
                        "--eta-shape", "connection"]) == 0  # fmt: skip
@@ -264,7 +287,10 @@ def test_cli_flags_reach_the_run_config(corpus_dir: Path, tmp_path: Path, capsys
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--preset", "small-paper", "--impl", "fast"], "--impl fast cannot run this model: (fanout='connection'"),
+        (
+            ["--preset", "small-paper", "--impl", "fast"],
+            "--impl fast cannot run this model: (fanout='connection'",
+        ),
         (["--alpha-grad-scale", "half"], "alpha_grad_scale must be a float > 0 or '1/N', got 'half'"),
         (["--alpha-grad-scale", "-1"], "alpha_grad_scale must be a float > 0 or '1/N', got -1.0"),
         (["--fanout", "edge"], "invalid choice: 'edge'"),

@@ -34,7 +34,7 @@ def test_modulator_std_is_within_stream_over_time():
 
 
 def test_clip_share_counts_entries_at_either_bound():
-    hebb = torch.tensor([[[1.0, -1.0], [0.3, -0.999]], [[2.0 ** -30, 1.0], [-1.0, 0.0]]])
+    hebb = torch.tensor([[[1.0, -1.0], [0.3, -0.999]], [[2.0**-30, 1.0], [-1.0, 0.0]]])
     assert clip_share(hebb, 1.0) == 0.5
     assert clip_share(torch.clamp(torch.randn(3, 8, 8) * 100, -2, 2), 2.0) > 0.9
     with pytest.raises(ValueError, match="clip must be > 0"):
@@ -42,7 +42,9 @@ def test_clip_share_counts_entries_at_either_bound():
 
 
 def tiny(variant: str) -> LanguageModel:
-    cfg = LMConfig(variant=variant, vocab_size=9, emb_size=4, hidden_sizes=(5, 3), init_scale=0.5, alpha_init=0.5)
+    cfg = LMConfig(
+        variant=variant, vocab_size=9, emb_size=4, hidden_sizes=(5, 3), init_scale=0.5, alpha_init=0.5
+    )
     return LanguageModel(cfg, torch.Generator().manual_seed(0), impl="reference")
 
 
@@ -111,7 +113,11 @@ def test_log_csv_has_the_statistics_at_every_validation_row(tmp_path: Path):
         out = tmp_path / variant
         assert train_main(["--variant", variant, "--out", str(out), *common]) == 0
         rows = list(csv.DictReader(open(out / "log.csv")))
-        assert [r["kind"] for r in rows] == ["check", "check", "epoch"]  # checks at steps 2 and 4, then the epoch row
+        assert [r["kind"] for r in rows] == [
+            "check",
+            "check",
+            "epoch",
+        ]  # checks at steps 2 and 4, then the epoch row
         for r in rows:
             for k in (1, 2):
                 values = [r[f"l{k}_{n}"] for n in STAT_NAMES]

@@ -25,8 +25,6 @@ from bpm_agents.lm.trainer import (
 WORDS = "a b c d e f".split()
 
 
-
-
 def cyclic_ids(n: int, vocab: int = 6, start: int = 0) -> torch.Tensor:
     return (torch.arange(n) + start) % vocab
 
@@ -56,7 +54,13 @@ def test_train_epoch_resets_state_at_start_and_carries_it_between_segments() -> 
     forward = model.forward
 
     def spy(tokens, state):
-        seen.append((state[0].hebb.abs().sum().item(), state[0].hidden.abs().sum().item(), state[0].hebb.requires_grad))
+        seen.append(
+            (
+                state[0].hebb.abs().sum().item(),
+                state[0].hidden.abs().sum().item(),
+                state[0].hebb.requires_grad,
+            )
+        )
         return forward(tokens, state)
 
     model.forward = spy  # type: ignore[method-assign]
@@ -151,7 +155,9 @@ def test_train_resume_and_evaluate_end_to_end(corpus_dir: Path, tmp_path: Path, 
     assert evaluate_main([str(out), "--data", str(corpus_dir), "--split", "test", "--batch-size", "2",
                           "--bptt", "5", "--device", "cpu", "--json"]) == 0  # fmt: skip
     result = json.loads(capsys.readouterr().out)
-    assert result["perplexity"] == pytest.approx(json.loads((out / "test.json").read_text())["test_ppl"], rel=1e-5)
+    assert result["perplexity"] == pytest.approx(
+        json.loads((out / "test.json").read_text())["test_ppl"], rel=1e-5
+    )
     assert result["variant"] == "retroactive" and result["split"] == "test"
     # the plain reference rules give the same perplexity as the fused step (the default here)
     assert evaluate_main([str(out), "--data", str(corpus_dir), "--split", "test", "--batch-size", "2",
@@ -193,25 +199,34 @@ def test_cli_errors_exit_2_with_clear_message(corpus_dir: Path, tmp_path: Path, 
     code, err = _exit_and_error(train_main, ["--data", str(corpus_dir), *TINY], capsys)
     assert code == 2 and "no test split" in err
 
-    code, err = _exit_and_error(train_main, ["--data", str(corpus_dir), "--out", str(tmp_path / "r"), "--resume", *TINY], capsys)
+    code, err = _exit_and_error(
+        train_main, ["--data", str(corpus_dir), "--out", str(tmp_path / "r"), "--resume", *TINY], capsys
+    )
     assert code == 2 and "--resume: no checkpoint" in err
 
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint at all")
-    code, err = _exit_and_error(evaluate_main, [str(bad), "--data", str(corpus_dir), "--split", "valid"], capsys)
+    code, err = _exit_and_error(
+        evaluate_main, [str(bad), "--data", str(corpus_dir), "--split", "valid"], capsys
+    )
     assert code == 2 and "not a checkpoint (not a torch save file)" in err and "Traceback" not in err
 
     code, err = _exit_and_error(main, ["fit"], capsys)
     assert code == 2 and "usage" in err
 
 
-def test_untrained_model_perplexity_through_cli_is_near_vocab(corpus_dir: Path, tmp_path: Path, capsys) -> None:
+def test_untrained_model_perplexity_through_cli_is_near_vocab(
+    corpus_dir: Path, tmp_path: Path, capsys
+) -> None:
     """One SGD step with a tiny lr barely moves an almost-uniform model: ppl ~ vocabulary (7)."""
     out = tmp_path / "run"
     assert train_main(["--data", str(corpus_dir), "--out", str(out), "--max-steps", "1", "--lr", "1e-6",
                        "--init-scale", "1e-4", *TINY]) == 0  # fmt: skip
     capsys.readouterr()
-    assert evaluate_main([str(out), "--data", str(corpus_dir), "--split", "train", "--json", "--device", "cpu"]) == 0
+    assert (
+        evaluate_main([str(out), "--data", str(corpus_dir), "--split", "train", "--json", "--device", "cpu"])
+        == 0
+    )
     ppl = json.loads(capsys.readouterr().out)["perplexity"]
     assert ppl == pytest.approx(7.0, rel=1e-3)  # 6 words + <eos>
     assert math.isfinite(ppl)

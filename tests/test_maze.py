@@ -180,7 +180,7 @@ def test_rules_against_an_independent_simulation(wall_penalty):
                 assert new == target and reward[i] == 0.0
                 assert not info["hit"][i] and not info["bumped"][i]
             r, c = new
-            np.testing.assert_array_equal(obs[i, :9], walls[r - 1:r + 2, c - 1:c + 2].ravel())
+            np.testing.assert_array_equal(obs[i, :9], walls[r - 1 : r + 2, c - 1 : c + 2].ravel())
             expected_tail = np.zeros(6, dtype=np.float32)
             expected_tail[0] = reward[i]
             expected_tail[1 + actions[i]] = 1.0

@@ -12,12 +12,11 @@ import itertools
 import os
 
 import numpy as np
-
 import pytest
 import torch
 
-from bpm_agents.ops import plastic_rnn as fast_unroll
 from bpm_agents.networks import PlasticRNN
+from bpm_agents.ops import plastic_rnn as fast_unroll
 from bpm_agents.plasticity import PlasticityConfig, PlasticState
 
 DISABLED = os.environ.get("BPM_DISABLE_FAST_UNROLL", "") not in ("", "0")
@@ -28,15 +27,11 @@ def _configs():
     out = []
     for rule in ("none", "hebbian", "simple", "retroactive"):
         fanouts = (False, True) if rule in ("simple", "retroactive") else (False,)
-        for fanout, act, alpha in itertools.product(
-            fanouts, ("tanh", "identity"), ("connection", "neuron")
-        ):
+        for fanout, act, alpha in itertools.product(fanouts, ("tanh", "identity"), ("connection", "neuron")):
             if rule == "none" and (act, alpha) != ("tanh", "connection"):
                 continue  # options without effect on the rule `none`
             out.append(
-                PlasticityConfig(
-                    rule=rule, clip=0.6, fanout=fanout, modulator_activation=act, alpha=alpha
-                )
+                PlasticityConfig(rule=rule, clip=0.6, fanout=fanout, modulator_activation=act, alpha=alpha)
             )
     return out
 
@@ -318,8 +313,14 @@ def test_short_training_same_curve_as_reference():
     curves = {}
     for impl in ("fast", "reference"):
         cfg = a2c.A2CConfig(
-            env_id="bpm/CueReward-v0", rule="retroactive", hidden_size=24, batch_size=4,
-            seed=3, unroll_impl=impl, env_kwargs={"episode_length": 20}, lr=1e-2,
+            env_id="bpm/CueReward-v0",
+            rule="retroactive",
+            hidden_size=24,
+            batch_size=4,
+            seed=3,
+            unroll_impl=impl,
+            env_kwargs={"episode_length": 20},
+            lr=1e-2,
         )
         trainer = a2c.A2CTrainer(cfg)
         curves[impl] = [trainer.update() for _ in range(3)]
@@ -349,8 +350,15 @@ def _policy_problem(cfg, B=4, T=13, N=7, D=5, A=3, dtype=torch.float64, seed=0, 
 def _act(policy, obs, uniforms, impl, checkpoint_every=None):
     B, T, _ = obs.shape
     if impl == "fast":
-        actor = fast_unroll.Actor(policy.core, policy.policy_head.weight, policy.policy_head.bias,
-                                  B, T, uniforms, checkpoint_every=checkpoint_every)
+        actor = fast_unroll.Actor(
+            policy.core,
+            policy.policy_head.weight,
+            policy.policy_head.bias,
+            B,
+            T,
+            uniforms,
+            checkpoint_every=checkpoint_every,
+        )
     else:
         actor = policy.episode_actor(B, T, uniforms, impl="reference")
     actions = [actor.step(obs[:, t].numpy()) for t in range(T)]
@@ -359,8 +367,9 @@ def _act(policy, obs, uniforms, impl, checkpoint_every=None):
 
 def _grads_of(policy, out_hidden, out_mods, leaves=()):
     weights = torch.linspace(-1, 1, out_hidden.shape[-1], dtype=out_hidden.dtype)
-    loss = (policy.policy_head(out_hidden).pow(2).sum() + (out_hidden * weights).sum()
-            + out_hidden.pow(2).sum())
+    loss = (
+        policy.policy_head(out_hidden).pow(2).sum() + (out_hidden * weights).sum() + out_hidden.pow(2).sum()
+    )
     if out_mods is not None:
         loss = loss + (out_mods * torch.arange(out_mods.shape[1], dtype=out_mods.dtype)).sum()
     params = [p for p in policy.parameters()]
@@ -449,9 +458,15 @@ def test_library_with_another_layout_is_refused():
     assert fast_unroll._abi_check(FakeLib(good + 100000)) is not None  # another ABI version
 
 
-@pytest.mark.parametrize("cfg", [PlasticityConfig(rule="retroactive", clip=0.6, fanout=True),
-                                 PlasticityConfig(rule="hebbian", clip=0.6),
-                                 PlasticityConfig(rule="simple", clip=0.6, alpha="neuron")], ids=str)
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        PlasticityConfig(rule="retroactive", clip=0.6, fanout=True),
+        PlasticityConfig(rule="hebbian", clip=0.6),
+        PlasticityConfig(rule="simple", clip=0.6, alpha="neuron"),
+    ],
+    ids=str,
+)
 def test_chunked_unroll_matches_reference_and_keeps_fewer_traces(cfg):
     """The memory-lean path for other devices: same outputs and gradients as the reference, and
     autograd keeps a few traces per segment instead of several per step."""
@@ -483,16 +498,25 @@ def test_chunked_unroll_matches_reference_and_keeps_fewer_traces(cfg):
     assert reference >= 5 * chunked
 
 
-@pytest.mark.parametrize("cfg", [PlasticityConfig(rule="hebbian", eta_shape="connection"),
-                                 PlasticityConfig(rule="simple", fanout="connection"),
-                                 PlasticityConfig(rule="retroactive", modulator_input="previous")], ids=str)
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        PlasticityConfig(rule="hebbian", eta_shape="connection"),
+        PlasticityConfig(rule="simple", fanout="connection"),
+        PlasticityConfig(rule="retroactive", modulator_input="previous"),
+    ],
+    ids=str,
+)
 def test_options_the_kernel_lacks_fall_back_to_the_reference(cfg):
     """Acting and learning with options the RL kernel does not implement take the reference
     (auto) or are refused with the option named (fast)."""
     policy, obs, uniforms = _policy_problem(cfg)
     assert policy.core.synapses.kernel_static() is None
     reason = fast_unroll.unsupported_reason(policy.core, obs)
-    assert reason is not None and str(cfg.modulator_input if cfg.modulated and cfg.modulator_input != "new" else "") in reason
+    assert (
+        reason is not None
+        and str(cfg.modulator_input if cfg.modulated and cfg.modulator_input != "new" else "") in reason
+    )
     actor = policy.episode_actor(obs.shape[0], obs.shape[1], uniforms, impl="auto")
     assert actor.record() is None  # the reference actor
     with pytest.raises(ValueError, match="does not implement"):

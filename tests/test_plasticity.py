@@ -9,7 +9,6 @@ from bpm_agents.networks import PlasticRNN
 from bpm_agents.plasticity import PlasticityConfig, PlasticState, PlasticSynapses
 
 
-
 @pytest.fixture(autouse=True)
 def float64_default():
     """Hand computations are compared in double precision; restore the default afterwards."""
@@ -113,7 +112,9 @@ def test_fanout_broadcasts_at_batch_size_one_and_many():
     elig = torch.randn(5, 2, 2) * 0.3
     batched, batched_e, _ = syn.update(hebb, elig, pre, post, z)
     for b in range(5):
-        one, one_e, _ = syn.update(hebb[b : b + 1], elig[b : b + 1], pre[b : b + 1], post[b : b + 1], z[b : b + 1])
+        one, one_e, _ = syn.update(
+            hebb[b : b + 1], elig[b : b + 1], pre[b : b + 1], post[b : b + 1], z[b : b + 1]
+        )
         assert torch.allclose(one[0], batched[b]) and torch.allclose(one_e[0], batched_e[b])
 
 
@@ -219,8 +220,12 @@ def test_gradients_reach_every_parameter(rule):
     if rule == "hebbian":
         expected |= {"synapses.eta"}
     if rule in ("simple", "retroactive"):
-        expected |= {"synapses.modulator.weight", "synapses.modulator.bias",
-                     "synapses.fanout_weight", "synapses.fanout_bias"}
+        expected |= {
+            "synapses.modulator.weight",
+            "synapses.modulator.bias",
+            "synapses.fanout_weight",
+            "synapses.fanout_bias",
+        }
     if rule == "retroactive":
         expected |= {"synapses.eta_e"}
     assert names == expected
@@ -287,7 +292,12 @@ def test_fanout_accepts_old_booleans_and_the_three_modes():
            "eta_init": 0.1, "eta_e_init": 0.1, "init_scale": 0.01}  # fmt: skip
     cfg = PlasticityConfig(**old)  # a config saved before the options existed
     assert (cfg.fanout, cfg.eta_shape, cfg.modulator_input, cfg.fanout_init, cfg.alpha_grad_scale) == (
-        "neuron", "scalar", "new", "ones", 1.0)
+        "neuron",
+        "scalar",
+        "new",
+        "ones",
+        1.0,
+    )
     with pytest.raises(ValueError, match="fanout must be one of none, neuron, connection.*'edge'"):
         PlasticityConfig(rule="simple", fanout="edge")
 
@@ -295,9 +305,15 @@ def test_fanout_accepts_old_booleans_and_the_three_modes():
 @pytest.mark.parametrize(
     "kw, message",
     [
-        (dict(rule="hebbian", eta_shape="neuron"), "eta_shape must be one of scalar, connection, got 'neuron'"),
+        (
+            dict(rule="hebbian", eta_shape="neuron"),
+            "eta_shape must be one of scalar, connection, got 'neuron'",
+        ),
         (dict(rule="simple", eta_shape="connection"), "needs the rule hebbian"),
-        (dict(rule="simple", modulator_input="old"), "modulator_input must be one of new, previous, got 'old'"),
+        (
+            dict(rule="simple", modulator_input="old"),
+            "modulator_input must be one of new, previous, got 'old'",
+        ),
         (dict(rule="simple", fanout=True, fanout_init="zeros"), "fanout_init must be one of ones, default"),
         (dict(rule="simple", alpha_grad_scale=0), "alpha_grad_scale must be a float > 0 or '1/N', got 0"),
         (dict(rule="simple", alpha_grad_scale="1/M"), "got '1/M'"),

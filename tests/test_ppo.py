@@ -12,8 +12,16 @@ from bpm_agents.a2c import discounted_returns
 from bpm_agents.ppo import PlasticPPOTrainer, PPOConfig, gae, ppo_loss
 from bpm_agents.training import load_trainer, train
 
-TINY = dict(env_id="bpm/PlasticMaze-v0", rule="simple", hidden_size=12, batch_size=4,
-            env_kwargs={"episode_length": 15}, seed=3, n_minibatches=2, n_epochs=2)
+TINY = dict(
+    env_id="bpm/PlasticMaze-v0",
+    rule="simple",
+    hidden_size=12,
+    batch_size=4,
+    env_kwargs={"episode_length": 15},
+    seed=3,
+    n_minibatches=2,
+    n_epochs=2,
+)
 
 
 def test_gae_against_a_direct_sum():
@@ -38,9 +46,24 @@ def test_ppo_loss_by_hand_clips_the_ratio_and_normalises_advantages():
     actions = torch.tensor([[0, 0]])
     old = torch.log(torch.tensor([[0.5, 0.7]]))  # ratios 1.6 and 0.8/0.7 = 1.142857
     adv = torch.tensor([[1.0, -1.0]])  # normalised: [0.70711, -0.70711] (std with n - 1)
-    values, returns, old_values = torch.tensor([[0.5, 0.0]]), torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 0.0]])
-    t = ppo_loss(logits, values, actions, old, adv, returns, old_values, clip_range=0.2,
-                 value_coef=0.5, entropy_coef=0.0, normalize_advantage=True)
+    values, returns, old_values = (
+        torch.tensor([[0.5, 0.0]]),
+        torch.tensor([[1.0, 1.0]]),
+        torch.tensor([[0.0, 0.0]]),
+    )
+    t = ppo_loss(
+        logits,
+        values,
+        actions,
+        old,
+        adv,
+        returns,
+        old_values,
+        clip_range=0.2,
+        value_coef=0.5,
+        entropy_coef=0.0,
+        normalize_advantage=True,
+    )
     a = 1 / math.sqrt(2)
     # step 0: min(1.6 a, 1.2 a) = 1.2 a; step 1: min(-1.142857 a, -1.142857 a) (inside the clip)
     expected_policy = -(1.2 * a + (-(0.8 / 0.7) * a)) / 2
@@ -48,12 +71,23 @@ def test_ppo_loss_by_hand_clips_the_ratio_and_normalises_advantages():
     assert t.value.item() == pytest.approx(0.5 * (0.25 + 1.0) / 2, rel=1e-6)
     assert t.clip_fraction.item() == pytest.approx(0.5)
     # value clipping around the old value: 0.5 may move only 0.1 -> error max(0.25, 0.81)
-    tc = ppo_loss(logits, values, actions, old, adv, returns, old_values, value_clip=0.1,
-                  value_coef=1.0, entropy_coef=0.0)
+    tc = ppo_loss(
+        logits,
+        values,
+        actions,
+        old,
+        adv,
+        returns,
+        old_values,
+        value_clip=0.1,
+        value_coef=1.0,
+        entropy_coef=0.0,
+    )
     assert tc.value.item() == pytest.approx((0.81 + 1.0) / 2, rel=1e-6)
     # without normalisation the raw advantages are used
-    tr = ppo_loss(logits, values, actions, old, adv, returns, old_values, entropy_coef=0.0,
-                  normalize_advantage=False)
+    tr = ppo_loss(
+        logits, values, actions, old, adv, returns, old_values, entropy_coef=0.0, normalize_advantage=False
+    )
     assert tr.policy.item() == pytest.approx(-(1.2 - 0.8 / 0.7) / 2, rel=1e-5)
     # entropy bonus: -coef * H, H of [0.8, 0.2]
     te = ppo_loss(logits, values, actions, old, adv, returns, old_values, entropy_coef=0.1)
@@ -91,7 +125,7 @@ def test_resume_is_bit_for_bit(tmp_path):
     train(cfg, tmp_path / "resumed", 2, progress=False, tensorboard=False)
     train(None, tmp_path / "resumed", 4, resume=True, progress=False, tensorboard=False)
     rows = [(tmp_path / d / "progress.csv").read_text().splitlines() for d in ("straight", "resumed")]
-    strip = lambda lines: [",".join(l.split(",")[:3] + l.split(",")[4:]) for l in lines]  # noqa: E731
+    strip = lambda lines: [",".join(row.split(",")[:3] + row.split(",")[4:]) for row in lines]  # noqa: E731
     assert strip(rows[0]) == strip(rows[1])  # everything but the wall time
     a, b = load_trainer(tmp_path / "straight"), load_trainer(tmp_path / "resumed")
     assert isinstance(a, PlasticPPOTrainer) and a.updates_done == 4
@@ -99,13 +133,16 @@ def test_resume_is_bit_for_bit(tmp_path):
         assert torch.equal(p, q)
 
 
-@pytest.mark.parametrize("bad,match", [
-    (dict(clip_range=-0.1), "clip_range must be a finite number > 0, got -0.1"),
-    (dict(gae_lambda=1.5), "gae_lambda must be in"),
-    (dict(n_epochs=0), "n_epochs must be an integer >= 1, got 0"),
-    (dict(n_minibatches=5), r"n_minibatches must be an integer from 1 to batch_size \(4\), got 5"),
-    (dict(value_clip=0.0), "value_clip must be a finite number > 0 or None, got 0.0"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (dict(clip_range=-0.1), "clip_range must be a finite number > 0, got -0.1"),
+        (dict(gae_lambda=1.5), "gae_lambda must be in"),
+        (dict(n_epochs=0), "n_epochs must be an integer >= 1, got 0"),
+        (dict(n_minibatches=5), r"n_minibatches must be an integer from 1 to batch_size \(4\), got 5"),
+        (dict(value_clip=0.0), "value_clip must be a finite number > 0 or None, got 0.0"),
+    ],
+)
 def test_bad_settings_are_refused_with_the_value(bad, match):
     with pytest.raises(ValueError, match=match):
         PPOConfig(**{**TINY, **bad}).resolve()
@@ -119,20 +156,61 @@ def test_command_line_trains_resumes_and_evaluates_plastic_ppo(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "run"
-    base = [sys.executable, str(root / "train.py"), "--algo", "plastic-ppo", "--env", "bpm/PlasticMaze-v0",
-            "--plasticity", "retroactive", "--hidden-size", "8", "--batch-size", "3", "--minibatches", "3",
-            "--env-kwargs", '{"episode_length": 10}', "--no-progress", "--no-tensorboard", "--threads", "1"]
+    base = [
+        sys.executable,
+        str(root / "train.py"),
+        "--algo",
+        "plastic-ppo",
+        "--env",
+        "bpm/PlasticMaze-v0",
+        "--plasticity",
+        "retroactive",
+        "--hidden-size",
+        "8",
+        "--batch-size",
+        "3",
+        "--minibatches",
+        "3",
+        "--env-kwargs",
+        '{"episode_length": 10}',
+        "--no-progress",
+        "--no-tensorboard",
+        "--threads",
+        "1",
+    ]
     r = subprocess.run([*base, "--updates", "1", "--out", str(out)], capture_output=True, text=True, cwd=root)
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "config.json").read_text())["algo"] == "plastic-ppo"
-    r = subprocess.run([sys.executable, str(root / "train.py"), "--out", str(out), "--resume", "--updates", "2",
-                        "--no-progress", "--no-tensorboard"], capture_output=True, text=True, cwd=root)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(root / "train.py"),
+            "--out",
+            str(out),
+            "--resume",
+            "--updates",
+            "2",
+            "--no-progress",
+            "--no-tensorboard",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
     assert r.returncode == 0 and "2 updates" in r.stdout, r.stderr
-    r = subprocess.run([sys.executable, str(root / "evaluate.py"), str(out), "--episodes", "3", "--json"],
-                       capture_output=True, text=True, cwd=root)
+    r = subprocess.run(
+        [sys.executable, str(root / "evaluate.py"), str(out), "--episodes", "3", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["algo"] == "plastic-ppo"
-    r = subprocess.run([*base, "--clip-range", "-1", "--updates", "1", "--out", str(tmp_path / "bad")],
-                       capture_output=True, text=True, cwd=root)
+    r = subprocess.run(
+        [*base, "--clip-range", "-1", "--updates", "1", "--out", str(tmp_path / "bad")],
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
     assert r.returncode == 2 and "clip_range must be a finite number > 0, got -1.0" in r.stderr
     assert "Traceback" not in r.stderr

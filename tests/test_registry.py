@@ -95,9 +95,7 @@ def test_same_seed_same_trajectory_single(env_id):
         assert (ra, ta, ua) == (rb, tb, ub)
         assert_info_equal(ia, ib)
     # and the seed matters: some info (cue ids, reward cell, ...) differs between seeds
-    assert any(
-        any(not np.array_equal(ia[k], ic[k]) for k in ia) for (*_, ia), (*_, ic) in zip(a, c)
-    )
+    assert any(any(not np.array_equal(ia[k], ic[k]) for k in ia) for (*_, ia), (*_, ic) in zip(a, c))
 
 
 def vector_rollout(env_id: str, num_envs: int, seed: int, actions: np.ndarray, **options):

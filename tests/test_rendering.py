@@ -176,8 +176,7 @@ def test_paint_cells_hand_example():
 
 
 def test_timeline_bar_fill_and_ticks():
-    bar = timeline_bar(10, 2, t=3, total=5, ticks=[0], fg=(1, 1, 1), bg=(2, 2, 2),
-                       tick_color=(3, 3, 3))
+    bar = timeline_bar(10, 2, t=3, total=5, ticks=[0], fg=(1, 1, 1), bg=(2, 2, 2), tick_color=(3, 3, 3))
     assert bar.shape == (2, 10, 3)
     np.testing.assert_array_equal(bar[0, :, 0], [1, 3, 1, 1, 1, 1, 2, 2, 2, 2])
 
@@ -246,10 +245,12 @@ def test_demo_runs_an_episode_and_writes_a_gif(tmp_path, capsys):
 def test_demo_human_window_and_help():
     totals = demo.main(["--render", "human", "--steps", "3"])
     assert len(totals) == 1
-    result = subprocess.run([sys.executable, "-m", "bpm_envs.demo", "--help"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "bpm_envs.demo", "--help"], capture_output=True, text=True, check=True
+    )
     for flag in ("--env", "--episodes", "--seed", "--render", "--gif", "--steps"):
         assert flag in result.stdout
-    bad = subprocess.run([sys.executable, "-m", "bpm_envs.demo", "--episodes", "0"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "bpm_envs.demo", "--episodes", "0"], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "expected an integer >= 1, got 0" in bad.stderr

@@ -40,8 +40,6 @@ CUE = "bpm/CueReward-v0"
 MAZE = "bpm/PlasticMaze-v0"
 
 
-
-
 def read_rows(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
@@ -139,8 +137,9 @@ class StateRecorder:
 def test_evaluate_policy_runs_our_plastic_policy_with_its_state():
     """SB3's evaluate_policy threads our predict state and episode_start like our own rollout."""
     kwargs = {"episode_length": 25}
-    trainer = A2CTrainer(A2CConfig(env_id=CUE, rule="retroactive", hidden_size=16, batch_size=4,
-                                   env_kwargs=kwargs, seed=0))
+    trainer = A2CTrainer(
+        A2CConfig(env_id=CUE, rule="retroactive", hidden_size=16, batch_size=4, env_kwargs=kwargs, seed=0)
+    )
     trainer.update()
     trainer.update()
     policy = trainer.policy.eval()
@@ -153,7 +152,11 @@ def test_evaluate_policy_runs_our_plastic_policy_with_its_state():
 
     seen = []
     rewards, lengths = evaluate_policy(
-        policy, make_venv(), n_eval_episodes=2 * n, deterministic=True, return_episode_rewards=True,
+        policy,
+        make_venv(),
+        n_eval_episodes=2 * n,
+        deterministic=True,
+        return_episode_rewards=True,
         # the callback runs once per env and step; the actions of a step are shared
         callback=lambda loc, glob: seen.append(np.array(loc["actions"])) if loc["i"] == 0 else None,
     )
@@ -172,14 +175,35 @@ def test_evaluate_policy_runs_our_plastic_policy_with_its_state():
 
 
 # ---------------------------------------------------------------------------- run folders
-SMALL = ["--env-kwargs", '{"episode_length": 20}', "--n-envs", "2", "--n-steps", "20",
-         "--no-progress", "--no-tensorboard"]
+SMALL = [
+    "--env-kwargs",
+    '{"episode_length": 20}',
+    "--n-envs",
+    "2",
+    "--n-steps",
+    "20",
+    "--no-progress",
+    "--no-tensorboard",
+]
 
 
 def test_ppo_run_folder_trains_resumes_and_loads(tmp_path):
     out = tmp_path / "ppo"
-    args = ["--algo", "ppo", "--out", str(out), "--minibatch-size", "20", "--n-epochs", "1",
-            "--net-arch", "16", "--seed", "3", *SMALL]
+    args = [
+        "--algo",
+        "ppo",
+        "--out",
+        str(out),
+        "--minibatch-size",
+        "20",
+        "--n-epochs",
+        "1",
+        "--net-arch",
+        "16",
+        "--seed",
+        "3",
+        *SMALL,
+    ]
     assert train_main([*args, "--updates", "2"]) == 0
     meta = json.loads((out / "config.json").read_text())
     assert meta["algo"] == "ppo"
@@ -193,8 +217,10 @@ def test_ppo_run_folder_trains_resumes_and_loads(tmp_path):
     with zipfile.ZipFile(out / CHECKPOINT_FILE) as zf:
         assert json.loads(zf.read("data"))["num_timesteps"] == 80
 
-    assert train_main(["--out", str(out), "--resume", "--updates", "3", "--no-progress",
-                       "--no-tensorboard"]) == 0
+    assert (
+        train_main(["--out", str(out), "--resume", "--updates", "3", "--no-progress", "--no-tensorboard"])
+        == 0
+    )
     rows = read_rows(out / "progress.csv")
     assert [int(r["update"]) for r in rows] == [1, 2, 3]
     assert [int(r["env_steps"]) for r in rows] == [40, 80, 120]
@@ -217,8 +243,9 @@ def test_ppo_run_folder_trains_resumes_and_loads(tmp_path):
 
 def test_rollout_stats_match_sb3_episode_monitor():
     """The per-update episode returns we log are the ones SB3's VecMonitor reports."""
-    cfg = SB3Config(algo="a2c", env_kwargs={"episode_length": 10}, n_envs=3, n_steps=4,
-                    net_arch=[8], seed=1).resolve()
+    cfg = SB3Config(
+        algo="a2c", env_kwargs={"episode_length": 10}, n_envs=3, n_steps=4, net_arch=[8], seed=1
+    ).resolve()
     venv = make_sb3_vec_env(CUE, 3, 1, cfg.env_kwargs)
     model = build_model(cfg, venv)
     stats = _RolloutStats(3)
@@ -233,9 +260,28 @@ def test_rollout_stats_match_sb3_episode_monitor():
 
 def test_recurrent_ppo_agent_threads_lstm_state(tmp_path):
     out = tmp_path / "rppo"
-    assert train_main(["--algo", "recurrent-ppo", "--out", str(out), "--updates", "1",
-                       "--lstm-hidden-size", "8", "--net-arch", "8", "--minibatch-size", "40",
-                       "--n-epochs", "1", *SMALL]) == 0
+    assert (
+        train_main(
+            [
+                "--algo",
+                "recurrent-ppo",
+                "--out",
+                str(out),
+                "--updates",
+                "1",
+                "--lstm-hidden-size",
+                "8",
+                "--net-arch",
+                "8",
+                "--minibatch-size",
+                "40",
+                "--n-epochs",
+                "1",
+                *SMALL,
+            ]
+        )
+        == 0
+    )
     agent = load_agent(out)
     assert agent.recurrent
     lstm = agent.model.policy.lstm_actor
@@ -321,8 +367,9 @@ def test_ctrl_c_saves_and_exits_130(tmp_path, capsys):
 
     watcher = threading.Thread(target=interrupt_after_two_updates, daemon=True)
     watcher.start()
-    code = train_main(["--algo", "a2c", "--out", str(out), "--updates", "100000",
-                       "--checkpoint-every", "100000", *SMALL])
+    code = train_main(
+        ["--algo", "a2c", "--out", str(out), "--updates", "100000", "--checkpoint-every", "100000", *SMALL]
+    )
     watcher.join()
     assert code == 130
     assert "interrupted, checkpoint saved" in capsys.readouterr().out

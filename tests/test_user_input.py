@@ -24,13 +24,38 @@ from bpm_agents.checkpoint import CheckpointError, DictConfig, load_checkpoint
 from bpm_agents.training import CSV_FIELDS
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "SDL_VIDEODRIVER": "dummy", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1",
-       "PYGAME_HIDE_SUPPORT_PROMPT": "1"}
+ENV = {
+    **os.environ,
+    "SDL_VIDEODRIVER": "dummy",
+    "MPLBACKEND": "Agg",
+    "OMP_NUM_THREADS": "1",
+    "PYGAME_HIDE_SUPPORT_PROMPT": "1",
+}
 QUIET = ["--no-progress", "--no-tensorboard", "--threads", "1"]
-TINY = ["--batch-size", "2", "--hidden-size", "6", "--env-kwargs", json.dumps({"episode_length": 20}),
-        "--unroll", "reference", *QUIET]
-PEER = ["--algo", "a2c", "--n-envs", "2", "--n-steps", "5", "--net-arch", "8",
-        "--env-kwargs", json.dumps({"episode_length": 20}), *QUIET]
+TINY = [
+    "--batch-size",
+    "2",
+    "--hidden-size",
+    "6",
+    "--env-kwargs",
+    json.dumps({"episode_length": 20}),
+    "--unroll",
+    "reference",
+    *QUIET,
+]
+PEER = [
+    "--algo",
+    "a2c",
+    "--n-envs",
+    "2",
+    "--n-steps",
+    "5",
+    "--net-arch",
+    "8",
+    "--env-kwargs",
+    json.dumps({"episode_length": 20}),
+    *QUIET,
+]
 
 
 def load_script(name: str):
@@ -73,7 +98,7 @@ BAD_CONFIGS = [
     ({"lr": "0.001"}, "'lr' must be a number or null, got \"0.001\""),
     ({"gamma": None}, "'gamma' must be a number, got null"),
     ({"env_kwargs": "x"}, "'env_kwargs' must be a JSON object, got \"x\""),
-    ("not a dict", "must be a JSON object of settings, got \"not a dict\""),
+    ("not a dict", 'must be a JSON object of settings, got "not a dict"'),
 ]
 
 
@@ -98,8 +123,7 @@ def _with_config(src: Path, dst: Path, change) -> Path:
 
 @pytest.mark.parametrize("kind", ["plastic", "peer"])
 @pytest.mark.parametrize("change,message", BAD_CONFIGS)
-def test_config_json_of_wrong_type_names_field_and_value(saved_runs, tmp_path, capsys, kind,
-                                                         change, message):
+def test_config_json_of_wrong_type_names_field_and_value(saved_runs, tmp_path, capsys, kind, change, message):
     if kind == "peer" and isinstance(change, dict) and "lr" in change:
         change = {"learning_rate": change["lr"]}
         message = message.replace("'lr'", "'learning_rate'")
@@ -117,9 +141,9 @@ def test_config_json_of_wrong_type_names_field_and_value(saved_runs, tmp_path, c
 
 def test_every_config_class_checks_types():
     from bpm_agents.a2c import A2CConfig
+    from bpm_agents.checkpoint import check_config_dict
     from bpm_agents.lm.model import LMConfig
     from bpm_agents.lm.trainer import TrainConfig
-    from bpm_agents.checkpoint import check_config_dict
     from bpm_agents.sb3 import SB3Config
 
     assert issubclass(A2CConfig, DictConfig) and issubclass(SB3Config, DictConfig)
@@ -144,7 +168,9 @@ def test_non_finite_or_non_positive_lr_is_refused_before_training(tmp_path, caps
     assert train([*flags, f"--lr={lr}", "--updates", "2", "--out", out]) == 2
     err = capsys.readouterr().err
     name = "lr" if algo == "plastic" else "learning_rate"
-    assert f"{name} must be a finite number > 0 (at most 3.4e38, the float32 range), got {float(lr)!r}" in err, err
+    assert (
+        f"{name} must be a finite number > 0 (at most 3.4e38, the float32 range), got {float(lr)!r}" in err
+    ), err
     assert not out.exists()
 
 
@@ -184,11 +210,30 @@ def test_resume_reports_its_start_refuses_differing_flags_and_has_nothing_to_do(
     capsys.readouterr()
     saved = (out / "checkpoint.pt").read_bytes()
 
-    assert train(["--out", out, "--resume", "--updates", "10", "--plasticity", "retroactive",
-                  "--lr", "0.001", "--hidden-size", "6", *QUIET]) == 2
+    assert (
+        train(
+            [
+                "--out",
+                out,
+                "--resume",
+                "--updates",
+                "10",
+                "--plasticity",
+                "retroactive",
+                "--lr",
+                "0.001",
+                "--hidden-size",
+                "6",
+                *QUIET,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert "these flags differ from it: --plasticity retroactive (saved: \"hebbian\"); " \
-           "--lr 0.001 (saved: 0.0001)" in err, err
+    assert (
+        'these flags differ from it: --plasticity retroactive (saved: "hebbian"); '
+        "--lr 0.001 (saved: 0.0001)" in err
+    ), err
     assert "--hidden-size" not in err  # the same value as saved is accepted
     assert (out / "checkpoint.pt").read_bytes() == saved and len(rows(out)) == 2
 
@@ -209,8 +254,25 @@ def test_peer_resume_reports_refuses_and_has_nothing_to_do(tmp_path, capsys):
     out = tmp_path / "peer"
     assert train([*PEER, "--updates", "2", "--out", out]) == 0
     capsys.readouterr()
-    assert train(["--out", out, "--resume", "--updates", "5", "--lr", "0.5", "--n-steps", "5",
-                  "--net-arch", "16", *QUIET]) == 2
+    assert (
+        train(
+            [
+                "--out",
+                out,
+                "--resume",
+                "--updates",
+                "5",
+                "--lr",
+                "0.5",
+                "--n-steps",
+                "5",
+                "--net-arch",
+                "16",
+                *QUIET,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "--lr 0.5 (saved: 0.0007); --net-arch [16] (saved: [8])" in err, err
     assert "--n-steps" not in err
@@ -245,8 +307,10 @@ def test_peer_two_updates_plus_resume_two_equal_four_straight(tmp_path, capsys, 
     import zipfile
 
     shutil.copytree(tmp_path / "part", tmp_path / "old")  # the same, without the resume state
-    with zipfile.ZipFile(tmp_path / "part" / "checkpoint.zip") as src, \
-            zipfile.ZipFile(tmp_path / "old" / "checkpoint.zip", "w") as dst:
+    with (
+        zipfile.ZipFile(tmp_path / "part" / "checkpoint.zip") as src,
+        zipfile.ZipFile(tmp_path / "old" / "checkpoint.zip", "w") as dst,
+    ):
         for item in src.infolist():
             if item.filename != "bpm_resume.pt":
                 dst.writestr(item, src.read(item.filename))
@@ -279,9 +343,28 @@ def write_corpus(folder: Path, train_lines: int) -> Path:
 
 
 def lm_flags(corpus: Path) -> list:
-    return ["lm", "--data", corpus, "--variant", "retroactive", "--batch-size", "2", "--bptt", "5",
-            "--eval-batch-size", "2", "--no-progress", "--threads", "1", "--device", "cpu",
-            "--target-params", "3000", "--epochs", "1"]
+    return [
+        "lm",
+        "--data",
+        corpus,
+        "--variant",
+        "retroactive",
+        "--batch-size",
+        "2",
+        "--bptt",
+        "5",
+        "--eval-batch-size",
+        "2",
+        "--no-progress",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--target-params",
+        "3000",
+        "--epochs",
+        "1",
+    ]
 
 
 def lm_rows(run_dir: Path) -> list[list[str]]:
@@ -307,9 +390,17 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path, capsys):
         "peer": lambda d: (d / "progress.csv").exists() and len(rows(d)) >= 1,
         "lm": lambda d: (d / "log.csv").exists() and len(lm_rows(d)) >= 2,
     }
-    procs = {k: subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, a)], cwd=ROOT,
-                                 env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for k, a in argv.items()}
+    procs = {
+        k: subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), *map(str, a)],
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k, a in argv.items()
+    }
     results = {}
     try:
         deadline = time.monotonic() + 90
@@ -391,8 +482,10 @@ def test_lm_interrupted_mid_epoch_resumes_bit_for_bit(tmp_path, capsys):
     a, b = load_lm(tmp_path / "whole" / "last.pt"), load_lm(out / "last.pt")
     assert a["step"] == b["step"] == 240 and a["valid_ppl"] == b["valid_ppl"]
     assert all(torch.equal(a["model"][key], b["model"][key]) for key in a["model"])
-    assert json.loads((out / "test.json").read_text())["test_ppl"] == \
-        json.loads((tmp_path / "whole" / "test.json").read_text())["test_ppl"]
+    assert (
+        json.loads((out / "test.json").read_text())["test_ppl"]
+        == json.loads((tmp_path / "whole" / "test.json").read_text())["test_ppl"]
+    )
 
 
 # ------------------------------------------------------------------ LM: huge and non-finite lr
@@ -425,7 +518,8 @@ def test_lm_non_finite_loss_stops_with_exit_2_keeping_the_last_good_checkpoint(t
 
     shutil.rmtree(out)
     assert train([*lm_flags(corpus), "--out", out]) == 0
-    from bpm_agents.lm.trainer import load_checkpoint as load_lm, save_checkpoint as save_lm
+    from bpm_agents.lm.trainer import load_checkpoint as load_lm
+    from bpm_agents.lm.trainer import save_checkpoint as save_lm
 
     payload = load_lm(out / "last.pt")
     payload["train_config"]["lr"] = 1e30
@@ -439,10 +533,15 @@ def test_lm_non_finite_loss_stops_with_exit_2_keeping_the_last_good_checkpoint(t
 
 
 # ------------------------------------------------------------------ progress.csv optional cells
-@pytest.mark.parametrize("rule,empty", [("none", {"modulator_abs_mean", "eta", "eta_e"}),
-                                        ("hebbian", {"modulator_abs_mean", "eta_e"}),
-                                        ("simple", {"eta", "eta_e"}),  # M(t) is its rate
-                                        ("retroactive", {"eta"})])  # eta_e is its rate
+@pytest.mark.parametrize(
+    "rule,empty",
+    [
+        ("none", {"modulator_abs_mean", "eta", "eta_e"}),
+        ("hebbian", {"modulator_abs_mean", "eta_e"}),
+        ("simple", {"eta", "eta_e"}),  # M(t) is its rate
+        ("retroactive", {"eta"}),
+    ],
+)  # eta_e is its rate
 def test_progress_csv_leaves_cells_of_absent_parameters_empty(tmp_path, rule, empty):
     out = tmp_path / rule
     assert train(["--plasticity", rule, "--updates", "1", "--out", out, *TINY]) == 0
@@ -471,8 +570,12 @@ def test_training_without_tensorboard_skips_it_with_one_line(tmp_path, capsys, m
     out = tmp_path / "run"
     assert train([*flags, "--updates", "2", "--out", out]) == 0
     err = capsys.readouterr().err
-    assert err.count("tensorboard is not installed: no TensorBoard logs "
-                     "(pip install 'backpropamine-gym[tensorboard]')") == 1
+    assert (
+        err.count(
+            "tensorboard is not installed: no TensorBoard logs (pip install 'backpropamine-gym[tensorboard]')"
+        )
+        == 1
+    )
     assert not (out / "tb").exists() and len(rows(out)) == 2
 
 
@@ -483,8 +586,10 @@ def test_peers_without_sb3_name_the_extra(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "stable_baselines3", None)
     assert train([*PEER, "--updates", "1", "--out", tmp_path / "run"]) == 2
     err = capsys.readouterr().err
-    assert "--algo a2c needs stable-baselines3, which is not installed; it is part of the 'peers' " \
-           "extra: pip install 'backpropamine-gym[peers]'" in err
+    assert (
+        "--algo a2c needs stable-baselines3, which is not installed; it is part of the 'peers' "
+        "extra: pip install 'backpropamine-gym[peers]'" in err
+    )
     assert "Traceback" not in err and not (tmp_path / "run").exists()
 
 
@@ -494,8 +599,10 @@ def test_recurrent_ppo_without_sb3_contrib_names_the_extra(tmp_path, capsys, mon
             monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "sb3_contrib", None)
     assert train([*PEER[2:], "--algo", "recurrent-ppo", "--updates", "1", "--out", tmp_path / "r"]) == 2
-    assert "--algo recurrent-ppo needs sb3-contrib, which is not installed; it is part of the " \
-           "'peers' extra" in capsys.readouterr().err
+    assert (
+        "--algo recurrent-ppo needs sb3-contrib, which is not installed; it is part of the "
+        "'peers' extra" in capsys.readouterr().err
+    )
 
 
 def test_extras_declared_in_pyproject():
@@ -504,15 +611,26 @@ def test_extras_declared_in_pyproject():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     deps = meta["dependencies"]
     assert "gymnasium>=1.1" in deps
-    assert not any(d.startswith(("stable-baselines3", "sb3-contrib", "tensorboard", "pygame",
-                                 "matplotlib", "pillow")) for d in deps)
+    assert not any(
+        d.startswith(("stable-baselines3", "sb3-contrib", "tensorboard", "pygame", "matplotlib", "pillow"))
+        for d in deps
+    )
     extras = meta["optional-dependencies"]
     assert extras["peers"] == ["stable-baselines3>=2.6", "sb3-contrib>=2.6"]
-    assert set(extras["all"]) == set(extras["peers"] + extras["tensorboard"] + extras["render"] + extras["ray"])
-    assert set(extras["dev"]) == set(extras["all"]) | {"pytest>=7", "pytest-timeout>=2"}
-    pinned = {line.split("==")[0].lower().replace("_", "-")
-              for line in (ROOT / "constraints.txt").read_text().splitlines()
-              if line and not line.startswith("#")}
+    assert set(extras["all"]) == set(
+        extras["peers"] + extras["tensorboard"] + extras["render"] + extras["ray"]
+    )
+    assert set(extras["dev"]) == set(extras["all"]) | {
+        "pytest>=7",
+        "pytest-timeout>=2",
+        "ruff>=0.6",
+        "mypy>=1.10",
+    }
+    pinned = {
+        line.split("==")[0].lower().replace("_", "-")
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
     names = {d.split(">")[0].split("=")[0].lower() for d in deps + extras["dev"]}
     assert names <= pinned, names - pinned
 
@@ -523,10 +641,29 @@ def test_lm_resume_refuses_flags_that_differ_from_the_saved_settings(tmp_path, c
     assert train([*lm_flags(corpus), "--out", out]) == 0
     saved = (out / "last.pt").read_bytes()
     capsys.readouterr()
-    assert train([*lm_flags(corpus), "--out", out, "--resume", "--epochs", "2", "--lr", "0.5",
-                  "--bptt", "5", "--variant", "lstm"]) == 2
+    assert (
+        train(
+            [
+                *lm_flags(corpus),
+                "--out",
+                out,
+                "--resume",
+                "--epochs",
+                "2",
+                "--lr",
+                "0.5",
+                "--bptt",
+                "5",
+                "--variant",
+                "lstm",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert "these flags differ from them: --variant lstm (saved: \"retroactive\"); --lr 0.5 (saved: 1.0)" in err, err
+    assert (
+        'these flags differ from them: --variant lstm (saved: "retroactive"); --lr 0.5 (saved: 1.0)' in err
+    ), err
     assert "--bptt" not in err and (out / "last.pt").read_bytes() == saved
     # the original command plus --resume (same values) continues
     assert train([*lm_flags(corpus), "--out", out, "--resume", "--epochs", "2"]) == 0

@@ -37,42 +37,87 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="{run,status,report,list}")
     d = argparse.ArgumentDefaultsHelpFormatter
 
-    r = sub.add_parser("run", formatter_class=d, help="run (or continue) every condition x seed of an experiment",
-                       description="Run every condition x seed as OUT/<condition>/seed<k>/ (the folder train.py "
-                       "writes). Rerunning the same command continues unfinished runs and skips finished ones.",
-                       epilog="exit codes: 0 every run reached --updates; 1 some run diverged, failed or was "
-                       "busy (being trained by another process; see sweep.json); 2 bad input or a folder "
-                       "that does not fit (nothing started); 130 interrupted (rerun to continue)")
-    r.add_argument("experiment", help="a built-in experiment (fig1, a5, fig2) or a path to a .json definition")
+    r = sub.add_parser(
+        "run",
+        formatter_class=d,
+        help="run (or continue) every condition x seed of an experiment",
+        description="Run every condition x seed as OUT/<condition>/seed<k>/ (the folder train.py "
+        "writes). Rerunning the same command continues unfinished runs and skips finished ones.",
+        epilog="exit codes: 0 every run reached --updates; 1 some run diverged, failed or was "
+        "busy (being trained by another process; see sweep.json); 2 bad input or a folder "
+        "that does not fit (nothing started); 130 interrupted (rerun to continue)",
+    )
+    r.add_argument(
+        "experiment", help="a built-in experiment (fig1, a5, fig2) or a path to a .json definition"
+    )
     r.add_argument("--seeds", default="0-4", help="seeds of every condition, e.g. 0-4 or 0,2,5-7")
-    r.add_argument("--updates", type=int, required=True, help="target updates of every run (total, not added)")
+    r.add_argument(
+        "--updates", type=int, required=True, help="target updates of every run (total, not added)"
+    )
     r.add_argument("--out", required=True, help="sweep folder")
     r.add_argument("--protocol", default="paper", help="named hyper-parameter protocol of the experiment")
     r.add_argument("--workers", type=int, default=1, help="runs at a time (each on one torch thread)")
-    r.add_argument("--checkpoint-every", type=int, default=50, help="checkpoint interval in updates: the most a kill loses")
-    r.add_argument("--backend", default="local", choices=["local", "ray", "inline"], help="local: a process pool; ray: one Ray task per run; inline: this process, one run after another (debugging)")
-    r.add_argument("--ray-address", default=None, help="Ray cluster to join (ray.init(address=...)); default: a local instance")
+    r.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=50,
+        help="checkpoint interval in updates: the most a kill loses",
+    )
+    r.add_argument(
+        "--backend",
+        default="local",
+        choices=["local", "ray", "inline"],
+        help="local: a process pool; ray: one Ray task per run; inline: this process, one run after another (debugging)",
+    )
+    r.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster to join (ray.init(address=...)); default: a local instance",
+    )
     r.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="device of every run")
-    r.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs in each run folder")
-    r.add_argument("--progress-every", type=float, default=None, help="seconds between progress lines (default 2 on a terminal, 60 otherwise)")
+    r.add_argument(
+        "--tensorboard", action="store_true", help="also write TensorBoard logs in each run folder"
+    )
+    r.add_argument(
+        "--progress-every",
+        type=float,
+        default=None,
+        help="seconds between progress lines (default 2 on a terminal, 60 otherwise)",
+    )
     r.add_argument("--dry-run", action="store_true", help="print what would be done and exit")
 
     s = sub.add_parser("status", formatter_class=d, help="table of the runs of a sweep folder")
     s.add_argument("dir", help="sweep folder")
-    s.add_argument("--updates", type=int, default=None, help="target updates (default: from the folder's sweep.json)")
+    s.add_argument(
+        "--updates", type=int, default=None, help="target updates (default: from the folder's sweep.json)"
+    )
     s.add_argument("--window", type=int, default=100, help="updates in the recent mean reward")
-    s.add_argument("--experiment", default=None, help="list this experiment's runs too (pending ones included), e.g. for a folder without sweep.json")
+    s.add_argument(
+        "--experiment",
+        default=None,
+        help="list this experiment's runs too (pending ones included), e.g. for a folder without sweep.json",
+    )
     s.add_argument("--seeds", default=None, help="with --experiment: its seeds, e.g. 0-4")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    rep = sub.add_parser("report", formatter_class=d, help="figure, table and claims of a sweep folder",
-                         description="Reads the run folders only. Writes PREFIX.txt, PREFIX.json, PREFIX.png "
-                         "and PREFIX_curves.csv and prints the text.")
+    rep = sub.add_parser(
+        "report",
+        formatter_class=d,
+        help="figure, table and claims of a sweep folder",
+        description="Reads the run folders only. Writes PREFIX.txt, PREFIX.json, PREFIX.png "
+        "and PREFIX_curves.csv and prints the text.",
+    )
     rep.add_argument("dir", help="sweep folder")
-    rep.add_argument("--experiment", default=None, help="experiment whose conditions and claims to use (default: the folder's sweep.json)")
+    rep.add_argument(
+        "--experiment",
+        default=None,
+        help="experiment whose conditions and claims to use (default: the folder's sweep.json)",
+    )
     rep.add_argument("--out", default=None, help="output prefix (default: DIR/report)")
     rep.add_argument("--window", type=int, default=100, help="moving-average window in updates")
-    rep.add_argument("--marks", default=None, help="comma-separated updates of the table (default: about 6 round ones)")
+    rep.add_argument(
+        "--marks", default=None, help="comma-separated updates of the table (default: about 6 round ones)"
+    )
 
     ls = sub.add_parser("list", help="the built-in experiments, or one of them as JSON")
     ls.add_argument("name", nargs="?", default=None, help="print this experiment's definition as JSON")
@@ -117,8 +162,10 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     experiment.protocol(args.protocol)  # a clear error before anything else
     seeds = parse_seeds(args.seeds)
     if args.backend == "ray" and not ray_available():
-        raise SweepError("--backend ray needs Ray, which is not installed: pip install 'backpropamine-gym[ray]' "
-                         "(or pip install 'ray>=2.9')")
+        raise SweepError(
+            "--backend ray needs Ray, which is not installed: pip install 'backpropamine-gym[ray]' "
+            "(or pip install 'ray>=2.9')"
+        )
     if args.ray_address and args.backend != "ray":
         raise SweepError("--ray-address needs --backend ray")
     if args.dry_run:
@@ -129,19 +176,34 @@ def _run(args: argparse.Namespace, prog: str) -> int:
         return 0
     command = " ".join(shlex.quote(a) for a in [prog, *args.argv])  # recorded in sweep.json
     result = run_sweep(
-        experiment, args.out, seeds, args.updates, protocol=args.protocol, workers=args.workers,
-        checkpoint_every=args.checkpoint_every, backend=args.backend, ray_address=args.ray_address,
-        device=str(resolve_device(args.device)), tensorboard=args.tensorboard,
-        progress_every=args.progress_every, command=command,
+        experiment,
+        args.out,
+        seeds,
+        args.updates,
+        protocol=args.protocol,
+        workers=args.workers,
+        checkpoint_every=args.checkpoint_every,
+        backend=args.backend,
+        ray_address=args.ray_address,
+        device=str(resolve_device(args.device)),
+        tensorboard=args.tensorboard,
+        progress_every=args.progress_every,
+        command=command,
     )
-    counts = {s: result.count(s) for s in ("done", "finished", "interrupted", "aborted", "diverged", "busy", "error")}
+    counts = {
+        s: result.count(s)
+        for s in ("done", "finished", "interrupted", "aborted", "diverged", "busy", "error")
+    }
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     print(f"{experiment.name}/{args.protocol} in {args.out}: {summary or 'nothing to do'}")
     if result.exit_code == 130:
         print("stopped; rerun the same command to continue", file=sys.stderr)
     elif result.exit_code:
-        print(f"some runs did not finish; details in {Path(args.out) / 'sweep.json'}; "
-              f"'{prog} status {args.out}' shows them", file=sys.stderr)
+        print(
+            f"some runs did not finish; details in {Path(args.out) / 'sweep.json'}; "
+            f"'{prog} status {args.out}' shows them",
+            file=sys.stderr,
+        )
     return result.exit_code
 
 
@@ -159,7 +221,9 @@ def _status(args: argparse.Namespace, prog: str) -> int:
     seeds = parse_seeds(args.seeds) if args.seeds else None
     rows = sweep_status(args.dir, target=args.updates, window=args.window, experiment=experiment, seeds=seeds)
     if not rows:
-        raise SweepError(f"{args.dir} holds no runs of a sweep (no sweep.json and no <condition>/seed<k>/ folders)")
+        raise SweepError(
+            f"{args.dir} holds no runs of a sweep (no sweep.json and no <condition>/seed<k>/ folders)"
+        )
     print(status_json(rows) if args.json else format_status(rows, args.window))
     return 0
 

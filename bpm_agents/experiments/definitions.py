@@ -99,8 +99,7 @@ class Experiment:
     def protocol(self, name: str) -> dict[str, Any]:
         if name not in self.protocols:
             raise ExperimentError(
-                f"experiment {self.name!r} has no protocol {name!r}; "
-                f"protocols: {', '.join(self.protocols)}"
+                f"experiment {self.name!r} has no protocol {name!r}; protocols: {', '.join(self.protocols)}"
             )
         return self.protocols[name]
 
@@ -112,21 +111,26 @@ class Experiment:
             "env_id": self.env_id,
             "env_kwargs": dict(self.env_kwargs),
             "conditions": [
-                {"name": c.name, "rule": c.rule, "hidden_size": c.hidden_size,
-                 "overrides": dict(c.overrides)}
+                {"name": c.name, "rule": c.rule, "hidden_size": c.hidden_size, "overrides": dict(c.overrides)}
                 for c in self.conditions
             ],
             "protocols": {k: dict(v) for k, v in self.protocols.items()},
             "claims": [
-                {"better": c.better, "worse": c.worse, "relation": c.relation,
-                 "significant": c.significant, "text": c.text}
+                {
+                    "better": c.better,
+                    "worse": c.worse,
+                    "relation": c.relation,
+                    "significant": c.significant,
+                    "text": c.text,
+                }
                 for c in self.claims
             ],
         }
 
 
-def resolve_run_config(experiment: Experiment, condition: str | Condition, protocol: str,
-                       seed: int) -> A2CConfig:
+def resolve_run_config(
+    experiment: Experiment, condition: str | Condition, protocol: str, seed: int
+) -> A2CConfig:
     """The resolved config of one run of ``experiment`` (the one its ``config.json`` must hold)."""
     cond = experiment.condition(condition) if isinstance(condition, str) else condition
     proto = experiment.protocol(protocol)
@@ -138,8 +142,13 @@ def resolve_run_config(experiment: Experiment, condition: str | Condition, proto
         )
     try:
         return A2CConfig(
-            env_id=experiment.env_id, rule=cond.rule, env_kwargs=dict(experiment.env_kwargs),
-            hidden_size=cond.hidden_size, seed=seed, **cond.overrides, **proto,
+            env_id=experiment.env_id,
+            rule=cond.rule,
+            env_kwargs=dict(experiment.env_kwargs),
+            hidden_size=cond.hidden_size,
+            seed=seed,
+            **cond.overrides,
+            **proto,
         ).resolve()
     except (TypeError, ValueError) as exc:
         raise ExperimentError(
@@ -216,7 +225,9 @@ def experiment_from_dict(d: Any, source: str = "experiment") -> Experiment:
     """
     if not isinstance(d, dict):
         raise ExperimentError(f"{source}: an experiment must be a JSON object, got {type(d).__name__}")
-    _check_keys(d, {"name", "description", "env_id", "env_kwargs", "conditions", "protocols", "claims"}, source)
+    _check_keys(
+        d, {"name", "description", "env_id", "env_kwargs", "conditions", "protocols", "claims"}, source
+    )
     name = _check_name(_require(d, "name", str, source), f"{source}: field 'name'")
     where = f"{source} (experiment {name!r})"
     env_id = _require(d, "env_id", str, where)
@@ -275,7 +286,9 @@ def experiment_from_dict(d: Any, source: str = "experiment") -> Experiment:
         better, worse = _require(c, "better", str, kw), _require(c, "worse", str, kw)
         for key, value in (("better", better), ("worse", worse)):
             if value not in names:
-                raise ExperimentError(f"{kw}: {key} {value!r} is not a condition; conditions: {', '.join(names)}")
+                raise ExperimentError(
+                    f"{kw}: {key} {value!r} is not a condition; conditions: {', '.join(names)}"
+                )
         if better == worse:
             raise ExperimentError(f"{kw}: better and worse are both {better!r}")
         relation = c.get("relation", ">")
@@ -336,14 +349,34 @@ BUILTIN: dict[str, Experiment] = {
             description="Paper Fig. 1: cue-reward association with 20-bit random cues, N=200 for every rule.",
             conditions=_CUE_CONDITIONS,
             claims=(
-                Claim("simple-N200", "hebbian-N200", ">", True,
-                      "simple neuromodulation learns the task, non-modulated plasticity stays at chance"),
-                Claim("retroactive-N200", "hebbian-N200", ">", True,
-                      "retroactive neuromodulation learns the task, non-modulated plasticity stays at chance"),
-                Claim("simple-N200", "none-N200", ">", True,
-                      "simple neuromodulation learns the task, the plain RNN stays at chance"),
-                Claim("retroactive-N200", "none-N200", ">", True,
-                      "retroactive neuromodulation learns the task, the plain RNN stays at chance"),
+                Claim(
+                    "simple-N200",
+                    "hebbian-N200",
+                    ">",
+                    True,
+                    "simple neuromodulation learns the task, non-modulated plasticity stays at chance",
+                ),
+                Claim(
+                    "retroactive-N200",
+                    "hebbian-N200",
+                    ">",
+                    True,
+                    "retroactive neuromodulation learns the task, non-modulated plasticity stays at chance",
+                ),
+                Claim(
+                    "simple-N200",
+                    "none-N200",
+                    ">",
+                    True,
+                    "simple neuromodulation learns the task, the plain RNN stays at chance",
+                ),
+                Claim(
+                    "retroactive-N200",
+                    "none-N200",
+                    ">",
+                    True,
+                    "retroactive neuromodulation learns the task, the plain RNN stays at chance",
+                ),
             ),
         ),
         Experiment(
@@ -356,10 +389,20 @@ BUILTIN: dict[str, Experiment] = {
             ),
             conditions=_CUE_CONDITIONS,
             claims=(
-                Claim("hebbian-N200", "none-N200", ">", True,
-                      "non-modulated plasticity learns on fixed low-dimensional cues"),
-                Claim("simple-N200", "hebbian-N200", ">=", False,
-                      "the modulated network learns no slower than non-modulated plasticity"),
+                Claim(
+                    "hebbian-N200",
+                    "none-N200",
+                    ">",
+                    True,
+                    "non-modulated plasticity learns on fixed low-dimensional cues",
+                ),
+                Claim(
+                    "simple-N200",
+                    "hebbian-N200",
+                    ">=",
+                    False,
+                    "the modulated network learns no slower than non-modulated plasticity",
+                ),
             ),
         ),
         Experiment(
@@ -377,12 +420,21 @@ BUILTIN: dict[str, Experiment] = {
                 Condition("none-N100", "none", 100),
             ),
             claims=(
-                Claim("simple-N100", "hebbian-N101", ">", True,
-                      "modulated > non-modulated plasticity, rank-sum p < 0.05 over much of training"),
-                Claim("retroactive-N100", "hebbian-N101", ">", False,
-                      "modulated > non-modulated plasticity"),
-                Claim("simple-N100", "none-N139", ">", False,
-                      "modulated plasticity > the parameter-matched plain RNN"),
+                Claim(
+                    "simple-N100",
+                    "hebbian-N101",
+                    ">",
+                    True,
+                    "modulated > non-modulated plasticity, rank-sum p < 0.05 over much of training",
+                ),
+                Claim("retroactive-N100", "hebbian-N101", ">", False, "modulated > non-modulated plasticity"),
+                Claim(
+                    "simple-N100",
+                    "none-N139",
+                    ">",
+                    False,
+                    "modulated plasticity > the parameter-matched plain RNN",
+                ),
             ),
         ),
     )

@@ -73,7 +73,9 @@ class ConditionData:
         return np.array([c[update - 1] for c in self.curves if len(c) >= update])
 
 
-def load_sweep(out: str | Path, experiment: Experiment | None, window: int) -> tuple[list[ConditionData], list[str]]:
+def load_sweep(
+    out: str | Path, experiment: Experiment | None, window: int
+) -> tuple[list[ConditionData], list[str]]:
     """Read every run folder of ``out``: per condition, the smoothed reward curve of each seed.
 
     Conditions are the experiment's (in its order, including those without runs) or, without an
@@ -102,8 +104,10 @@ def load_sweep(out: str | Path, experiment: Experiment | None, window: int) -> t
             if experiment is not None:
                 expected = experiment.condition(name)
                 if cfg.get("rule") != expected.rule or cfg.get("env_id") != experiment.env_id:
-                    notes.append(f"{run_dir}: rule {cfg.get('rule')!r} / env {cfg.get('env_id')!r} do not "
-                                 f"match condition {name!r} of experiment {experiment.name!r}")
+                    notes.append(
+                        f"{run_dir}: rule {cfg.get('rule')!r} / env {cfg.get('env_id')!r} do not "
+                        f"match condition {name!r} of experiment {experiment.name!r}"
+                    )
             if not rewards:
                 notes.append(f"{run_dir}: no updates logged yet; left out")
                 continue
@@ -113,8 +117,10 @@ def load_sweep(out: str | Path, experiment: Experiment | None, window: int) -> t
         if not cond.curves:
             notes.append(f"condition {name}: no runs with logged updates")
         elif len(set(cond.lengths)) > 1:
-            notes.append(f"condition {name}: seeds have {min(cond.lengths)}-{max(cond.lengths)} updates; "
-                         f"its curve stops at the shortest, {cond.common}")
+            notes.append(
+                f"condition {name}: seeds have {min(cond.lengths)}-{max(cond.lengths)} updates; "
+                f"its curve stops at the shortest, {cond.common}"
+            )
         data.append(cond)
     extra = sorted({c for c, _ in found} - set(names))
     if extra:
@@ -137,15 +143,22 @@ def check_claim(claim: Claim, a: ConditionData, b: ConditionData, alpha: float =
     ``verdict`` is ``holds``, ``does not hold`` or ``not testable`` (fewer than 2 seeds a side).
     """
     res: dict[str, Any] = {
-        "claim": claim.label, "better": claim.better, "worse": claim.worse,
-        "relation": claim.relation, "significant_required": claim.significant, "text": claim.text,
-        "n_better": len(a.curves), "n_worse": len(b.curves),
+        "claim": claim.label,
+        "better": claim.better,
+        "worse": claim.worse,
+        "relation": claim.relation,
+        "significant_required": claim.significant,
+        "text": claim.text,
+        "n_better": len(a.curves),
+        "n_worse": len(b.curves),
     }
     updates = min(a.common, b.common)
     if len(a.curves) < 2 or len(b.curves) < 2 or updates < 1:
-        res.update(verdict="not testable",
-                   reason=f"needs >= 2 seeds with logged updates on each side (have {len(a.curves)} and {len(b.curves)})",
-                   compared_updates=updates)
+        res.update(
+            verdict="not testable",
+            reason=f"needs >= 2 seeds with logged updates on each side (have {len(a.curves)} and {len(b.curves)})",
+            compared_updates=updates,
+        )
         return res
     stat, p = _ranksums(a.matrix(updates), b.matrix(updates))
     med_a = float(np.median(a.matrix(updates)[:, -1]))
@@ -162,12 +175,18 @@ def check_claim(claim: Claim, a: ConditionData, b: ConditionData, alpha: float =
         verdict="holds" if holds else "does not hold",
         compared_updates=updates,
         limited_by_shortest=updates < max(max(a.lengths), max(b.lengths)),
-        final={"update": updates, "median_better": med_a, "median_worse": med_b,
-               "statistic": float(stat[-1]), "p": float(p[-1])},
+        final={
+            "update": updates,
+            "median_better": med_a,
+            "median_worse": med_b,
+            "statistic": float(stat[-1]),
+            "p": float(p[-1]),
+        },
         fraction_p_below_alpha=float(sig.mean()),
         fraction_better_significant=float(better_sig.mean()),
         fraction_worse_significant=float(worse_sig.mean()),
-        statistic=stat, p=p,
+        statistic=stat,
+        p=p,
     )
     return res
 
@@ -211,18 +230,33 @@ class Report:
             for m in self.marks:
                 v = c.at(m)
                 q = np.percentile(v, [25, 50, 75]) if len(v) else [math.nan] * 3
-                rows[c.name].append({"update": m, "median": float(q[1]), "q25": float(q[0]),
-                                     "q75": float(q[2]), "n": int(len(v))})
+                rows[c.name].append(
+                    {
+                        "update": m,
+                        "median": float(q[1]),
+                        "q25": float(q[0]),
+                        "q75": float(q[2]),
+                        "n": int(len(v)),
+                    }
+                )
         return rows
 
     def text(self) -> str:
-        lines = [self.title, f"moving average over {self.window} updates"
-                 + (f"; one update = {self.batch_size} episodes" if self.batch_size else "")]
+        lines = [
+            self.title,
+            f"moving average over {self.window} updates"
+            + (f"; one update = {self.batch_size} episodes" if self.batch_size else ""),
+        ]
         lines.append("")
-        lines.append("runs: " + "; ".join(
-            f"{c.name}: {len(c.curves)} seed{'' if len(c.curves) == 1 else 's'}" + (f", {c.common} updates" if c.curves else "")
-            + (f" ({min(c.lengths)}-{max(c.lengths)})" if c.curves and len(set(c.lengths)) > 1 else "")
-            for c in self.conditions))
+        lines.append(
+            "runs: "
+            + "; ".join(
+                f"{c.name}: {len(c.curves)} seed{'' if len(c.curves) == 1 else 's'}"
+                + (f", {c.common} updates" if c.curves else "")
+                + (f" ({min(c.lengths)}-{max(c.lengths)})" if c.curves and len(set(c.lengths)) > 1 else "")
+                for c in self.conditions
+            )
+        )
         lines.append("")
         lines.append("smoothed episode reward: median [q25, q75] (n seeds) at update (episodes)")
         table = self.table()
@@ -232,7 +266,9 @@ class Report:
             row = [f"{m}{ep}"]
             for c in self.conditions:
                 t = table[c.name][i]
-                row.append("-" if t["n"] == 0 else f"{t['median']:.2f} [{t['q25']:.2f}, {t['q75']:.2f}] ({t['n']})")
+                row.append(
+                    "-" if t["n"] == 0 else f"{t['median']:.2f} [{t['q25']:.2f}, {t['q75']:.2f}] ({t['n']})"
+                )
             cells.append(row)
         widths = [max(len(r[j]) for r in cells) for j in range(len(cells[0]))]
         lines += ["  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip() for r in cells]
@@ -280,11 +316,20 @@ class Report:
             c = dict(c)
             for key in ("statistic", "p"):
                 if key in c:
-                    c[key + "_per_update"] = [None if not math.isfinite(v) else float(f"{v:.5g}") for v in c.pop(key)]
+                    c[key + "_per_update"] = [
+                        None if not math.isfinite(v) else float(f"{v:.5g}") for v in c.pop(key)
+                    ]
             claims.append(c)
-        return {"title": self.title, "window": self.window, "batch_size": self.batch_size,
-                "alpha": ALPHA, "conditions": conditions, "table": self.table(),
-                "claims": claims, "notes": self.notes}
+        return {
+            "title": self.title,
+            "window": self.window,
+            "batch_size": self.batch_size,
+            "alpha": ALPHA,
+            "conditions": conditions,
+            "table": self.table(),
+            "claims": claims,
+            "notes": self.notes,
+        }
 
     def curves_csv(self) -> str:
         """Every run's smoothed curve, one column per run (empty past a run's end)."""
@@ -326,9 +371,15 @@ class Report:
                 step = max(1, len(c["p"]) // 300)  # at most ~300 markers a row
                 sig = sig[sig % step == 0] if step > 1 else sig
                 y = lo - (i + 1) * 0.05 * span
-                ax.plot(sig, np.full(len(sig), y), ls="none", marker="|", ms=6,
-                        color=colours.get(c["better"], "k"),
-                        label=f"p < {ALPHA}: {c['better']} vs {c['worse']}")
+                ax.plot(
+                    sig,
+                    np.full(len(sig), y),
+                    ls="none",
+                    marker="|",
+                    ms=6,
+                    color=colours.get(c["better"], "k"),
+                    label=f"p < {ALPHA}: {c['better']} vs {c['worse']}",
+                )
             ax.set_ylim(lo - (len(testable) + 1) * 0.05 * span, hi + 0.05 * span)
         ax.set_xlabel("updates")
         ax.set_ylabel(f"episode reward (moving average over {self.window} updates)")
@@ -342,8 +393,13 @@ class Report:
         fig.savefig(path, dpi=120)
 
 
-def build_report(out: str | Path, experiment: Experiment | None = None, window: int = 100,
-                 marks: list[int] | None = None, protocol: str | None = None) -> Report:
+def build_report(
+    out: str | Path,
+    experiment: Experiment | None = None,
+    window: int = 100,
+    marks: list[int] | None = None,
+    protocol: str | None = None,
+) -> Report:
     """Read the run folders of ``out`` and compute the report (nothing is written)."""
     data, notes = load_sweep(out, experiment, window)
     batch = {b for c in data for b in c.batch_sizes}
@@ -357,8 +413,10 @@ def build_report(out: str | Path, experiment: Experiment | None = None, window: 
         compared = {c["compared_updates"] for c in claims if c["verdict"] != "not testable"}
         longest = max((max(c.lengths) for c in data if c.curves), default=0)
         if compared and min(compared) < longest:
-            notes.append(f"runs have unequal lengths (longest {longest} updates): each claim is compared "
-                         "up to the shortest run of its two conditions")
+            notes.append(
+                f"runs have unequal lengths (longest {longest} updates): each claim is compared "
+                "up to the shortest run of its two conditions"
+            )
     last = max((max(c.lengths) for c in data if c.curves), default=0)
     marks = sorted(set(marks)) if marks else table_marks(last)
     if any(m < 1 for m in marks):
@@ -385,5 +443,13 @@ def write_report(report: Report, prefix: str | Path) -> list[Path]:
     return paths
 
 
-__all__ = ["Report", "ReportError", "build_report", "check_claim", "load_sweep",
-           "moving_average", "table_marks", "write_report"]
+__all__ = [
+    "Report",
+    "ReportError",
+    "build_report",
+    "check_claim",
+    "load_sweep",
+    "moving_average",
+    "table_marks",
+    "write_report",
+]

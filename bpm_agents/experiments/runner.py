@@ -34,10 +34,11 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 from bpm_agents.experiments.definitions import Experiment, resolve_run_config
 
@@ -230,8 +231,9 @@ def inspect_run(run_dir: str | Path, expected: dict[str, Any], updates: int) -> 
     return "resume", done, ""
 
 
-def plan_sweep(experiment: Experiment, protocol: str, seeds: list[int], updates: int,
-               out: str | Path) -> list[PlannedRun]:
+def plan_sweep(
+    experiment: Experiment, protocol: str, seeds: list[int], updates: int, out: str | Path
+) -> list[PlannedRun]:
     """Resolve every run's config and check every existing folder (nothing is written).
 
     Raises:
@@ -281,8 +283,9 @@ def _write_manifest(out: Path, data: dict[str, Any]) -> None:
     atomic_write_json(out / MANIFEST, data)
 
 
-def _updated_manifest(out: Path, experiment: Experiment, protocol: str, runs: list[PlannedRun],
-                      command: str) -> dict[str, Any]:
+def _updated_manifest(
+    out: Path, experiment: Experiment, protocol: str, runs: list[PlannedRun], command: str
+) -> dict[str, Any]:
     old = read_manifest(out)
     if old is not None:
         if old["experiment"].get("name") != experiment.name or old.get("protocol") != protocol:
@@ -345,7 +348,11 @@ def _watchdog() -> None:
             _STOP.set()
         if parent_gone and not _WORKER["in_task"]:
             os._exit(0)  # nobody will ever send this worker another task
-        wanted = 2 if (_WORKER["abort"] is not None and _WORKER["abort"].is_set()) else (1 if _STOP.is_set() else 0)
+        wanted = (
+            2
+            if (_WORKER["abort"] is not None and _WORKER["abort"].is_set())
+            else (1 if _STOP.is_set() else 0)
+        )
         handler = _train_handler_active()
         if handler is None:
             delivered = 0
@@ -385,10 +392,18 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
             return {**result, "status": "busy", "message": busy}
         return {**result, **_train_task(task)}
     except KeyboardInterrupt:
-        return {**result, "status": "aborted", "message": "aborted by a second interrupt; the last checkpoint is kept"}
+        return {
+            **result,
+            "status": "aborted",
+            "message": "aborted by a second interrupt; the last checkpoint is kept",
+        }
     except Exception as exc:  # a bug or an environment problem: reported, the sweep goes on
-        return {**result, "status": "error", "message": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc()}
+        return {
+            **result,
+            "status": "error",
+            "message": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(),
+        }
     finally:
         if lock_fd is not None:
             os.close(lock_fd)  # releases the flock
@@ -411,8 +426,10 @@ def _written_by_someone_else(run_dir: Path, window: float | None) -> str:
         return ""
     time.sleep(window - age)
     if progress.stat().st_mtime != before:
-        return (f"{progress} is being written by another process (not this sweep), e.g. a train.py "
-                "still running on it; the sweep does not touch it. Rerun when it has stopped")
+        return (
+            f"{progress} is being written by another process (not this sweep), e.g. a train.py "
+            "still running on it; the sweep does not touch it. Rerun when it has stopped"
+        )
     return ""
 
 
@@ -430,14 +447,21 @@ def _train_task(task: dict[str, Any]) -> dict[str, Any]:
     config = A2CConfig.from_dict(task["config"])
     try:
         result = train(
-            None if action == "resume" else config, run_dir, task["updates"],
-            resume=action == "resume", checkpoint_every=task["checkpoint_every"],
-            device=task.get("device", "cpu"), progress=False,
+            None if action == "resume" else config,
+            run_dir,
+            task["updates"],
+            resume=action == "resume",
+            checkpoint_every=task["checkpoint_every"],
+            device=task.get("device", "cpu"),
+            progress=False,
             tensorboard=bool(task.get("tensorboard", False)),
         )
     except NonFiniteLossError as exc:
-        return {"status": "diverged", "updates_done": last_logged_update(run_dir / PROGRESS_FILE),
-                "message": f"{exc}; the last good checkpoint is kept"}
+        return {
+            "status": "diverged",
+            "updates_done": last_logged_update(run_dir / PROGRESS_FILE),
+            "message": f"{exc}; the last good checkpoint is kept",
+        }
     status = "interrupted" if result.interrupted else "done"
     return {"status": status, "updates_done": result.updates_done}
 
@@ -482,8 +506,10 @@ class Progress:
         elapsed = time.monotonic() - self.start
         rate = (done - self.start_done) / elapsed if elapsed > 0 else 0.0
         eta = _fmt_duration((total - done) / rate) if rate > 0 else "?"
-        return (f"[{self.label}] runs {len(self.finished)}/{len(self.runs)} finished | updates "
-                f"{done:,}/{total:,} ({100 * done / max(total, 1):.1f}%) | {rate:.2f} upd/s | ETA {eta}")
+        return (
+            f"[{self.label}] runs {len(self.finished)}/{len(self.runs)} finished | updates "
+            f"{done:,}/{total:,} ({100 * done / max(total, 1):.1f}%) | {rate:.2f} upd/s | ETA {eta}"
+        )
 
     def tick(self, force: bool = False) -> None:
         if self.stream is None:
@@ -575,13 +601,28 @@ def run_sweep(
     for r in runs:
         if r.action == "finished":
             progress.finished.add(r.key)
-            result.outcomes.append({"condition": r.condition, "seed": r.seed, "status": "finished",
-                                    "updates_done": r.updates_done, "message": ""})
+            result.outcomes.append(
+                {
+                    "condition": r.condition,
+                    "seed": r.seed,
+                    "status": "finished",
+                    "updates_done": r.updates_done,
+                    "message": "",
+                }
+            )
     tasks = [
-        {"condition": r.condition, "seed": r.seed, "run_dir": r.run_dir,
-         "lock": str(lock_path(out, r.condition, r.seed)), "config": r.config, "updates": r.updates,
-         "checkpoint_every": checkpoint_every, "device": device, "tensorboard": tensorboard,
-         "busy_window": busy_window}
+        {
+            "condition": r.condition,
+            "seed": r.seed,
+            "run_dir": r.run_dir,
+            "lock": str(lock_path(out, r.condition, r.seed)),
+            "config": r.config,
+            "updates": r.updates,
+            "checkpoint_every": checkpoint_every,
+            "device": device,
+            "tensorboard": tensorboard,
+            "busy_window": busy_window,
+        }
         for r in todo
     ]
 
@@ -592,7 +633,11 @@ def run_sweep(
             progress.finished.add(key)
             manifest["failures"].pop(key, None)
         elif outcome["status"] in ("diverged", "error", "busy"):
-            manifest["failures"][key] = {k: outcome.get(k) for k in ("status", "message", "updates_done", "traceback") if outcome.get(k)}
+            manifest["failures"][key] = {
+                k: outcome.get(k)
+                for k in ("status", "message", "updates_done", "traceback")
+                if outcome.get(k)
+            }
             progress.message(f"[{label}] {key}: {outcome['status']}: {outcome['message']}")
         _write_manifest(out, manifest)
 
@@ -611,8 +656,9 @@ def _isatty(stream: TextIO | None) -> bool:
     return bool(stream is not None and getattr(stream, "isatty", lambda: False)())
 
 
-def _run_local(tasks: list[dict[str, Any]], workers: int, record: Callable[[dict[str, Any]], None],
-               progress: Progress) -> bool:
+def _run_local(
+    tasks: list[dict[str, Any]], workers: int, record: Callable[[dict[str, Any]], None], progress: Progress
+) -> bool:
     """Run the tasks on a spawn process pool; returns True if the sweep was interrupted."""
     import multiprocessing as mp
 
@@ -620,11 +666,18 @@ def _run_local(tasks: list[dict[str, Any]], workers: int, record: Callable[[dict
     stop, abort = ctx.Event(), ctx.Event()
     interrupts = 0
     # SIGTERM to the runner means what Ctrl-C means: stop cleanly, keep every run resumable
-    previous_term = signal.signal(signal.SIGTERM, signal.default_int_handler) \
-        if threading.current_thread() is threading.main_thread() else None
+    previous_term = (
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        if threading.current_thread() is threading.main_thread()
+        else None
+    )
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # inherited by the spawned workers
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx,
-                               initializer=_worker_init, initargs=(stop, abort, os.getpid()))
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(tasks)),
+        mp_context=ctx,
+        initializer=_worker_init,
+        initargs=(stop, abort, os.getpid()),
+    )
     try:
         futures: dict[Future, dict[str, Any]] = {pool.submit(run_one, t): t for t in tasks}
         pending = set(futures)
@@ -654,8 +707,9 @@ def _run_local(tasks: list[dict[str, Any]], workers: int, record: Callable[[dict
     return interrupts > 0
 
 
-def _run_inline(tasks: list[dict[str, Any]], record: Callable[[dict[str, Any]], None],
-                progress: Progress) -> bool:
+def _run_inline(
+    tasks: list[dict[str, Any]], record: Callable[[dict[str, Any]], None], progress: Progress
+) -> bool:
     """Run the tasks in this process one after another; returns True if interrupted (Ctrl-C:
     train() stops the current run after its update and saves it, and the sweep stops)."""
     import torch
@@ -677,9 +731,13 @@ def _outcome(fut: Future, task: dict[str, Any]) -> dict[str, Any]:
     try:
         return fut.result()
     except Exception as exc:  # the worker process itself died (out of memory, killed)
-        return {"condition": task["condition"], "seed": task["seed"], "status": "error",
-                "updates_done": last_logged_update(Path(task["run_dir"]) / "progress.csv"),
-                "message": f"worker process failed: {type(exc).__name__}: {exc}"}
+        return {
+            "condition": task["condition"],
+            "seed": task["seed"],
+            "status": "error",
+            "updates_done": last_logged_update(Path(task["run_dir"]) / "progress.csv"),
+            "message": f"worker process failed: {type(exc).__name__}: {exc}",
+        }
 
 
 def ray_available() -> bool:
@@ -690,8 +748,13 @@ def ray_available() -> bool:
     return True
 
 
-def _run_ray(tasks: list[dict[str, Any]], workers: int, address: str | None,
-             record: Callable[[dict[str, Any]], None], progress: Progress) -> bool:
+def _run_ray(
+    tasks: list[dict[str, Any]],
+    workers: int,
+    address: str | None,
+    record: Callable[[dict[str, Any]], None],
+    progress: Progress,
+) -> bool:
     """One Ray task per run (the same :func:`run_one`); returns True if interrupted.
 
     On a cluster every node must see ``OUT`` at the same path (a shared filesystem): the runs
@@ -723,9 +786,15 @@ def _run_ray(tasks: list[dict[str, Any]], workers: int, address: str | None,
                         record(ray.get(ref))
                     except Exception as exc:  # the task's worker died
                         t = refs[ref]
-                        record({"condition": t["condition"], "seed": t["seed"], "status": "error",
+                        record(
+                            {
+                                "condition": t["condition"],
+                                "seed": t["seed"],
+                                "status": "error",
                                 "updates_done": last_logged_update(Path(t["run_dir"]) / "progress.csv"),
-                                "message": f"Ray task failed: {type(exc).__name__}: {exc}"})
+                                "message": f"Ray task failed: {type(exc).__name__}: {exc}",
+                            }
+                        )
                 progress.tick()
             except KeyboardInterrupt:
                 # a cancelled Ray task gets a KeyboardInterrupt: runs keep their last checkpoint
@@ -769,8 +838,13 @@ def discover_runs(out: str | Path) -> list[tuple[str, int]]:
     return sorted(found)
 
 
-def sweep_status(out: str | Path, target: int | None = None, window: int = 100,
-                 experiment: Experiment | None = None, seeds: list[int] | None = None) -> list[RunStatus]:
+def sweep_status(
+    out: str | Path,
+    target: int | None = None,
+    window: int = 100,
+    experiment: Experiment | None = None,
+    seeds: list[int] | None = None,
+) -> list[RunStatus]:
     """The state of every run of the sweep in ``out`` (expected ones from sweep.json, or from
     ``experiment`` x ``seeds``, plus any run folder found), with updates, the mean reward of the
     last ``window`` updates and a state: done, running, stopped, failed (..), pending."""
@@ -838,23 +912,37 @@ def format_status(rows: list[RunStatus], window: int = 100) -> str:
     head = ["condition", "seed", "updates", "saved", f"last-{window} reward", "state"]
     body = []
     for r in rows:
-        body.append([
-            r.condition, str(r.seed),
-            f"{r.updates_logged}/{r.target if r.target is not None else '?'}",
-            "-" if r.updates_saved is None else str(r.updates_saved),
-            "-" if math.isnan(r.recent_reward) else f"{r.recent_reward:.2f}",
-            r.state,
-        ])
+        body.append(
+            [
+                r.condition,
+                str(r.seed),
+                f"{r.updates_logged}/{r.target if r.target is not None else '?'}",
+                "-" if r.updates_saved is None else str(r.updates_saved),
+                "-" if math.isnan(r.recent_reward) else f"{r.recent_reward:.2f}",
+                r.state,
+            ]
+        )
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in body]
     states = [r.state.split(" ")[0] for r in rows]
-    summary = ", ".join(f"{states.count(s)} {s}" for s in ("done", "running", "stopped", "failed", "pending") if states.count(s))
+    summary = ", ".join(
+        f"{states.count(s)} {s}"
+        for s in ("done", "running", "stopped", "failed", "pending")
+        if states.count(s)
+    )
     lines.append(f"{len(rows)} runs: {summary or 'none'}")
     return "\n".join(lines)
 
 
 def status_json(rows: list[RunStatus]) -> str:
     buf = io.StringIO()
-    json.dump([{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.to_dict().items()} for r in rows], buf, indent=2)
+    json.dump(
+        [
+            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.to_dict().items()}
+            for r in rows
+        ],
+        buf,
+        indent=2,
+    )
     return buf.getvalue()

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import torch
 
-from bpm_agents.lm.corpus import Corpus
 from bpm_agents.devices import resolve_device
+from bpm_agents.lm.corpus import Corpus
 from bpm_agents.lm.fast_step import IMPLS
-from bpm_agents.plasticity import ETA_SHAPES, FANOUT_INITS, FANOUTS, MODULATOR_INPUTS
 from bpm_agents.lm.model import VARIANTS, config_parameters, match_hidden_size
 from bpm_agents.lm.trainer import (
     L2_SCOPES,
@@ -30,6 +29,7 @@ from bpm_agents.lm.trainer import (
     model_from_checkpoint,
     run_training,
 )
+from bpm_agents.plasticity import ETA_SHAPES, FANOUT_INITS, FANOUTS, MODULATOR_INPUTS
 
 EXIT_USAGE = 2
 
@@ -40,8 +40,12 @@ def _train_parser() -> argparse.ArgumentParser:
         description="Train a (plastic) LSTM language model on a PTB-style corpus.",
     )
     p.add_argument("--variant", choices=VARIANTS, default="lstm", help="model variant (default: lstm)")
-    p.add_argument("--data", required=True, help="folder with ptb.{train,valid,test}.txt or {train,valid,test}.txt")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="architecture + optimisation preset")
+    p.add_argument(
+        "--data", required=True, help="folder with ptb.{train,valid,test}.txt or {train,valid,test}.txt"
+    )
+    p.add_argument(
+        "--preset", choices=sorted(PRESETS), default="small", help="architecture + optimisation preset"
+    )
     p.add_argument("--epochs", type=int, help="number of epochs (preset: small 13)")
     p.add_argument(
         "--max-steps", type=int,
@@ -49,7 +53,11 @@ def _train_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="run folder (default: runs/lm-<variant>-<preset>-s<seed>)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt with its saved settings: only --epochs, --max-steps, --device, --threads, --impl and --no-progress apply, and a setting flag whose value differs from the saved one is refused (exit 2) (also from inside an epoch that Ctrl-C or SIGTERM interrupted: both stop after the current step, save last.pt and exit 130)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from <out>/last.pt with its saved settings: only --epochs, --max-steps, --device, --threads, --impl and --no-progress apply, and a setting flag whose value differs from the saved one is refused (exit 2) (also from inside an epoch that Ctrl-C or SIGTERM interrupted: both stop after the current step, save last.pt and exit 130)",
+    )
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads (torch.set_num_threads)")
     p.add_argument(
@@ -73,11 +81,25 @@ def _train_parser() -> argparse.ArgumentParser:
         "--alpha-grad-scale",
         help="multiply alpha's gradient by this: a float > 0 or 1/N (1 / hidden size, the authors' choice)",
     )  # fmt: skip
-    g.add_argument("--eta-shape", choices=ETA_SHAPES, help="hebbian: one eta per layer (scalar) or per connection")
-    g.add_argument("--fanout", choices=FANOUTS, help="modulated variants: rate M, v_j M + u_j (neuron) or V_ij M + U_ij (connection)")
-    g.add_argument("--fanout-init", choices=FANOUT_INITS, help="fan-out v=1, u=0 (ones) or U(-1, 1) like Linear(1, N) (default)")
-    g.add_argument("--modulator-input", choices=MODULATOR_INPUTS, help="M reads h_t (new) or h_{t-1} (previous)")
-    g.add_argument("--plastic-w-init", type=float, help="plastic variants: W_hg starts U(-s, s) (default: --init-scale)")
+    g.add_argument(
+        "--eta-shape", choices=ETA_SHAPES, help="hebbian: one eta per layer (scalar) or per connection"
+    )
+    g.add_argument(
+        "--fanout",
+        choices=FANOUTS,
+        help="modulated variants: rate M, v_j M + u_j (neuron) or V_ij M + U_ij (connection)",
+    )
+    g.add_argument(
+        "--fanout-init",
+        choices=FANOUT_INITS,
+        help="fan-out v=1, u=0 (ones) or U(-1, 1) like Linear(1, N) (default)",
+    )
+    g.add_argument(
+        "--modulator-input", choices=MODULATOR_INPUTS, help="M reads h_t (new) or h_{t-1} (previous)"
+    )
+    g.add_argument(
+        "--plastic-w-init", type=float, help="plastic variants: W_hg starts U(-s, s) (default: --init-scale)"
+    )
     g.add_argument("--l2-on", choices=L2_SCOPES, help="parameters that get the L2 penalty (default: all)")
     g.add_argument(
         "--target-params", type=int,
@@ -103,7 +125,9 @@ def _evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--bptt", type=int, default=20, help="segment length (state carried across)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     p.add_argument("--threads", type=int)
-    p.add_argument("--impl", choices=IMPLS, default="auto", help="plastic step implementation, as for training")
+    p.add_argument(
+        "--impl", choices=IMPLS, default="auto", help="plastic step implementation, as for training"
+    )
     p.add_argument("--json", action="store_true", help="print a JSON object instead of text")
     return p
 
@@ -124,10 +148,20 @@ def _set_threads(n: int | None) -> None:
 
 #: train.py lm options (dest) that are saved settings of a run: option -> config field
 _SAVED_SETTINGS = {
-    "variant": "variant", "lr": "lr", "lr_decay": "lr_decay", "decay_start": "decay_start",
-    "batch_size": "batch_size", "eval_batch_size": "eval_batch_size", "bptt": "bptt",
-    "clip": "clip", "l2": "l2", "seed": "seed", "valid_every": "valid_every",
-    "init_scale": "init_scale", "hebb_clip": "hebb_clip", "alpha": "alpha",
+    "variant": "variant",
+    "lr": "lr",
+    "lr_decay": "lr_decay",
+    "decay_start": "decay_start",
+    "batch_size": "batch_size",
+    "eval_batch_size": "eval_batch_size",
+    "bptt": "bptt",
+    "clip": "clip",
+    "l2": "l2",
+    "seed": "seed",
+    "valid_every": "valid_every",
+    "init_scale": "init_scale",
+    "hebb_clip": "hebb_clip",
+    "alpha": "alpha",
 }
 
 
@@ -138,8 +172,11 @@ def _resume_flags(args: argparse.Namespace, argv: list[str]) -> dict[str, tuple[
         action.default = argparse.SUPPRESS
         action.required = False
     given = vars(quiet.parse_known_args(argv)[0])
-    return {field: ("--" + dest.replace("_", "-"), getattr(args, dest))
-            for dest, field in _SAVED_SETTINGS.items() if dest in given}
+    return {
+        field: ("--" + dest.replace("_", "-"), getattr(args, dest))
+        for dest, field in _SAVED_SETTINGS.items()
+        if dest in given
+    }
 
 
 def train_main(argv: list[str]) -> int:
@@ -198,7 +235,9 @@ def train_main(argv: list[str]) -> int:
         path = path_of(probe) if torch.device(device).type == "cpu" else "reference (not on CPU)"
         if args.impl == "fast" and probe.plasticity.plastic and path != "fast":
             # refuse before a run folder is written
-            raise ValueError(f"--impl fast cannot run this model: {path.removeprefix('reference ')}; use --impl auto or reference")
+            raise ValueError(
+                f"--impl fast cannot run this model: {path.removeprefix('reference ')}; use --impl auto or reference"
+            )
         print(f"plastic step: {path}", file=sys.stderr)
         summary = run_training(
             out, corpus, chosen, train_cfg, device, resume=args.resume,
@@ -210,11 +249,17 @@ def train_main(argv: list[str]) -> int:
         return EXIT_USAGE
     except NonFiniteLossError as exc:
         last = out / "last.pt"
-        kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint had been saved yet"
+        kept = (
+            f"the last good checkpoint {last} is kept"
+            if last.exists()
+            else "no checkpoint had been saved yet"
+        )
         print(f"stopped: {exc}; {kept}. Try a smaller --lr or --clip.", file=sys.stderr)
         return EXIT_USAGE
     if summary.get("interrupted"):
-        print(f"interrupted, checkpoint saved: step {summary['steps']}, run folder {out} (--resume continues)")
+        print(
+            f"interrupted, checkpoint saved: step {summary['steps']}, run folder {out} (--resume continues)"
+        )
         return 130
     if "test_ppl" in summary:
         print(f"test perplexity {summary['test_ppl']:.2f} (best valid {summary['best_valid_ppl']:.2f})")
@@ -247,7 +292,9 @@ def evaluate_main(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{result['variant']} {args.split} perplexity {ppl:.2f} (loss {loss:.4f} nats/token, {result['tokens']:,} tokens)")
+        print(
+            f"{result['variant']} {args.split} perplexity {ppl:.2f} (loss {loss:.4f} nats/token, {result['tokens']:,} tokens)"
+        )
     return 0
 
 

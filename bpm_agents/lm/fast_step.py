@@ -742,8 +742,7 @@ def _check_state(cell: PlasticLSTMCell, drive: Tensor, state: LSTMState) -> None
     for name, t in zip(state._fields, state):
         if t.dtype != drive.dtype or t.device.type != "cpu":
             raise ValueError(
-                f"state.{name} must be a CPU {drive.dtype} tensor like the input, "
-                f"got {t.dtype} on {t.device}"
+                f"state.{name} must be a CPU {drive.dtype} tensor like the input, got {t.dtype} on {t.device}"
             )
     if state.hidden.shape != (B, H) or state.cell.shape != (B, H):
         raise ValueError(
@@ -781,7 +780,9 @@ def sequence(cell: PlasticLSTMCell, drive: Tensor, state: LSTMState) -> tuple[Te
         hs, cT, hebbT, eligT = _SegmentFunction.apply(prep.meta, *tensors)
     else:
         W, A, _, _, wm, _, fv, fu = prep.params
-        inputs = dict(drive=tensors[0], h0=h0, c0=c0, hebb0=hebb0, elig0=elig_in, W=W, A=A, wm=wm, fv=fv, fu=fu)
+        inputs = dict(
+            drive=tensors[0], h0=h0, c0=c0, hebb0=hebb0, elig0=elig_in, W=W, A=A, wm=wm, fv=fv, fu=fu
+        )
         with torch.no_grad():
             out, _ = _run_forward(prep.meta, inputs, save=False)
         hs, cT, hebbT, eligT = out["hs"], out["cT"], out["hebbT"], out["eligT"]

@@ -148,9 +148,7 @@ class PlasticLSTMCell(nn.Module):
     ) -> None:
         super().__init__()
         if input_size < 1 or hidden_size < 1:
-            raise ValueError(
-                f"input_size and hidden_size must be >= 1, got {input_size!r}, {hidden_size!r}"
-            )
+            raise ValueError(f"input_size and hidden_size must be >= 1, got {input_size!r}, {hidden_size!r}")
         if impl not in fast_step.IMPLS:
             raise ValueError(f"unknown impl {impl!r}; allowed: {', '.join(fast_step.IMPLS)}")
         self.impl = impl
@@ -320,8 +318,17 @@ class LMConfig:
 
     def plasticity(self) -> PlasticityConfig:
         return plasticity_for(
-            self.variant, self.alpha, self.hebb_clip, self.eta_init, self.eta_e_init, self.alpha_init,
-            self.eta_shape, self.fanout, self.fanout_init, self.modulator_input, self.alpha_grad_scale,
+            self.variant,
+            self.alpha,
+            self.hebb_clip,
+            self.eta_init,
+            self.eta_e_init,
+            self.alpha_init,
+            self.eta_shape,
+            self.fanout,
+            self.fanout_init,
+            self.modulator_input,
+            self.alpha_grad_scale,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -356,8 +363,7 @@ class LanguageModel(nn.Module):
         self.embedding = nn.Embedding(config.vocab_size, config.emb_size)
         sizes = (config.emb_size, *config.hidden_sizes)
         self.layers = nn.ModuleList(
-            PlasticLSTMCell(sizes[k], sizes[k + 1], plasticity, impl)
-            for k in range(len(config.hidden_sizes))
+            PlasticLSTMCell(sizes[k], sizes[k + 1], plasticity, impl) for k in range(len(config.hidden_sizes))
         )
         self.decoder = nn.Linear(config.hidden_sizes[-1], config.vocab_size)
         if config.tied:

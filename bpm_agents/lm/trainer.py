@@ -191,9 +191,7 @@ class EpochCursor:
 
 
 @torch.no_grad()
-def evaluate(
-    model: LanguageModel, ids: Tensor, batch_size: int = 10, bptt: int = 20
-) -> tuple[float, float]:
+def evaluate(model: LanguageModel, ids: Tensor, batch_size: int = 10, bptt: int = 20) -> tuple[float, float]:
     """Mean loss (nats per token) and perplexity of ``model`` on a token stream ``ids`` (N,).
 
     The stream is cut into ``batch_size`` parallel streams; the state starts at zero and is
@@ -279,7 +277,9 @@ def train_epoch(
         norm = torch.nn.utils.clip_grad_norm_(params, config.clip)
         if not torch.isfinite(norm):
             optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLossError(f"gradient norm is {norm.item()} at step {k + 1} of the epoch; not applied")
+            raise NonFiniteLossError(
+                f"gradient norm is {norm.item()} at step {k + 1} of the epoch; not applied"
+            )
         optimizer.step()
         model.project_parameters()
         cursor.loss_total += value * targets.numel()
@@ -406,7 +406,8 @@ def run_training(
         conflicts = [
             f"{flag} {value} (saved: {json.dumps(saved_values.get(name))})"
             for name, (flag, value) in (resume_flags or {}).items()
-            if name in saved_values and value != saved_values[name]
+            if name in saved_values
+            and value != saved_values[name]
             and not (isinstance(value, (list, tuple)) and list(value) == list(saved_values[name]))
         ]
         if conflicts:
@@ -415,7 +416,9 @@ def run_training(
                 f"from them: {'; '.join(conflicts)}. Drop them, or start a new run with another --out"
             )
         if vocab.words != corpus.vocab.words:
-            raise CheckpointError("the checkpoint's vocabulary differs from this corpus's training vocabulary")
+            raise CheckpointError(
+                "the checkpoint's vocabulary differs from this corpus's training vocabulary"
+            )
         model_config = model.config
         epoch0, step, best = payload["epoch"], payload["step"], payload["best_valid_ppl"]
         elapsed0 = payload.get("elapsed_s", 0.0)
@@ -423,8 +426,10 @@ def run_training(
         drop_gen.set_state(payload["dropout_generator"].cpu())
         if payload.get("in_epoch") is not None:
             cursor = EpochCursor.from_dict(payload["in_epoch"], device)
-            _log(f"resuming {out} from step {step} (epoch {epoch0 + 1}, {cursor.steps} steps into it; "
-                 f"best valid ppl {best:.2f})")
+            _log(
+                f"resuming {out} from step {step} (epoch {epoch0 + 1}, {cursor.steps} steps into it; "
+                f"best valid ppl {best:.2f})"
+            )
         else:
             _log(f"resuming {out} from step {step} (after epoch {epoch0}, best valid ppl {best:.2f})")
     else:
@@ -444,7 +449,9 @@ def run_training(
         "device": str(device), "torch_threads": torch.get_num_threads(), **(extra_config or {}),
     }  # fmt: skip
     atomic_write_text(out / "config.json", json.dumps(config_record, indent=2) + "\n")
-    _log(f"{model_config.variant}: hidden {list(model_config.hidden_sizes)}, {n_params:,} parameters, device {device}")
+    _log(
+        f"{model_config.variant}: hidden {list(model_config.hidden_sizes)}, {n_params:,} parameters, device {device}"
+    )
 
     log_path = out / "log.csv"
     new_log = not (resume and log_path.exists())
@@ -498,8 +505,9 @@ def run_training(
                 test = evaluate(model, corpus.split("test"), bs, bptt)[1] if with_test else None
                 return valid, test
 
-            def write_row(kind: str, at_step: int, train_ppl: float, valid: float, test: float | None,
-                          tok_s: float) -> float:
+            def write_row(
+                kind: str, at_step: int, train_ppl: float, valid: float, test: float | None, tok_s: float
+            ) -> float:
                 stats: dict[str, float | None] = {}
                 if train_config.stats_steps > 0:
                     stats = plasticity_stats(model, corpus.split("valid"), train_config.eval_batch_size,
@@ -521,13 +529,17 @@ def run_training(
                 tok_s = running["tokens"] / max(running["seconds"], 1e-9)
                 at = epoch_step0 + steps_in_epoch
                 elapsed = write_row("check", at, train_ppl, valid, test, tok_s)
-                _log(f"check at step {at}: valid ppl {valid:.2f}" + ("" if test is None else f" test ppl {test:.2f}"))
+                _log(
+                    f"check at step {at}: valid ppl {valid:.2f}"
+                    + ("" if test is None else f" test ppl {test:.2f}")
+                )
                 if valid < best:
                     best = valid
                     save_checkpoint(out / "best.pt", make_payload(at, valid, elapsed))
 
-            def make_payload(at_step: int, valid: float | None, elapsed: float,
-                             in_epoch: EpochCursor | None = None) -> dict[str, Any]:
+            def make_payload(
+                at_step: int, valid: float | None, elapsed: float, in_epoch: EpochCursor | None = None
+            ) -> dict[str, Any]:
                 return {
                     "format": CHECKPOINT_FORMAT, "model_config": model_config.to_dict(),
                     "train_config": train_config.to_dict(), "vocab": corpus.vocab.words,
@@ -540,7 +552,14 @@ def run_training(
                 }  # fmt: skip
 
             train_loss, steps, tok_s = train_epoch(
-                model, train_streams, optimizer, train_config, left, on_step, on_check, cursor,
+                model,
+                train_streams,
+                optimizer,
+                train_config,
+                left,
+                on_step,
+                on_check,
+                cursor,
                 lambda: stop.requested,
             )
             bar.close()
@@ -550,8 +569,10 @@ def run_training(
                 interrupted = True
                 elapsed = elapsed0 + time.perf_counter() - run_start
                 save_checkpoint(out / "last.pt", make_payload(step, None, elapsed, cursor))
-                _log(f"interrupted by {stop.signal_name} at step {step} ({cursor.steps} of {per_epoch} "
-                     f"steps into epoch {epoch}): checkpoint saved to {out / 'last.pt'}")
+                _log(
+                    f"interrupted by {stop.signal_name} at step {step} ({cursor.steps} of {per_epoch} "
+                    f"steps into epoch {epoch}): checkpoint saved to {out / 'last.pt'}"
+                )
                 break
             cursor = None
             valid_ppl, test_ppl = validate(train_config.eval_test_each_epoch)
@@ -569,7 +590,9 @@ def run_training(
             save_checkpoint(out / "last.pt", payload)
             if stop.requested:  # the signal came with the epoch's last step: it is saved whole
                 interrupted = True
-                _log(f"interrupted by {stop.signal_name} after epoch {epoch}: checkpoint saved to {out / 'last.pt'}")
+                _log(
+                    f"interrupted by {stop.signal_name} after epoch {epoch}: checkpoint saved to {out / 'last.pt'}"
+                )
                 break
 
     best_path = out / "best.pt"
@@ -580,7 +603,9 @@ def run_training(
     if best_path.exists() and not interrupted:
         best_model, _ = model_from_checkpoint(load_checkpoint(best_path, device), device)
         best_model.set_impl(impl)
-        test_loss, test_ppl = evaluate(best_model, corpus.split("test"), train_config.eval_batch_size, train_config.bptt)
+        test_loss, test_ppl = evaluate(
+            best_model, corpus.split("test"), train_config.eval_batch_size, train_config.bptt
+        )
         summary.update(test_ppl=test_ppl, test_loss=test_loss, checkpoint=str(best_path))
         atomic_write_text(out / "test.json", json.dumps(summary, indent=2) + "\n")
         _log(f"test ppl {test_ppl:.2f} (best valid ppl {best:.2f}, {best_path})")

@@ -61,8 +61,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from bpm_agents.networks import PlasticRNN
 
 __all__ = [
-    "supports", "unsupported_reason", "unroll", "unroll_recorded", "kernel_available",
-    "Actor", "ActingRecord", "CHECKPOINT_EVERY", "MAX_ACTIONS",
+    "supports",
+    "unsupported_reason",
+    "unroll",
+    "unroll_recorded",
+    "kernel_available",
+    "Actor",
+    "ActingRecord",
+    "CHECKPOINT_EVERY",
+    "MAX_ACTIONS",
 ]
 
 #: steps between stored trace checkpoints in the backward pass (memory ~ B * T / k * N^2)
@@ -86,18 +93,53 @@ class _Args(ctypes.Structure):
         + [
             (n, ctypes.c_void_p)
             for n in (
-                "drive_in", "starts", "h0", "H", "E", "w", "A", "wm", "fv", "fu",
-                "x", "pre", "m", "ckH", "ckE",
-                "gx", "gm", "gdrive", "da", "dR", "dA", "dee", "gh", "gH", "gE",
-                "H0", "E0",
+                "drive_in",
+                "starts",
+                "h0",
+                "H",
+                "E",
+                "w",
+                "A",
+                "wm",
+                "fv",
+                "fu",
+                "x",
+                "pre",
+                "m",
+                "ckH",
+                "ckE",
+                "gx",
+                "gm",
+                "gdrive",
+                "da",
+                "dR",
+                "dA",
+                "dee",
+                "gh",
+                "gH",
+                "gE",
+                "H0",
+                "E0",
             )
         ]
         + [(n, ctypes.c_int64) for n in ("D", "n_actions", "t")]
         + [
             (n, ctypes.c_void_p)
             for n in (
-                "obs", "w_in", "b_in", "w_pi", "b_pi", "uniform", "actions",
-                "S", "rec", "Hp", "Ep", "Wp", "Ap", "WinT",
+                "obs",
+                "w_in",
+                "b_in",
+                "w_pi",
+                "b_pi",
+                "uniform",
+                "actions",
+                "S",
+                "rec",
+                "Hp",
+                "Ep",
+                "Wp",
+                "Ap",
+                "WinT",
             )
         ]
     )
@@ -242,12 +284,20 @@ def _backward(ctx, gx, gm, gH_T, gE_T) -> tuple:
     gm = None if (gm is None or not modulated) else gm.contiguous()
     gh = torch.zeros(B, N, dtype=dtype)  # the final hidden is x[:, -1]: its grad is in gx
     gH = (
-        (torch.zeros(B, N, N, dtype=dtype) if gH_T is None else gH_T.clone(memory_format=torch.contiguous_format))
+        (
+            torch.zeros(B, N, N, dtype=dtype)
+            if gH_T is None
+            else gH_T.clone(memory_format=torch.contiguous_format)
+        )
         if plastic
         else None
     )
     gE = (
-        (torch.zeros(B, N, N, dtype=dtype) if gE_T is None else gE_T.clone(memory_format=torch.contiguous_format))
+        (
+            torch.zeros(B, N, N, dtype=dtype)
+            if gE_T is None
+            else gE_T.clone(memory_format=torch.contiguous_format)
+        )
         if elig
         else None
     )
@@ -261,13 +311,40 @@ def _backward(ctx, gx, gm, gH_T, gE_T) -> tuple:
     dee = torch.zeros(B, dtype=dtype) if elig else None
     eta, ee, bm = ctx.scalars
     args = _Args(
-        B=B, T=T, N=N, k=meta["k"], nthreads=meta["nthreads"],
-        rule=_RULE_CODES[rule], fanout=int(meta["fanout"]), act_tanh=int(meta["act_tanh"]), save=1,
-        clip=meta["clip"], eta=eta, ee=ee, bm=bm,
-        starts=_ptr(meta["starts"]), w=_ptr(w), A=_ptr(A), wm=_ptr(wm), fv=_ptr(fv), fu=_ptr(fu),
-        x=_ptr(x), pre=_ptr(pre), m=_ptr(m), ckH=_ptr(ckH), ckE=_ptr(ckE),
-        gx=_ptr(gx), gm=_ptr(gm), gdrive=_ptr(gdrive), da=_ptr(da), dR=_ptr(dR), dA=_ptr(dA),
-        dee=_ptr(dee), gh=_ptr(gh), gH=_ptr(gH), gE=_ptr(gE),
+        B=B,
+        T=T,
+        N=N,
+        k=meta["k"],
+        nthreads=meta["nthreads"],
+        rule=_RULE_CODES[rule],
+        fanout=int(meta["fanout"]),
+        act_tanh=int(meta["act_tanh"]),
+        save=1,
+        clip=meta["clip"],
+        eta=eta,
+        ee=ee,
+        bm=bm,
+        starts=_ptr(meta["starts"]),
+        w=_ptr(w),
+        A=_ptr(A),
+        wm=_ptr(wm),
+        fv=_ptr(fv),
+        fu=_ptr(fu),
+        x=_ptr(x),
+        pre=_ptr(pre),
+        m=_ptr(m),
+        ckH=_ptr(ckH),
+        ckE=_ptr(ckE),
+        gx=_ptr(gx),
+        gm=_ptr(gm),
+        gdrive=_ptr(gdrive),
+        da=_ptr(da),
+        dR=_ptr(dR),
+        dA=_ptr(dA),
+        dee=_ptr(dee),
+        gh=_ptr(gh),
+        gH=_ptr(gH),
+        gE=_ptr(gE),
     )
     libs = _library()
     assert libs is not None
@@ -288,8 +365,19 @@ def _backward(ctx, gx, gm, gH_T, gE_T) -> tuple:
             g_fv = torch.einsum("btn,bt->n", dR, m) if need[11] else None
             g_fu = dR.sum((0, 1)) if need[12] else None
     return (
-        None, gdrive, gh, gH if plastic else None, gE if elig else None,
-        g_w, g_A, g_eta, g_ee, g_wm, g_bm, g_fv, g_fu,
+        None,
+        gdrive,
+        gh,
+        gH if plastic else None,
+        gE if elig else None,
+        g_w,
+        g_A,
+        g_eta,
+        g_ee,
+        g_wm,
+        g_bm,
+        g_fv,
+        g_fu,
     )
 
 
@@ -317,16 +405,36 @@ def _run_forward(meta, drive_in, h0, H0, E0, w, A, eta, ee, wm, bm, fv, fu, save
     ckH = torch.empty(B, nck, N * P, dtype=dtype) if (save and plastic) else None
     ckE = torch.empty(B, nck, N * P, dtype=dtype) if (save and elig) else None
     args = _Args(
-        B=B, T=T, N=N, k=k, nthreads=meta["nthreads"],
-        rule=_RULE_CODES[rule], fanout=int(meta["fanout"]), act_tanh=int(meta["act_tanh"]),
-        save=int(save), clip=meta["clip"],
+        B=B,
+        T=T,
+        N=N,
+        k=k,
+        nthreads=meta["nthreads"],
+        rule=_RULE_CODES[rule],
+        fanout=int(meta["fanout"]),
+        act_tanh=int(meta["act_tanh"]),
+        save=int(save),
+        clip=meta["clip"],
         eta=float(eta) if eta is not None else 0.0,
         ee=float(ee) if ee is not None else 0.0,
         bm=float(bm) if bm is not None else 0.0,
-        drive_in=_ptr(drive_in), starts=_ptr(meta["starts"]), h0=_ptr(h0),
-        H=_ptr(H) if plastic else None, E=_ptr(E) if elig else None, H0=_ptr(H0), E0=_ptr(E0),
-        w=_ptr(w), A=_ptr(A), wm=_ptr(wm), fv=_ptr(fv), fu=_ptr(fu),
-        x=_ptr(x), pre=_ptr(pre), m=_ptr(m) if modulated else None, ckH=_ptr(ckH), ckE=_ptr(ckE),
+        drive_in=_ptr(drive_in),
+        starts=_ptr(meta["starts"]),
+        h0=_ptr(h0),
+        H=_ptr(H) if plastic else None,
+        E=_ptr(E) if elig else None,
+        H0=_ptr(H0),
+        E0=_ptr(E0),
+        w=_ptr(w),
+        A=_ptr(A),
+        wm=_ptr(wm),
+        fv=_ptr(fv),
+        fu=_ptr(fu),
+        x=_ptr(x),
+        pre=_ptr(pre),
+        m=_ptr(m) if modulated else None,
+        ckH=_ptr(ckH),
+        ckE=_ptr(ckE),
     )
     libs[dtype].bpm_forward(ctypes.byref(args))
     if pre is None:
@@ -367,9 +475,7 @@ def unroll(
     starts = None
     if episode_starts is not None:
         if episode_starts.shape != (B, T):
-            raise ValueError(
-                f"episode_starts must have shape ({B}, {T}), got {tuple(episode_starts.shape)}"
-            )
+            raise ValueError(f"episode_starts must have shape ({B}, {T}), got {tuple(episode_starts.shape)}")
         starts = episode_starts.to(device="cpu", dtype=torch.bool).contiguous().view(torch.uint8)
     meta = _meta(static, T, checkpoint_every, starts)
     plastic, modulated, elig = cfg.plastic, cfg.modulated, cfg.eligibility
@@ -379,9 +485,7 @@ def unroll(
     H0 = state.hebb.to(dtype) if plastic else torch.empty(0, dtype=dtype)
     E0 = state.elig.to(dtype) if elig else torch.empty(0, dtype=dtype)
     tensors = (drive_in, h0, H0, E0, *_weights(net))
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in tensors
-    )
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if needs_grad:
         x, m, H, E, _ = _SequenceFunction.apply(meta, *tensors)
     else:
@@ -436,8 +540,16 @@ class ActingRecord:
     def select(self, index: Tensor) -> ActingRecord:
         """The record of the batch elements ``index`` (a 1-d index tensor), e.g. a minibatch."""
         pick = lambda t: None if t is None else t[index].contiguous()  # noqa: E731
-        return ActingRecord(pick(self.x), pick(self.pre), pick(self.m), pick(self.ckH),
-                            pick(self.ckE), pick(self.h0), self.k, self.versions)
+        return ActingRecord(
+            pick(self.x),
+            pick(self.pre),
+            pick(self.m),
+            pick(self.ckH),
+            pick(self.ckE),
+            pick(self.h0),
+            self.k,
+            self.versions,
+        )
 
 
 def _versions(net: PlasticRNN) -> tuple[int, ...]:
@@ -503,9 +615,15 @@ class Actor:
                 None if t is None else t.detach().contiguous() for t in _weights(net)
             )
             self._keep = [
-                w, A, wm, fv, fu,
-                net.input.weight.detach().contiguous(), net.input.bias.detach().contiguous(),
-                policy_weight.detach().to(dtype).contiguous(), policy_bias.detach().to(dtype).contiguous(),
+                w,
+                A,
+                wm,
+                fv,
+                fu,
+                net.input.weight.detach().contiguous(),
+                net.input.bias.detach().contiguous(),
+                policy_weight.detach().to(dtype).contiguous(),
+                policy_bias.detach().to(dtype).contiguous(),
                 uniforms.detach().to(torch.float64).contiguous(),
             ]
         z = lambda *shape: torch.zeros(*shape, dtype=dtype)  # noqa: E731
@@ -517,24 +635,61 @@ class Actor:
         self.h0 = z(B, N)
         H0 = z(B, N, N) if cfg.plastic else None
         E0 = z(B, N, N) if cfg.eligibility else None
-        self._state = [z(B, P), z(B, P), z(B, N * P) if cfg.plastic else None,
-                       z(B, N * P) if cfg.eligibility else None, z(N * P), z(N * P) if cfg.plastic else None,
-                       z(D * P)]
+        self._state = [
+            z(B, P),
+            z(B, P),
+            z(B, N * P) if cfg.plastic else None,
+            z(B, N * P) if cfg.eligibility else None,
+            z(N * P),
+            z(N * P) if cfg.plastic else None,
+            z(D * P),
+        ]
         S, rec, Hp, Ep, Wp, Ap, WinT = self._state
         self.actions = np.zeros(B, dtype=np.int64)
         m = self._meta
         self._args = _Args(
-            B=B, T=T, N=N, k=k, nthreads=m["nthreads"], rule=_RULE_CODES[m["rule"]],
-            fanout=int(m["fanout"]), act_tanh=int(m["act_tanh"]), save=int(record), clip=m["clip"],
-            eta=float(eta) if eta is not None else 0.0, ee=float(ee) if ee is not None else 0.0,
+            B=B,
+            T=T,
+            N=N,
+            k=k,
+            nthreads=m["nthreads"],
+            rule=_RULE_CODES[m["rule"]],
+            fanout=int(m["fanout"]),
+            act_tanh=int(m["act_tanh"]),
+            save=int(record),
+            clip=m["clip"],
+            eta=float(eta) if eta is not None else 0.0,
+            ee=float(ee) if ee is not None else 0.0,
             bm=float(bm) if bm is not None else 0.0,
-            h0=_ptr(self.h0), H0=_ptr(H0), E0=_ptr(E0), w=_ptr(w), A=_ptr(A), wm=_ptr(wm),
-            fv=_ptr(fv), fu=_ptr(fu), x=_ptr(self.x), pre=_ptr(self.pre),
-            m=_ptr(self.m) if cfg.modulated else None, ckH=_ptr(self.ckH), ckE=_ptr(self.ckE),
-            D=D, n_actions=n_actions, t=0, w_in=_ptr(self._keep[5]), b_in=_ptr(self._keep[6]),
-            w_pi=_ptr(self._keep[7]), b_pi=_ptr(self._keep[8]), uniform=_ptr(self._keep[9]),
-            actions=_ptr(self.actions), S=_ptr(S), rec=_ptr(rec), Hp=_ptr(Hp), Ep=_ptr(Ep),
-            Wp=_ptr(Wp), Ap=_ptr(Ap), WinT=_ptr(WinT),
+            h0=_ptr(self.h0),
+            H0=_ptr(H0),
+            E0=_ptr(E0),
+            w=_ptr(w),
+            A=_ptr(A),
+            wm=_ptr(wm),
+            fv=_ptr(fv),
+            fu=_ptr(fu),
+            x=_ptr(self.x),
+            pre=_ptr(self.pre),
+            m=_ptr(self.m) if cfg.modulated else None,
+            ckH=_ptr(self.ckH),
+            ckE=_ptr(self.ckE),
+            D=D,
+            n_actions=n_actions,
+            t=0,
+            w_in=_ptr(self._keep[5]),
+            b_in=_ptr(self._keep[6]),
+            w_pi=_ptr(self._keep[7]),
+            b_pi=_ptr(self._keep[8]),
+            uniform=_ptr(self._keep[9]),
+            actions=_ptr(self.actions),
+            S=_ptr(S),
+            rec=_ptr(rec),
+            Hp=_ptr(Hp),
+            Ep=_ptr(Ep),
+            Wp=_ptr(Wp),
+            Ap=_ptr(Ap),
+            WinT=_ptr(WinT),
         )
         self._lib.bpm_act_begin(ctypes.byref(self._args))
         self._H0, self._E0 = H0, E0  # read by act_begin only; kept alive with the args
@@ -545,9 +700,7 @@ class Actor:
             raise ValueError(f"this Actor was built for {self.length} steps; build a new one")
         obs = np.ascontiguousarray(obs, dtype=self._np_dtype)
         if obs.shape != (self.batch, self.net.input_size):
-            raise ValueError(
-                f"obs must have shape ({self.batch}, {self.net.input_size}), got {obs.shape}"
-            )
+            raise ValueError(f"obs must have shape ({self.batch}, {self.net.input_size}), got {obs.shape}")
         self._args.t = self.t
         self._args.obs = obs.ctypes.data
         self._lib.bpm_act_step(ctypes.byref(self._args))
@@ -565,8 +718,9 @@ class Actor:
             raise ValueError(
                 f"a record needs all {self.length} steps acted with record=True (acted {self.t})"
             )
-        return ActingRecord(self.x, self.pre, self.m, self.ckH, self.ckE, self.h0,
-                            self._meta["k"], self._versions)
+        return ActingRecord(
+            self.x, self.pre, self.m, self.ckH, self.ckE, self.h0, self._meta["k"], self._versions
+        )
 
 
 class _RecordedFunction(torch.autograd.Function):
@@ -590,9 +744,7 @@ class _RecordedFunction(torch.autograd.Function):
         return (*_backward(ctx, gx, gm, None, None), None, None, None, None, None)
 
 
-def unroll_recorded(
-    net: PlasticRNN, inputs: Tensor, record: ActingRecord
-) -> tuple[Tensor, Tensor | None]:
+def unroll_recorded(net: PlasticRNN, inputs: Tensor, record: ActingRecord) -> tuple[Tensor, Tensor | None]:
     """Hidden (B, T, N) and modulators (B, T) of acted episodes, with autograd, without a forward.
 
     ``inputs`` are the observations acted on, (B, T, D), from the zero state. Gradients equal
@@ -615,10 +767,23 @@ def unroll_recorded(
     dtype = inputs.dtype
     meta = _meta(static, T, record.k, None)
     drive_in = net.input(inputs).contiguous()
-    H0 = torch.zeros(B, net.hidden_size, net.hidden_size, dtype=dtype) if cfg.plastic else torch.empty(0, dtype=dtype)
+    H0 = (
+        torch.zeros(B, net.hidden_size, net.hidden_size, dtype=dtype)
+        if cfg.plastic
+        else torch.empty(0, dtype=dtype)
+    )
     E0 = torch.zeros_like(H0) if cfg.eligibility else torch.empty(0, dtype=dtype)
     x, m = _RecordedFunction.apply(
-        meta, drive_in, record.h0, H0, E0, *_weights(net),
-        record.x, record.pre, record.m, record.ckH, record.ckE,
+        meta,
+        drive_in,
+        record.h0,
+        H0,
+        E0,
+        *_weights(net),
+        record.x,
+        record.pre,
+        record.m,
+        record.ckH,
+        record.ckE,
     )
     return x, (m if cfg.modulated else None)
