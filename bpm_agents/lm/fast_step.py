@@ -4,7 +4,7 @@ The reference (the cell's ``impl="reference"``) runs the rules of :mod:`bpm_agen
 through autograd, one step at a time, which makes about ten (B, H, H) element-wise passes forward
 and twenty backward per step, each over the whole batch's traces. Here one
 ``torch.autograd.Function`` runs a whole segment of one layer: its forward and hand-written
-backward are a C++ kernel (built like :mod:`bpm_agents.fast_unroll`'s: system C++ compiler at first
+backward are a C++ kernel (built like :mod:`bpm_agents.ops.plastic_rnn`'s: system C++ compiler at first
 use, cached on disk, loaded with ctypes, no PyTorch headers) that owns the LSTM gates too and works
 through the segment one batch element at a time (the batch split over ``torch.get_num_threads()``
 C++ threads), so an element's (H, H) traces stay in the core's cache from one step to the next
@@ -39,7 +39,7 @@ supported (``auto`` runs the reference, ``fast`` refuses, see :func:`unsupported
 ``eta_shape="connection"``, ``fanout="connection"``, ``modulator_input="previous"``. First-order
 gradients only (no double backward). The rule ``none`` has no plastic part and always runs the reference.
 ``BPM_DISABLE_FAST_UNROLL=1`` turns this kernel off too; ``BPM_KERNEL_CACHE`` and
-``BPM_KERNEL_CFLAGS`` act as for :mod:`bpm_agents.fast_unroll`.
+``BPM_KERNEL_CFLAGS`` act as for :mod:`bpm_agents.ops.plastic_rnn`.
 """
 
 from __future__ import annotations
