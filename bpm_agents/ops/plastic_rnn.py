@@ -253,13 +253,7 @@ class _SequenceFunction(torch.autograd.Function):
     def forward(ctx, meta, drive_in, h0, H0, E0, w, A, eta, ee, wm, bm, fv, fu):  # type: ignore[override]
         out = _run_forward(meta, drive_in, h0, H0, E0, w, A, eta, ee, wm, bm, fv, fu, save=True)
         x, pre, m, H, E, ckH, ckE = out
-        ctx.meta = meta
-        ctx.scalars = (
-            float(eta) if eta is not None else 0.0,
-            float(ee) if ee is not None else 0.0,
-            float(bm) if bm is not None else 0.0,
-        )
-        ctx.save_for_backward(x, pre, m, ckH, ckE, w, A, wm, fv, fu)
+        _save_for_backward(ctx, meta, x, pre, m, ckH, ckE, w, A, eta, ee, wm, bm, fv, fu)
         ctx.mark_non_differentiable(pre)
         return x, m, H, E, pre
 
@@ -267,6 +261,13 @@ class _SequenceFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, gx, gm, gH_T, gE_T, _gpre):  # type: ignore[override]
         return _backward(ctx, gx, gm, gH_T, gE_T)
+
+
+def _save_for_backward(ctx, meta, x, pre, m, ckH, ckE, w, A, eta, ee, wm, bm, fv, fu) -> None:
+    """What :func:`_backward` reads: the same for the replayed and the acted forward."""
+    ctx.meta = meta
+    ctx.scalars = tuple(float(v) if v is not None else 0.0 for v in (eta, ee, bm))
+    ctx.save_for_backward(x, pre, m, ckH, ckE, w, A, wm, fv, fu)
 
 
 def _backward(ctx, gx, gm, gH_T, gE_T) -> tuple:
@@ -729,13 +730,7 @@ class _RecordedFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, meta, drive_in, h0, H0, E0, w, A, eta, ee, wm, bm, fv, fu, x, pre, m, ckH, ckE):  # type: ignore[override]
-        ctx.meta = meta
-        ctx.scalars = (
-            float(eta) if eta is not None else 0.0,
-            float(ee) if ee is not None else 0.0,
-            float(bm) if bm is not None else 0.0,
-        )
-        ctx.save_for_backward(x, pre, m, ckH, ckE, w, A, wm, fv, fu)
+        _save_for_backward(ctx, meta, x, pre, m, ckH, ckE, w, A, eta, ee, wm, bm, fv, fu)
         return x.clone(), m.clone()
 
     @staticmethod
