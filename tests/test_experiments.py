@@ -144,6 +144,19 @@ def test_a_ppo_protocol_sweep_writes_plastic_ppo_folders(tmp_path):
         run_sweep(experiment_from_dict(d), out, [0], 2, backend="inline", stream=None, busy_window=0)
 
 
+def test_conditions_option_runs_a_subset_and_names_an_unknown_one(tiny, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    res = sweep(tiny, out, 2, conditions=["hebbian-N8"])
+    assert [(o["condition"], o["status"]) for o in res.outcomes] == [("hebbian-N8", "done")]
+    assert not (out / "none-N8").exists()
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(tiny_dict()))
+    args = ["run", str(path), "--seeds", "0", "--updates", "2", "--out", str(out), "--backend", "inline"]
+    assert main([*args, "--conditions", "hebbian-N8,nope"]) == 2
+    err = capsys.readouterr().err
+    assert "has no condition 'nope'; conditions: none-N8, hebbian-N8" in err and "Traceback" not in err
+
+
 def test_a_protocol_with_an_unknown_algo_or_a_field_of_another_algo_is_refused():
     d = tiny_dict()
     d["protocols"] = {"x": {"algo": "sac"}}

@@ -237,10 +237,18 @@ def inspect_run(
 
 
 def plan_sweep(
-    experiment: Experiment, protocol: str, seeds: list[int], updates: int, out: str | Path
+    experiment: Experiment,
+    protocol: str,
+    seeds: list[int],
+    updates: int,
+    out: str | Path,
+    conditions: list[str] | None = None,
 ) -> list[PlannedRun]:
     """Resolve every run's config and check every existing folder (nothing is written).
 
+    Args:
+        conditions: only these conditions (names of the experiment's; default all), e.g. to
+            bring two conditions to more seeds first.
     Raises:
         SweepError / ExperimentError: with every unusable folder named.
     """
@@ -248,9 +256,18 @@ def plan_sweep(
         raise SweepError(f"--updates must be >= 1, got {updates}")
     if not seeds:
         raise SweepError("no seeds given")
+    names = [c.name for c in experiment.conditions]
+    unknown = [c for c in conditions or [] if c not in names]
+    if unknown:
+        raise SweepError(
+            f"experiment {experiment.name!r} has no condition {', '.join(map(repr, unknown))}; "
+            f"conditions: {', '.join(names)}"
+        )
     runs: list[PlannedRun] = []
     problems: list[str] = []
     for cond in experiment.conditions:
+        if conditions and cond.name not in conditions:
+            continue
         for seed in seeds:
             resolved = resolve_run_config(experiment, cond, protocol, seed)
             config = json.loads(json.dumps(resolved.to_dict()))  # as config.json holds it (tuples -> lists)
@@ -568,6 +585,7 @@ def run_sweep(
     progress_every: float | None = None,
     busy_window: float | None = None,
     command: str = "",
+    conditions: list[str] | None = None,
 ) -> SweepResult:
     """Run (or continue) every condition x seed of ``experiment`` into ``out``.
 
@@ -580,6 +598,7 @@ def run_sweep(
             progress lines (default 2 on a terminal, 60 otherwise).
         busy_window: seconds a run's progress.csv must stay quiet before the runner trusts it is
             not being trained by another process (None: from the run's speed, 10-120 s).
+        conditions: only these conditions of the experiment (default: all).
     Raises:
         SweepError / ExperimentError: nothing was started (bad input, a folder that does not fit).
     """
@@ -590,7 +609,7 @@ def run_sweep(
     if backend not in BACKENDS:
         raise SweepError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     out = Path(out)
-    runs = plan_sweep(experiment, protocol, seeds, updates, out)
+    runs = plan_sweep(experiment, protocol, seeds, updates, out, conditions)
     out.mkdir(parents=True, exist_ok=True)
     manifest = _updated_manifest(out, experiment, protocol, runs, command)
     _write_manifest(out, manifest)
