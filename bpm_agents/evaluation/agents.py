@@ -12,10 +12,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
+from gymnasium import spaces
 
 from bpm_agents.a2c import A2CConfig, build_policy
 from bpm_agents.checkpoint import CheckpointError, load_checkpoint
@@ -153,7 +154,9 @@ def load_agent(run_dir: str | Path, device: str | torch.device = "cpu") -> Any:
         raise CheckpointError(f"checkpoint of {run_dir} has no policy weights ({exc})") from None
     env = make_env(config.env_id, config.env_kwargs)
     try:
-        obs_size, n_actions = env.observation_space.shape[0], int(env.action_space.n)
+        # the bpm tasks: a flat Box of observations, Discrete actions
+        obs_size = cast(tuple[int, ...], env.observation_space.shape)[0]
+        n_actions = int(cast(spaces.Discrete, env.action_space).n)
     finally:
         env.close()
     policy = build_policy(config, obs_size, n_actions)
@@ -162,9 +165,9 @@ def load_agent(run_dir: str | Path, device: str | torch.device = "cpu") -> Any:
     except (RuntimeError, TypeError, ValueError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint does not fit the run's policy: {first}") from None
-    agent = PlasticAgent(policy.to(device), config, updates_done, run_dir)
-    agent.algo = meta["algo"]
-    return agent
+    plastic = PlasticAgent(policy.to(device), config, updates_done, run_dir)
+    plastic.algo = meta["algo"]
+    return plastic
 
 
 # ---------------------------------------------------------------------------------- acting

@@ -29,7 +29,7 @@ def env_of(agent: Any, env_id: str | None, env_kwargs: dict[str, Any] | None) ->
     return env_id, env_kwargs
 
 
-def check_fits(agent: Any, env_id: str, obs_shape: tuple[int, ...]) -> None:
+def check_fits(agent: Any, env_id: str, obs_shape: tuple[int, ...] | None) -> None:
     """Raise ``ValueError`` if the agent declares an ``observation_size`` other than the env's."""
     expected = getattr(agent, "observation_size", None)
     if expected is not None and obs_shape != (expected,):

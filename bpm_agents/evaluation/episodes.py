@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -168,12 +168,13 @@ def run_episode(
         check_fits(agent, env_id, env.observation_space.shape)
         act = make_actor(agent, deterministic, generator)
         obs, info = env.reset(seed=int(seed))
-        observations, infos, actions, rewards, mods, frames = [obs], [info], [], [], [], []
+        observations, infos, actions, rewards, mods = [obs], [info], [], [], []
+        frames: list[np.ndarray] = []
 
         def grab() -> bool:
             if render_mode != "rgb_array":
                 return False
-            frame = env.render()
+            frame = cast(np.ndarray, env.render())  # rgb_array mode: one (H, W, 3) frame
             frames.append(frame)
             return bool(on_frame(frame)) if on_frame is not None else False
 
