@@ -32,7 +32,7 @@ class PlasticAgent:
     """A trained :class:`PlasticActorCritic` ready to act, with the run's env and config.
 
     ``predict`` follows Stable-Baselines3's contract; :meth:`act` is the batched acting step used
-    by this module, which also returns M(t).
+    by the evaluation's episode loops (through :func:`make_actor`), which also returns M(t).
     """
 
     algo = ALGO
