@@ -26,6 +26,7 @@ DEFAULT_BATCH_SIZE = 50
 
 
 def check_count(name: str, value: Any, minimum: int) -> int:
+    """Return ``value`` as int, or raise ``ValueError`` naming it unless it is an integer >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
