@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import Any, ClassVar, cast
 
 import gymnasium as gym
 import numpy as np
@@ -27,8 +27,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-if TYPE_CHECKING:
-    from bpm_envs.rendering import HumanWindow
+from bpm_envs.rendering import HumanRendering
 
 
 def require_positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -173,8 +172,12 @@ class BatchedTask(ABC):
         return arr
 
 
-class BatchedSingleEnv(gym.Env):
-    """A single Gymnasium env that is the batch of one of a :class:`BatchedTask`."""
+class BatchedSingleEnv(HumanRendering, gym.Env):
+    """A single Gymnasium env that is the batch of one of a :class:`BatchedTask`.
+
+    With ``render_mode="human"`` (where the task lists it) frames go to a pygame-ce window;
+    :attr:`~bpm_envs.rendering.HumanRendering.window_closed` tells when the user has closed it.
+    """
 
     task_cls: ClassVar[type[BatchedTask]]
     metadata: dict[str, Any] = {"render_modes": ["rgb_array", "ansi"], "render_fps": 4}
@@ -190,7 +193,6 @@ class BatchedSingleEnv(gym.Env):
         self.observation_space = self.task.single_observation_space()
         self.action_space = spaces.Discrete(self.task.n_actions)
         self._episode_over = True
-        self._window: HumanWindow | None = None
 
     def _single_info(self) -> dict[str, Any]:
         return {k: v[0] for k, v in self.task.info().items()}
@@ -233,18 +235,12 @@ class BatchedSingleEnv(gym.Env):
         if self.render_mode == "ansi":
             return self.task.render_ansi(0)
         if self.render_mode == "human":
-            from bpm_envs.rendering import HumanWindow
-
-            if self._window is None:
-                self._window = HumanWindow(title=type(self).__name__, fps=self.metadata["render_fps"])
-            self._window.show(self.task.render_rgb(0))
+            self.show_in_window(self.task.render_rgb(0), type(self).__name__, self.metadata["render_fps"])
             return None
         return None
 
     def close(self) -> None:
-        if self._window is not None:
-            self._window.close()
-            self._window = None
+        self.close_window()
 
 
 class BatchedVectorEnv(VectorEnv):

@@ -41,6 +41,13 @@ describes the step shown in the returned observation, except ``answer_correct``:
 
 In the final observation the step is blank and the trial fields repeat those of the last step.
 
+Reading them: the helpers at the end of this module are the one public way to decode the
+observation layout and the ``info`` fields outside the task: :data:`NON_CUE_INPUTS` and
+:func:`cue_bits_of` (the layout above), :func:`cue_visible`, :func:`is_cue_info`,
+:func:`target_cue`, :func:`go_steps`, :func:`answers_from_infos` (each Go answer paired with its
+trial: ``trial`` describes the step shown, ``answer_correct`` the action just taken, so they are one
+info apart) and :func:`cue_shown` (the id of the cue shown at each step).
+
 Options: ``n_cues`` (>= 3: with 2 cues a pair without the target cannot be drawn), ``cue_bits``
 (default 20; ``n_cues <= 2**cue_bits``), ``episode_length`` (default 120), ``fixed_cues`` (the
 control of the paper's appendix A.5: the cues are the one-hot vectors of ``n_cues`` bits, the same
@@ -405,3 +412,97 @@ class CueRewardVectorEnv(BatchedVectorEnv):
 
     task_cls = CueRewardTask
     metadata: dict[str, Any] = {**BatchedVectorEnv.metadata, "render_modes": ["rgb_array", "ansi"]}
+
+
+# ----------------------------------------------------------------------------- reading obs and info
+# The one place outside the task that decodes its observation layout and its ``info`` fields (see
+# the module docstring for both); evaluation and plots call these instead of indexing themselves.
+
+#: observation entries after the cue bits: Go bit, previous reward, previous action one-hot (2), t/T
+NON_CUE_INPUTS = 1 + 1 + CueRewardTask.n_actions + 1
+#: the keys every cue ``info`` holds (:func:`is_cue_info` tests two of them)
+INFO_KEYS = ("target", "pair", "target_in_pair", "trial", "go", "trial_start", "answer_correct")
+
+
+def cue_bits_of(observations: np.ndarray | int) -> int:
+    """Number of cue bits in a cue observation: its length minus :data:`NON_CUE_INPUTS`.
+
+    ``observations`` is an observation size, or an array (..., D) of observations (one or many).
+    """
+    size = int(observations) if np.ndim(observations) == 0 else int(np.shape(observations)[-1])
+    bits = size - NON_CUE_INPUTS
+    if bits < 1:
+        raise ValueError(
+            f"a cue observation holds cue bits and {NON_CUE_INPUTS} more values, so its size is at "
+            f"least {NON_CUE_INPUTS + 1}; got {size}"
+        )
+    return bits
+
+
+def cue_visible(observations: np.ndarray, cue_bits: int | None = None) -> np.ndarray:
+    """Whether a cue is shown in each observation (..., D) -> (...) bool: some cue bit is non-zero.
+
+    Blank and Go steps show all-zero cue bits. ``cue_bits`` defaults to :func:`cue_bits_of`.
+    """
+    observations = np.asarray(observations)
+    bits = cue_bits_of(observations) if cue_bits is None else int(cue_bits)
+    return np.any(observations[..., :bits] != 0, axis=-1)
+
+
+def is_cue_info(info: dict[str, Any]) -> bool:
+    """Whether ``info`` (from ``reset`` or ``step``, single or vector env) is a cue task's info.
+
+    Tests the keys ``answer_correct`` and ``trial``, which the other bpm tasks do not use.
+    """
+    return "answer_correct" in info and "trial" in info
+
+
+def target_cue(info: dict[str, Any]) -> int:
+    """Id of the episode's target cue (0 .. n_cues-1) from a single env's ``info`` (any step)."""
+    return int(info["target"])
+
+
+def go_steps(infos: Sequence[dict[str, Any]]) -> np.ndarray:
+    """(T,) bool: whether each step of a single env's ``infos`` sequence is a Go step (``go``)."""
+    return np.array([bool(i["go"]) for i in infos], dtype=bool)
+
+
+def answers_from_infos(infos: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Pair each Go answer with its trial from a cue episode's info sequence.
+
+    ``infos[0]`` is the info of ``reset`` and ``infos[t + 1]`` the info of the ``t``-th ``step``
+    (single env: scalars; vector env: arrays (B,)). ``trial`` describes the step shown with the
+    observation, so the action taken at step t belongs to ``infos[t]["trial"]``, while
+    ``answer_correct`` grades the action just taken, so its grade is ``infos[t + 1]``'s.
+
+    Returns:
+        trial (B, T) and graded (B, T) int64 (1 right Go answer, 0 wrong Go answer, -1 not a Go
+        step); B = 1 for a single env.
+    """
+    if len(infos) < 2:
+        raise ValueError(f"need the reset info and at least one step info, got {len(infos)} infos")
+    trial = np.stack([np.atleast_1d(i["trial"]) for i in infos[:-1]], axis=1)
+    graded = np.stack([np.atleast_1d(i["answer_correct"]) for i in infos[1:]], axis=1)
+    return trial, graded.astype(np.int64)
+
+
+def cue_shown(
+    observations: np.ndarray, infos: Sequence[dict[str, Any]], cue_bits: int | None = None
+) -> np.ndarray:
+    """Id of the cue shown at each step of a single cue episode, -1 on blank and Go steps.
+
+    Uses only the public observation (cue bits non-zero when a cue is shown) and the info's
+    ``pair`` (the trial's 2 cue ids in the order shown): the k-th cue step of a trial shows
+    ``pair[k]``. ``observations`` (T, D) and ``infos`` (T entries) describe the same steps;
+    ``cue_bits`` defaults to :func:`cue_bits_of` the observations.
+    """
+    shown = cue_visible(observations, cue_bits)
+    trial = np.array([int(i["trial"]) for i in infos])
+    pair = np.array([np.asarray(i["pair"]) for i in infos]).reshape(len(infos), 2)
+    count = np.cumsum(shown)  # cue steps so far, this one included
+    new_trial = np.r_[True, trial[1:] != trial[:-1]]
+    # cue steps counted before each trial began, carried forward over the trial
+    idx = np.maximum.accumulate(np.where(new_trial, np.arange(len(trial)), 0))
+    before_trial = (count - shown)[idx]
+    order = np.clip(count - before_trial - 1, 0, 1)
+    return np.where(shown, pair[np.arange(len(trial)), order], -1)

@@ -339,6 +339,52 @@ class HumanWindow:
             self._clock = None
 
 
+class HumanRendering:
+    """The ``render_mode="human"`` window of an env, shared by the bpm tasks' single envs.
+
+    An env mixes this in and calls :meth:`show_in_window` from ``render`` and
+    :meth:`close_window` from ``close``. The window (a :class:`HumanWindow`) opens on the first
+    frame.
+
+    :attr:`window_closed` is the public way to know that the user closed the window (its close
+    button: a pygame ``QUIT`` event, seen when the next frame is drawn). It is False before a
+    window exists, in the other render modes and while the window is open; once True it stays
+    True for the env's lifetime, also after ``env.close()``, and later frames are not drawn. A
+    program that closes the env itself (``env.close()``) does not set it. Code that drives an
+    episode with ``render_mode="human"`` can stop when it turns True::
+
+        while not done and not env.unwrapped.window_closed:
+            obs, reward, terminated, truncated, info = env.step(policy(obs))
+    """
+
+    _window: HumanWindow | None = None
+    _window_closed_by_user: bool = False
+
+    @property
+    def window_closed(self) -> bool:
+        """True once the user has closed the env's render window (see the class docstring)."""
+        window = self._window
+        return self._window_closed_by_user or (window is not None and window.closed_by_user)
+
+    def show_in_window(self, frame: np.ndarray, title: str, fps: float) -> None:
+        """Draw ``frame`` in the env's window, opening it on first use; nothing once the user closed it."""
+        if self.window_closed:
+            self._window_closed_by_user = True
+            return
+        if self._window is None:
+            self._window = HumanWindow(title=title, fps=fps)
+        self._window.show(frame)
+        if self._window.closed_by_user:
+            self._window_closed_by_user = True
+
+    def close_window(self) -> None:
+        """Close the window if one is open (idempotent); :attr:`window_closed` keeps its value."""
+        if self._window is not None:
+            self._window_closed_by_user = self._window_closed_by_user or self._window.closed_by_user
+            self._window.close()
+            self._window = None
+
+
 def _to_palette_images(frames: Sequence[np.ndarray]) -> list[Any]:
     """Frames -> Pillow images for a GIF; exact colours through one shared palette when they fit.
 

@@ -352,3 +352,91 @@ def test_bad_options_raise(options, needle):
         CueRewardEnv(**options)
     with pytest.raises(ValueError, match=re.escape(needle)):
         CueRewardVectorEnv(num_envs=2, **options)
+
+
+# ----------------------------------------------------------------------------- reading obs and info
+def test_observation_layout_helpers_by_hand():
+    from bpm_envs.cue_reward import NON_CUE_INPUTS, cue_bits_of, cue_visible
+
+    assert NON_CUE_INPUTS == 5
+    assert cue_bits_of(25) == 20 and cue_bits_of(np.zeros((3, 7, 9))) == 4
+    assert cue_bits_of(CueRewardEnv(cue_bits=6).observation_space.shape[0]) == 6
+    with pytest.raises(ValueError, match="at least 6"):
+        cue_bits_of(5)
+    # 3 cue bits + Go, reward, action one-hot (2), t/T: a cue, a blank step, a Go step with reward
+    obs = np.array(
+        [
+            [1, -1, 1, 0, 0, 0, 0, 0.1],
+            [0, 0, 0, 0, 0, 1, 0, 0.2],
+            [0, 0, 0, 1, 1, 0, 1, 0.3],
+        ],
+        dtype=np.float32,
+    )
+    assert cue_visible(obs).tolist() == [True, False, False]
+    assert cue_visible(obs[0]) and cue_visible(obs, cue_bits=3).tolist() == [True, False, False]
+
+
+def test_info_helpers_by_hand():
+    from bpm_envs.cue_reward import answers_from_infos, cue_shown, go_steps, is_cue_info, target_cue
+
+    # one trial of 6 steps (blank, cue 2, blank, cue 0, Go, blank) then the first step of the next
+    # (blank, pair (1, 3)); 4 cue bits: cue k shows bit k set to +1 and the others -1
+    pairs = [(2, 0)] * 6 + [(1, 3)]
+    stim = [-1, 2, -1, 0, -1, -1, -1]
+    infos = [
+        {
+            "target": 3,
+            "pair": np.array(p),
+            "target_in_pair": 3 in p,
+            "trial": 0 if t < 6 else 1,
+            "go": t == 4,
+            "trial_start": t in (0, 6),
+            # grades the action taken before this info: the Go step's (t = 4) answer was wrong
+            "answer_correct": np.int8(0 if t == 5 else -1),
+        }
+        for t, p in enumerate(pairs)
+    ]
+    obs = np.zeros((7, 4 + 5), dtype=np.float32)
+    for t, s in enumerate(stim):
+        if s >= 0:
+            obs[t, :4] = -1
+            obs[t, s] = 1
+    obs[4, 4] = 1  # Go bit
+    assert is_cue_info(infos[0]) and not is_cue_info({"agent_pos": (1, 1), "hits": 0, "hit": False})
+    assert target_cue(infos[3]) == 3
+    assert go_steps(infos).tolist() == [False, False, False, False, True, False, False]
+    assert cue_shown(obs, infos).tolist() == stim
+    assert cue_shown(obs, infos, cue_bits=4).tolist() == stim
+    trial, graded = answers_from_infos(infos)
+    assert trial.tolist() == [[0, 0, 0, 0, 0, 0]]  # the action at step t belongs to infos[t]
+    assert graded.tolist() == [[-1, -1, -1, -1, 0, -1]]  # its grade comes with infos[t + 1]
+    with pytest.raises(ValueError, match="at least one step"):
+        answers_from_infos(infos[:1])
+
+
+def test_info_helpers_read_a_real_episode():
+    from bpm_envs.cue_reward import answers_from_infos, cue_shown, go_steps, is_cue_info, target_cue
+
+    T = 30
+    env = gym.make("bpm/CueReward-v0", episode_length=T)
+    obs, info = env.reset(seed=9)
+    assert is_cue_info(info)
+    task = env.unwrapped.task
+    observations, infos, truth, actions = [obs], [info], [], []
+    for t in range(T):
+        stim = int(task.stim[0, t])
+        truth.append(-1 if stim == task.n_cues else stim)
+        actions.append(t % 2)
+        obs, _, _, _, info = env.step(actions[-1])
+        observations.append(obs)
+        infos.append(info)
+    shown = cue_shown(np.array(observations[:T]), infos[:T])
+    assert shown.tolist() == truth
+    assert (shown >= 0).sum() >= 6  # 30 steps hold at least 3 whole trials of 2 cues each
+    assert target_cue(infos[0]) == int(task.target[0])
+    go = go_steps(infos[:T])
+    assert go.tolist() == task.go[0, :T].tolist()
+    trial, graded = answers_from_infos(infos)
+    assert trial.tolist() == [task.trial[0, :T].tolist()]
+    right = np.where(task.target_in_pair[0, :T], 1, 0) == np.array(actions)
+    assert graded.tolist() == [np.where(go, right.astype(int), -1).tolist()]

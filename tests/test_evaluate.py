@@ -10,6 +10,7 @@ import importlib.util
 import json
 import math
 import shutil
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -335,22 +336,6 @@ def test_record_gif_holds_every_frame(runs, tmp_path):
         assert im.n_frames == 2 * (T + 1)
 
 
-def test_cue_shown_matches_the_task_plan():
-    env = gym.make(CUE, episode_length=T)
-    obs, info = env.reset(seed=9)
-    observations, infos, truth = [obs], [info], []
-    task = env.unwrapped.task
-    for t in range(T):
-        stim = int(task.stim[0, t])
-        truth.append(-1 if stim == task.n_cues else stim)
-        obs, _, _, _, info = env.step(0)
-        observations.append(obs)
-        infos.append(info)
-    shown = ev.cue_shown(np.array(observations[:T]), infos[:T], cue_bits=task.cue_bits)
-    assert shown.tolist() == truth
-    assert (shown >= 0).sum() >= 6  # 30 steps hold at least 3 whole trials of 2 cues each
-
-
 def test_plot_modulator_draws_cue_and_refuses_unmodulated(runs, tmp_path):
     agent = ev.load_agent(runs["cue"])
     path, trace = ev.plot_modulator(agent, tmp_path / "fig3.png", seed=1)
@@ -363,6 +348,43 @@ def test_plot_modulator_draws_cue_and_refuses_unmodulated(runs, tmp_path):
     with pytest.raises(ev.NoModulatorError, match="rule 'hebbian'"):
         ev.plot_modulator(hebbian, tmp_path / "no.png")
     assert not (tmp_path / "no.png").exists()
+
+
+def test_plot_modulator_leaves_the_matplotlib_backend_and_pyplot_alone(runs, tmp_path):
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("pdf")  # a backend other than the Agg the plot draws with
+    try:
+        import matplotlib.pyplot as plt
+
+        mine = plt.figure()
+        path, _ = ev.plot_modulator(ev.load_agent(runs["cue"]), tmp_path / "fig3.png", seed=2)
+        assert matplotlib.get_backend() == "pdf"
+        assert plt.get_fignums() == [mine.number] and plt.gcf() is mine
+        with Image.open(path) as im:
+            assert im.format == "PNG"
+        plt.close(mine)
+    finally:
+        matplotlib.use(before)
+
+
+def test_episode_stops_when_the_user_closes_the_window(runs):
+    import pygame
+
+    agent = ev.load_agent(runs["maze"])
+    pygame.display.init()
+    pygame.event.post(pygame.event.Event(pygame.QUIT))  # seen when reset draws the first frame
+    trace = ev.run_episode(agent, seed=2, render_mode="human")
+    assert trace.stopped_early and len(trace.actions) == 1
+    assert not pygame.display.get_init()
+    pygame.display.init()
+    pygame.event.post(pygame.event.Event(pygame.QUIT))
+    assert len(ev.render_episodes(agent, episodes=3, seed=2)) == 1  # no episode after the close
+    # an env without the property (not a bpm env) never reports a closed window
+    from bpm_agents.evaluation.envs import window_closed
+
+    assert window_closed(gym.make("CartPole-v1")) is False
 
 
 def test_render_human_maze_equals_the_recorded_episode(runs):
@@ -403,3 +425,38 @@ def test_cli_dispatches_lm(monkeypatch):
     monkeypatch.setitem(sys.modules, "bpm_agents.lm.cli", fake)
     assert load_cli().main(["lm", "--checkpoint", "x.pt"]) == 0
     assert seen == [["--checkpoint", "x.pt"]]
+
+
+# ------------------------------------------------------------------------ imports
+def test_import_bpm_agents_lm_loads_neither_gymnasium_nor_the_envs():
+    code = (
+        "import sys, bpm_agents.lm, bpm_agents.lm.cli, bpm_agents.lm.trainer, bpm_agents.lm.stats; "
+        "print('gymnasium' in sys.modules, 'bpm_envs' in sys.modules, 'bpm_agents.a2c' in sys.modules)"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["False", "False", "False"]
+
+
+def test_bpm_agents_names_load_on_first_use():
+    import bpm_agents
+    from bpm_agents.a2c import A2CConfig
+    from bpm_agents.training import train as train_fn
+
+    assert bpm_agents.A2CConfig is A2CConfig and bpm_agents.train is train_fn
+    assert set(bpm_agents.__all__) <= set(dir(bpm_agents))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        bpm_agents.nope  # noqa: B018
+
+
+def test_evaluation_package_reexports_every_public_name():
+    import bpm_agents.evaluation as package
+    from bpm_envs import cue_reward
+
+    for name in package.__all__:
+        assert getattr(package, name) is not None
+    assert package.answers_from_infos is cue_reward.answers_from_infos
+    assert package.cue_shown is cue_reward.cue_shown

@@ -71,7 +71,7 @@ def test_return_so_far_sums_the_episode_and_restarts():
 
 
 class Always:
-    """Always takes ``action`` (the acting contract of evaluation.py)."""
+    """Always takes ``action`` (the acting contract of bpm_agents.evaluation)."""
 
     def __init__(self, env_id, action, env_kwargs):
         self.env_id, self.env_kwargs, self.action, self.recurrent = env_id, env_kwargs, action, False

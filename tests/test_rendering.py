@@ -254,3 +254,32 @@ def test_demo_human_window_and_help():
         [sys.executable, "-m", "bpm_envs.demo", "--episodes", "0"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "expected an integer >= 1, got 0" in bad.stderr
+
+
+def test_window_closed_is_false_until_the_user_closes_the_window():
+    import pygame
+
+    env = gym.make(ENV_ID, render_mode="human")
+    assert env.unwrapped.window_closed is False  # no window yet
+    env.reset(seed=3)  # draws the first frame: the window opens
+    assert pygame.display.get_init() and env.unwrapped.window_closed is False
+    env.step(0)
+    assert env.unwrapped.window_closed is False
+    pygame.event.post(pygame.event.Event(pygame.QUIT))  # the user clicks the close button
+    env.step(0)  # the next frame sees the QUIT event
+    assert env.unwrapped.window_closed is True and not pygame.display.get_init()
+    env.step(0)  # later frames are not drawn: no window comes back
+    assert env.unwrapped.window_closed is True and not pygame.display.get_init()
+    env.close()
+    assert env.unwrapped.window_closed is True  # stays True after close
+    # closing the env by program is not the user closing the window; other modes never have one
+    other = gym.make(ENV_ID, render_mode="human")
+    other.reset(seed=3)
+    other.close()
+    assert other.unwrapped.window_closed is False
+    for mode in (None, "rgb_array"):
+        plain = gym.make(ENV_ID, render_mode=mode)
+        plain.reset(seed=0)
+        plain.step(0)
+        assert plain.unwrapped.window_closed is False
+    assert gym.make("bpm/CueReward-v0").unwrapped.window_closed is False
