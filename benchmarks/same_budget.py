@@ -39,6 +39,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -237,19 +238,16 @@ def summarise(out: Path, tasks: list[str], learners: list[str], seeds: list[int]
                 last = c["steps"] > (1 - FINAL_WINDOW) * budget
                 finals.append(float(np.nanmean(c["reward"][last])) if done and last.any() else math.nan)
                 reached_steps.append(float(c["steps"][-1]))
-            with np.errstate(all="ignore"):
-                import warnings
-
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    med = np.nanmedian(by_steps, axis=0)
-                    q1, q3 = np.nanpercentile(by_steps, 25, axis=0), np.nanpercentile(by_steps, 75, axis=0)
-                    wmed = np.nanmedian(by_wall, axis=0)
-                    wq1, wq3 = np.nanpercentile(by_wall, 25, axis=0), np.nanpercentile(by_wall, 75, axis=0)
-            # first crossing of each threshold by the seed median, in env steps and in seconds
-            walls_on_grid = np.nanmedian(
-                np.asarray([on_grid(c["steps"], c["wall"], grid) for c in curves.values()]), axis=0
-            )
+            with np.errstate(all="ignore"), warnings.catch_warnings():  # all-NaN columns: no seed there yet
+                warnings.simplefilter("ignore", RuntimeWarning)
+                med = np.nanmedian(by_steps, axis=0)
+                q1, q3 = np.nanpercentile(by_steps, 25, axis=0), np.nanpercentile(by_steps, 75, axis=0)
+                wmed = np.nanmedian(by_wall, axis=0)
+                wq1, wq3 = np.nanpercentile(by_wall, 25, axis=0), np.nanpercentile(by_wall, 75, axis=0)
+                # first crossing of each threshold by the seed median, in env steps and in seconds
+                walls_on_grid = np.nanmedian(
+                    np.asarray([on_grid(c["steps"], c["wall"], grid) for c in curves.values()]), axis=0
+                )
             crossings = {}
             for th in THRESHOLDS[task]:
                 hit = np.nonzero(med >= th)[0]
