@@ -381,24 +381,86 @@ def run_training(
     Returns:
         summary dict: best validation perplexity, test perplexity, epochs, steps, seconds.
     """
-    from tqdm import tqdm  # imported here: only the CLI path needs it
+    run = _LMRun(out, corpus, model_config, train_config, device, resume, extra_config, impl, resume_flags)
+    return run.train(progress_bar)
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    init_gen = torch.Generator().manual_seed(train_config.seed)
-    drop_gen = torch.Generator(device=device).manual_seed(train_config.seed + 1)
-    epoch0, step, best, elapsed0 = 0, 0, math.inf, 0.0
-    opt_state = None
-    cursor: EpochCursor | None = None  # set when resuming inside an interrupted epoch
-    if resume:
-        payload = load_checkpoint(out / "last.pt", map_location=device)
+
+class _LMRun:
+    """One language-model run folder being trained: its state, and the steps of an epoch.
+
+    Built by :func:`run_training`, which documents the arguments. ``train`` runs the epochs;
+    the other methods are what an epoch does at a step, at a check and at its end.
+    """
+
+    def __init__(
+        self,
+        out: str | Path,
+        corpus: Corpus,
+        model_config: LMConfig,
+        train_config: TrainConfig,
+        device: torch.device,
+        resume: bool,
+        extra_config: dict[str, Any] | None,
+        impl: str,
+        resume_flags: dict[str, tuple[str, Any]] | None,
+    ) -> None:
+        self.out = out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        self.corpus, self.device, self.impl = corpus, device, impl
+        init_gen = torch.Generator().manual_seed(train_config.seed)
+        self.drop_gen = torch.Generator(device=device).manual_seed(train_config.seed + 1)
+        self.epoch0, self.step, self.best, self.elapsed0 = 0, 0, math.inf, 0.0
+        opt_state = None
+        #: set when resuming inside an interrupted epoch
+        self.cursor: EpochCursor | None = None
+        if resume:
+            payload = load_checkpoint(out / "last.pt", map_location=device)
+            train_config, model = self._restore(payload, train_config, resume_flags)
+            opt_state = payload["optimizer"]
+        else:
+            if model_config.vocab_size != len(corpus.vocab):
+                model_config = replace(model_config, vocab_size=len(corpus.vocab))
+            model = LanguageModel(model_config, init_gen).to(device)
+        self.model, self.model_config, self.train_config = model, model.config, train_config
+        model.set_dropout_generator(self.drop_gen)
+        model.set_impl(impl)
+        groups = [g for g in parameter_groups(model, train_config) if g["params"]]
+        self.optimizer = torch.optim.SGD(groups, lr=train_config.lr_at(max(self.epoch0, 1)))
+        if opt_state is not None:
+            self.optimizer.load_state_dict(opt_state)
+
+        self.n_params = sum(p.numel() for p in model.parameters())
+        extra = dict(extra_config or {})
+        command = extra.pop("argv", None)
+        write_run_config(
+            out, "lm", LM_ALGO, {"model": self.model_config.to_dict(), "train": train_config.to_dict()},
+            command=command, parameters=self.n_params, device=str(device), torch_threads=torch.get_num_threads(),
+            **extra,
+        )  # fmt: skip
+        _log(
+            f"{self.model_config.variant}: hidden {list(self.model_config.hidden_sizes)}, "
+            f"{self.n_params:,} parameters, device {device}"
+        )
+        # rows after the checkpoint (checks of an epoch a kill cut short) are dropped on resume; a
+        # resumed run keeps its log's columns (a log written before the statistics has none)
+        self.log = ProgressLog(out / LOG_FILE, [*LOG_FIELDS, *stat_columns(len(model.layers))], key="step",
+                               keep_through=self.step if resume else None)  # fmt: skip
+        self.train_streams = batchify(corpus.split("train"), train_config.batch_size).to(device)
+        self.per_epoch = num_segments(self.train_streams, train_config.bptt)
+        self.run_start = time.perf_counter()
+
+    def _restore(
+        self, payload: dict[str, Any], given: TrainConfig, resume_flags: dict[str, tuple[str, Any]] | None
+    ) -> tuple[TrainConfig, LanguageModel]:
+        """The saved settings and model of ``last.pt``; refuse flags that contradict them."""
+        last = self.out / "last.pt"
         try:
             check_config_dict(TrainConfig, payload.get("train_config"))
             saved = TrainConfig(**payload["train_config"])
         except ValueError as exc:
-            raise CheckpointError(f"{out / 'last.pt'} holds a bad training config: {exc}") from None
-        train_config = replace(saved, epochs=train_config.epochs, max_steps=train_config.max_steps)
-        model, vocab = model_from_checkpoint(payload, device)
+            raise CheckpointError(f"{last} holds a bad training config: {exc}") from None
+        train_config = replace(saved, epochs=given.epochs, max_steps=given.max_steps)
+        model, vocab = model_from_checkpoint(payload, self.device)
         saved_values = {**payload["model_config"], **payload["train_config"]}
         conflicts = [
             f"{flag} {value} (saved: {json.dumps(saved_values.get(name))})"
@@ -409,197 +471,183 @@ def run_training(
         ]
         if conflicts:
             raise ValueError(
-                f"--resume keeps the settings saved in {out / 'last.pt'}, but these flags differ "
+                f"--resume keeps the settings saved in {last}, but these flags differ "
                 f"from them: {'; '.join(conflicts)}. Drop them, or start a new run with another --out"
             )
-        if vocab.words != corpus.vocab.words:
+        if vocab.words != self.corpus.vocab.words:
             raise CheckpointError(
                 "the checkpoint's vocabulary differs from this corpus's training vocabulary"
             )
-        model_config = model.config
-        epoch0, step, best = payload["epoch"], payload["step"], payload["best_valid_ppl"]
-        elapsed0 = payload.get("elapsed_s", 0.0)
-        opt_state = payload["optimizer"]
-        drop_gen.set_state(payload["dropout_generator"].cpu())
+        self.epoch0, self.step, self.best = payload["epoch"], payload["step"], payload["best_valid_ppl"]
+        self.elapsed0 = payload.get("elapsed_s", 0.0)
+        self.drop_gen.set_state(payload["dropout_generator"].cpu())
         if payload.get("in_epoch") is not None:
-            cursor = EpochCursor.from_dict(payload["in_epoch"], device)
+            self.cursor = EpochCursor.from_dict(payload["in_epoch"], self.device)
             _log(
-                f"resuming {out} from step {step} (epoch {epoch0 + 1}, {cursor.steps} steps into it; "
-                f"best valid ppl {best:.2f})"
+                f"resuming {self.out} from step {self.step} (epoch {self.epoch0 + 1}, {self.cursor.steps} "
+                f"steps into it; best valid ppl {self.best:.2f})"
             )
         else:
-            _log(f"resuming {out} from step {step} (after epoch {epoch0}, best valid ppl {best:.2f})")
-    else:
-        if model_config.vocab_size != len(corpus.vocab):
-            model_config = replace(model_config, vocab_size=len(corpus.vocab))
-        model = LanguageModel(model_config, init_gen).to(device)
-    model.set_dropout_generator(drop_gen)
-    model.set_impl(impl)
-    groups = [g for g in parameter_groups(model, train_config) if g["params"]]
-    optimizer = torch.optim.SGD(groups, lr=train_config.lr_at(max(epoch0, 1)))
-    if opt_state is not None:
-        optimizer.load_state_dict(opt_state)
-
-    n_params = sum(p.numel() for p in model.parameters())
-    extra = dict(extra_config or {})
-    command = extra.pop("argv", None)
-    write_run_config(
-        out, "lm", LM_ALGO, {"model": model_config.to_dict(), "train": train_config.to_dict()},
-        command=command, parameters=n_params, device=str(device), torch_threads=torch.get_num_threads(), **extra,
-    )  # fmt: skip
-    _log(
-        f"{model_config.variant}: hidden {list(model_config.hidden_sizes)}, {n_params:,} parameters, device {device}"
-    )
-
-    # rows after the checkpoint (checks of an epoch a kill cut short) are dropped on resume; a
-    # resumed run keeps its log's columns (a log written before the statistics has none)
-    log = ProgressLog(out / LOG_FILE, [*LOG_FIELDS, *stat_columns(len(model.layers))], key="step",
-                      keep_through=step if resume else None)  # fmt: skip
-
-    train_streams = batchify(corpus.split("train"), train_config.batch_size).to(device)
-    per_epoch = num_segments(train_streams, train_config.bptt)
-    tty = sys.stderr.isatty()
-    run_start = time.perf_counter()
-    done = epoch0  # last epoch completed (or cut short by max_steps)
-    interrupted = False
-    with StopOnSignals() as stop:  # Ctrl-C / SIGTERM: stop after the current step and save
-        for epoch in range(epoch0 + 1, train_config.epochs + 1):
-            left = None if train_config.max_steps is None else train_config.max_steps - step
-            if left is not None and left <= 0:
-                break
-            done = epoch
-            cursor = cursor if cursor is not None else EpochCursor()
-            epoch_step0 = step - cursor.steps  # the run's step count at this epoch's start
-            lr = train_config.lr_at(epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            bar = tqdm(
-                total=(per_epoch if left is None else min(per_epoch, cursor.steps + left)),
-                initial=cursor.steps, desc=f"epoch {epoch}",
-                unit="step", disable=not progress_bar, mininterval=1.0 if tty else 60.0, file=sys.stderr,
-            )  # fmt: skip
-            running = {"loss": 0.0, "tokens": 0, "seconds": 0.0}
-
-            def on_step(tokens: int, loss: float, seconds: float) -> None:
-                running["loss"] += loss * tokens
-                running["tokens"] += tokens
-                running["seconds"] = seconds
-                bar.update(1)
-                bar.set_postfix(
-                    tok_s=f"{running['tokens'] / max(seconds, 1e-9):.0f}",
-                    ppl=f"{perplexity(running['loss'] / running['tokens']):.1f}", refresh=False,
-                )  # fmt: skip
-
-            t0 = time.perf_counter()
-
-            def validate(with_test: bool) -> tuple[float, float | None]:
-                bs, bptt = train_config.eval_batch_size, train_config.bptt
-                valid = evaluate(model, corpus.split("valid"), bs, bptt)[1]
-                test = evaluate(model, corpus.split("test"), bs, bptt)[1] if with_test else None
-                return valid, test
-
-            def write_row(
-                kind: str, at_step: int, train_ppl: float, valid: float, test: float | None, tok_s: float
-            ) -> float:
-                stats: dict[str, float | None] = {}
-                if train_config.stats_steps > 0:
-                    stats = plasticity_stats(model, corpus.split("valid"), train_config.eval_batch_size,
-                                             train_config.stats_steps)  # fmt: skip
-                elapsed = elapsed0 + time.perf_counter() - run_start
-                row = [epoch, kind, at_step, f"{lr:.6g}", f"{train_ppl:.3f}", f"{valid:.3f}",
-                       "" if test is None else f"{test:.3f}", f"{tok_s:.0f}",
-                       f"{time.perf_counter() - t0:.1f}", f"{elapsed:.1f}"]  # fmt: skip
-                values = dict(zip(LOG_FIELDS, row))
-                values.update({k: "" if v is None else f"{v:.6g}" for k, v in stats.items()})
-                log.write(values)
-                return elapsed
-
-            def on_check(steps_in_epoch: int) -> None:
-                nonlocal best
-                valid, test = validate(False)
-                train_ppl = perplexity(cursor.loss_total / max(cursor.count, 1))
-                tok_s = running["tokens"] / max(running["seconds"], 1e-9)
-                at = epoch_step0 + steps_in_epoch
-                elapsed = write_row("check", at, train_ppl, valid, test, tok_s)
-                _log(
-                    f"check at step {at}: valid ppl {valid:.2f}"
-                    + ("" if test is None else f" test ppl {test:.2f}")
-                )
-                if valid < best:
-                    best = valid
-                    save_checkpoint(out / "best.pt", make_payload(at, valid, elapsed))
-
-            def make_payload(
-                at_step: int, valid: float | None, elapsed: float, in_epoch: EpochCursor | None = None
-            ) -> dict[str, Any]:
-                return {
-                    "model_config": model_config.to_dict(),
-                    "train_config": train_config.to_dict(), "vocab": corpus.vocab.words,
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    # the last epoch completed; an interrupted one is resumed from ``in_epoch``
-                    "epoch": epoch if in_epoch is None else epoch - 1,
-                    "in_epoch": None if in_epoch is None else in_epoch.to_dict(),
-                    "step": at_step, "best_valid_ppl": best if valid is None else min(best, valid),
-                    "valid_ppl": valid, "elapsed_s": elapsed, "dropout_generator": drop_gen.get_state(),
-                }  # fmt: skip
-
-            train_loss, steps, tok_s = train_epoch(
-                model,
-                train_streams,
-                optimizer,
-                train_config,
-                left,
-                on_step,
-                on_check,
-                cursor,
-                lambda: stop.requested,
-            )
-            bar.close()
-            step += steps
-            capped = left is not None and steps >= left
-            if stop.requested and cursor.steps < per_epoch and not capped:
-                interrupted = True
-                elapsed = elapsed0 + time.perf_counter() - run_start
-                save_checkpoint(out / "last.pt", make_payload(step, None, elapsed, cursor))
-                _log(
-                    f"interrupted by {stop.signal_name} at step {step} ({cursor.steps} of {per_epoch} "
-                    f"steps into epoch {epoch}): checkpoint saved to {out / 'last.pt'}"
-                )
-                break
-            cursor = None
-            valid_ppl, test_ppl = validate(train_config.eval_test_each_epoch)
-            epoch_s = time.perf_counter() - t0
-            elapsed = write_row("epoch", step, perplexity(train_loss), valid_ppl, test_ppl, tok_s)
             _log(
-                f"epoch {epoch}: lr {lr:.4g} train ppl {perplexity(train_loss):.2f} valid ppl {valid_ppl:.2f}"
-                + ("" if test_ppl is None else f" test ppl {test_ppl:.2f}")
-                + f" ({steps} steps, {tok_s:.0f} tok/s, {epoch_s:.0f} s)"
+                f"resuming {self.out} from step {self.step} (after epoch {self.epoch0}, best valid ppl {self.best:.2f})"
             )
-            payload = make_payload(step, valid_ppl, elapsed)
-            if valid_ppl < best:
-                best = valid_ppl
-                save_checkpoint(out / "best.pt", payload)
-            save_checkpoint(out / "last.pt", payload)
-            if stop.requested:  # the signal came with the epoch's last step: it is saved whole
-                interrupted = True
-                _log(
-                    f"interrupted by {stop.signal_name} after epoch {epoch}: checkpoint saved to {out / 'last.pt'}"
-                )
-                break
+        return train_config, model
 
-    log.close()
-    best_path = out / "best.pt"
-    summary: dict[str, Any] = {"variant": model_config.variant, "parameters": n_params, "epochs": done,
-                               "steps": step, "best_valid_ppl": best,
-                               "elapsed_s": elapsed0 + time.perf_counter() - run_start,
-                               "interrupted": interrupted}  # fmt: skip
-    if best_path.exists() and not interrupted:
-        best_model, _ = model_from_checkpoint(load_checkpoint(best_path, device), device)
-        best_model.set_impl(impl)
-        test_loss, test_ppl = evaluate(
-            best_model, corpus.split("test"), train_config.eval_batch_size, train_config.bptt
+    # --- what an epoch does
+
+    def elapsed(self) -> float:
+        """Training seconds of the whole run (continued across resumes)."""
+        return self.elapsed0 + time.perf_counter() - self.run_start
+
+    def validate(self, with_test: bool) -> tuple[float, float | None]:
+        bs, bptt = self.train_config.eval_batch_size, self.train_config.bptt
+        valid = evaluate(self.model, self.corpus.split("valid"), bs, bptt)[1]
+        test = evaluate(self.model, self.corpus.split("test"), bs, bptt)[1] if with_test else None
+        return valid, test
+
+    def write_row(self, kind: str, at_step: int, train_ppl: float, valid: float, test: float | None,
+                  tok_s: float) -> float:  # fmt: skip
+        """One ``log.csv`` row (with the plasticity statistics); returns the run's elapsed seconds."""
+        cfg = self.train_config
+        stats: dict[str, float | None] = {}
+        if cfg.stats_steps > 0:
+            stats = plasticity_stats(
+                self.model, self.corpus.split("valid"), cfg.eval_batch_size, cfg.stats_steps
+            )
+        elapsed = self.elapsed()
+        row = [self.epoch, kind, at_step, f"{self.lr:.6g}", f"{train_ppl:.3f}", f"{valid:.3f}",
+               "" if test is None else f"{test:.3f}", f"{tok_s:.0f}",
+               f"{time.perf_counter() - self.epoch_t0:.1f}", f"{elapsed:.1f}"]  # fmt: skip
+        values = dict(zip(LOG_FIELDS, row))
+        values.update({k: "" if v is None else f"{v:.6g}" for k, v in stats.items()})
+        self.log.write(values)
+        return elapsed
+
+    def payload(self, at_step: int, valid: float | None, elapsed: float,
+                in_epoch: EpochCursor | None = None) -> dict[str, Any]:  # fmt: skip
+        """What ``last.pt`` / ``best.pt`` hold after ``at_step`` steps."""
+        return {
+            "model_config": self.model_config.to_dict(), "train_config": self.train_config.to_dict(),
+            "vocab": self.corpus.vocab.words, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            # the last epoch completed; an interrupted one is resumed from ``in_epoch``
+            "epoch": self.epoch if in_epoch is None else self.epoch - 1,
+            "in_epoch": None if in_epoch is None else in_epoch.to_dict(),
+            "step": at_step, "best_valid_ppl": self.best if valid is None else min(self.best, valid),
+            "valid_ppl": valid, "elapsed_s": elapsed, "dropout_generator": self.drop_gen.get_state(),
+        }  # fmt: skip
+
+    def on_step(self, tokens: int, loss: float, seconds: float) -> None:
+        running = self.running
+        running["loss"] += loss * tokens
+        running["tokens"] += tokens
+        running["seconds"] = seconds
+        self.bar.update(1)
+        self.bar.set_postfix(
+            tok_s=f"{running['tokens'] / max(seconds, 1e-9):.0f}",
+            ppl=f"{perplexity(running['loss'] / running['tokens']):.1f}", refresh=False,
+        )  # fmt: skip
+
+    def on_check(self, steps_in_epoch: int) -> None:
+        """An in-epoch validation (``valid_every``): a log row, and ``best.pt`` if it improved."""
+        assert self.cursor is not None
+        valid, test = self.validate(False)
+        train_ppl = perplexity(self.cursor.loss_total / max(self.cursor.count, 1))
+        tok_s = self.running["tokens"] / max(self.running["seconds"], 1e-9)
+        at = self.epoch_step0 + steps_in_epoch
+        elapsed = self.write_row("check", at, train_ppl, valid, test, tok_s)
+        _log(f"check at step {at}: valid ppl {valid:.2f}" + ("" if test is None else f" test ppl {test:.2f}"))
+        if valid < self.best:
+            self.best = valid
+            save_checkpoint(self.out / "best.pt", self.payload(at, valid, elapsed))
+
+    def run_epoch(self, epoch: int, left: int | None, stop: StopOnSignals, progress_bar: bool) -> bool:
+        """Train epoch ``epoch`` (at most ``left`` steps), validate and save; False if interrupted."""
+        from tqdm import tqdm  # imported here: only the CLI path needs it
+
+        cfg = self.train_config
+        self.epoch = epoch
+        self.cursor = cursor = self.cursor if self.cursor is not None else EpochCursor()
+        self.epoch_step0 = self.step - cursor.steps  # the run's step count at this epoch's start
+        self.lr = cfg.lr_at(epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        tty = sys.stderr.isatty()
+        self.bar = tqdm(
+            total=(self.per_epoch if left is None else min(self.per_epoch, cursor.steps + left)),
+            initial=cursor.steps, desc=f"epoch {epoch}",
+            unit="step", disable=not progress_bar, mininterval=1.0 if tty else 60.0, file=sys.stderr,
+        )  # fmt: skip
+        self.running = {"loss": 0.0, "tokens": 0, "seconds": 0.0}
+        self.epoch_t0 = time.perf_counter()
+        train_loss, steps, tok_s = train_epoch(
+            self.model, self.train_streams, self.optimizer, cfg, left, self.on_step, self.on_check, cursor,
+            lambda: stop.requested,
+        )  # fmt: skip
+        self.bar.close()
+        self.step += steps
+        capped = left is not None and steps >= left
+        last = self.out / "last.pt"
+        if stop.requested and cursor.steps < self.per_epoch and not capped:
+            save_checkpoint(last, self.payload(self.step, None, self.elapsed(), cursor))
+            _log(
+                f"interrupted by {stop.signal_name} at step {self.step} ({cursor.steps} of {self.per_epoch} "
+                f"steps into epoch {epoch}): checkpoint saved to {last}"
+            )
+            return False
+        self.cursor = None
+        valid_ppl, test_ppl = self.validate(cfg.eval_test_each_epoch)
+        epoch_s = time.perf_counter() - self.epoch_t0
+        elapsed = self.write_row("epoch", self.step, perplexity(train_loss), valid_ppl, test_ppl, tok_s)
+        _log(
+            f"epoch {epoch}: lr {self.lr:.4g} train ppl {perplexity(train_loss):.2f} valid ppl {valid_ppl:.2f}"
+            + ("" if test_ppl is None else f" test ppl {test_ppl:.2f}")
+            + f" ({steps} steps, {tok_s:.0f} tok/s, {epoch_s:.0f} s)"
         )
-        summary.update(test_ppl=test_ppl, test_loss=test_loss, checkpoint=str(best_path))
-        atomic_write_text(out / "test.json", json.dumps(summary, indent=2) + "\n")
-        _log(f"test ppl {test_ppl:.2f} (best valid ppl {best:.2f}, {best_path})")
-    return summary
+        payload = self.payload(self.step, valid_ppl, elapsed)
+        if valid_ppl < self.best:
+            self.best = valid_ppl
+            save_checkpoint(self.out / "best.pt", payload)
+        save_checkpoint(last, payload)
+        if stop.requested:  # the signal came with the epoch's last step: it is saved whole
+            _log(f"interrupted by {stop.signal_name} after epoch {epoch}: checkpoint saved to {last}")
+            return False
+        return True
+
+    # --- the run
+
+    def train(self, progress_bar: bool) -> dict[str, Any]:
+        cfg = self.train_config
+        done = self.epoch0  # last epoch completed (or cut short by max_steps)
+        interrupted = False
+        try:
+            with StopOnSignals() as stop:  # Ctrl-C / SIGTERM: stop after the current step and save
+                for epoch in range(self.epoch0 + 1, cfg.epochs + 1):
+                    left = None if cfg.max_steps is None else cfg.max_steps - self.step
+                    if left is not None and left <= 0:
+                        break
+                    done = epoch
+                    if not self.run_epoch(epoch, left, stop, progress_bar):
+                        interrupted = True
+                        break
+        finally:
+            self.log.close()
+        return self.finish(done, interrupted)
+
+    def finish(self, epochs_done: int, interrupted: bool) -> dict[str, Any]:
+        """The run's summary; after a complete run, the best checkpoint's test perplexity (test.json)."""
+        best_path = self.out / "best.pt"
+        summary: dict[str, Any] = {"variant": self.model_config.variant, "parameters": self.n_params,
+                                   "epochs": epochs_done, "steps": self.step, "best_valid_ppl": self.best,
+                                   "elapsed_s": self.elapsed(), "interrupted": interrupted}  # fmt: skip
+        if best_path.exists() and not interrupted:
+            best_model, _ = model_from_checkpoint(load_checkpoint(best_path, self.device), self.device)
+            best_model.set_impl(self.impl)
+            cfg = self.train_config
+            test_loss, test_ppl = evaluate(
+                best_model, self.corpus.split("test"), cfg.eval_batch_size, cfg.bptt
+            )
+            summary.update(test_ppl=test_ppl, test_loss=test_loss, checkpoint=str(best_path))
+            atomic_write_text(self.out / "test.json", json.dumps(summary, indent=2) + "\n")
+            _log(f"test ppl {test_ppl:.2f} (best valid ppl {self.best:.2f}, {best_path})")
+        return summary
