@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/peers.py
 
 TASKS = {"maze": "bpm/PlasticMaze-v0", "cue": "bpm/CueReward-v0"}
 LEARNERS = ("plastic-a2c", "plastic-ppo", "ppo", "recurrent-ppo")
@@ -152,22 +153,6 @@ def run_one(
         )
     return {"task": task, "learner": learner, "seed": seed, "updates": result.updates_done, "target": updates,
             "interrupted": result.interrupted, "seconds": time.perf_counter() - start}  # fmt: skip
-
-
-def random_reward(env_id: str, seed: int, episodes: int = 240) -> float:
-    """Mean episode reward of uniformly random actions."""
-    from bpm_agents.sb3 import NativeVecEnv
-
-    env = NativeVecEnv(env_id, episodes)
-    env.seed(seed)
-    env.reset()
-    rng = np.random.default_rng(seed)
-    total = np.zeros(episodes)
-    for _ in range(env.episode_length):
-        _, r, _, _ = env.step(rng.integers(0, env.action_space.n, size=episodes))
-        total += r
-    env.close()
-    return float(total.mean())
 
 
 # ---------------------------------------------------------------- the report
@@ -393,7 +378,9 @@ def main(argv: list[str] | None = None) -> int:
                 print("interrupted: rerun the same command to continue", file=sys.stderr)
                 pool.shutdown(cancel_futures=True)
                 return 130
-    randoms = {t: float(np.mean([random_reward(TASKS[t], s) for s in args.seeds])) for t in args.tasks}
+    from peers import run_random  # the uniform-random policy, as in the small-budget peers benchmark
+
+    randoms = {t: float(np.mean([run_random(TASKS[t], s) for s in args.seeds])) for t in args.tasks}
     summary = summarise(out, args.tasks, args.learners, args.seeds, budgets, args.smooth)
     (results / "same_budget.json").write_text(
         json.dumps({"meta": meta, "random": randoms, "summary": summary})

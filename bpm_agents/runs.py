@@ -47,6 +47,8 @@ KINDS = {
     "lm": "Penn Treebank language model",
 }
 SB3_ALGOS = ("a2c", "ppo", "recurrent-ppo")
+#: the first columns of every RL run's progress.csv (each trainer appends its own metrics)
+PROGRESS_FIELDS = ["update", "episodes", "env_steps", "wall_time", "reward_mean"]
 
 
 def info(message: str) -> None:
@@ -309,6 +311,14 @@ class RunResult:
     nothing_to_do: bool = False
 
 
+def check_loop_args(updates: int, checkpoint_every: int) -> None:
+    """Refuse a negative target or a checkpoint interval below 1 (before anything is written)."""
+    if updates < 0:
+        raise ValueError(f"updates must be >= 0, got {updates}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+
+
 def run_loop(
     job: Job,
     run_dir: str | Path,
@@ -334,10 +344,7 @@ def run_loop(
         recent: a window of recent rewards to continue (the job may fill it itself and return
             no ``reward_mean``); by default the loop keeps one over ``reward_mean``.
     """
-    if updates < 0:
-        raise ValueError(f"updates must be >= 0, got {updates}")
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    check_loop_args(updates, checkpoint_every)
     run_dir = Path(run_dir)
     writer = open_tensorboard(run_dir / TENSORBOARD_DIR, job.updates_done + 1) if tensorboard else None
     bar = None

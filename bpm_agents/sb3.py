@@ -61,9 +61,11 @@ from bpm_agents.devices import resolve_device
 from bpm_agents.runs import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
+    PROGRESS_FIELDS,
     PROGRESS_FILE,
     ProgressLog,
     RunResult,
+    check_loop_args,
     info,
     read_run_meta,
     refuse_existing,
@@ -77,11 +79,7 @@ ALGOS = ("ppo", "a2c", "recurrent-ppo")
 #: the checkpoint of folders written before the one checkpoint format (read only)
 LEGACY_CHECKPOINT = "checkpoint.zip"
 CSV_FIELDS = [
-    "update",
-    "episodes",
-    "env_steps",
-    "wall_time",
-    "reward_mean",
+    *PROGRESS_FIELDS,
     "loss",
     "policy_loss",
     "value_loss",
@@ -763,10 +761,7 @@ def train(
         CheckpointError: bad or missing run folder. ValueError: bad arguments.
     """
     run_dir = Path(run_dir)
-    if updates < 0:
-        raise ValueError(f"updates must be >= 0, got {updates}")
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    check_loop_args(updates, checkpoint_every)
     stats = None
     if resume:
         config = load_model_config(run_dir)

@@ -21,9 +21,11 @@ from bpm_agents.checkpoint import CheckpointError, StopOnSignals, load_checkpoin
 from bpm_agents.runs import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
+    PROGRESS_FIELDS,
     PROGRESS_FILE,
     ProgressLog,
     RunResult,
+    check_loop_args,
     info,
     open_tensorboard,
     read_run_meta,
@@ -47,11 +49,7 @@ __all__ = [
 ]
 
 CSV_FIELDS = [
-    "update",
-    "episodes",
-    "env_steps",
-    "wall_time",
-    "reward_mean",
+    *PROGRESS_FIELDS,
     "loss",
     "policy_loss",
     "value_loss",
@@ -204,10 +202,7 @@ def train(
         checkpoint is kept).
     """
     run_dir = Path(run_dir)
-    if updates < 0:
-        raise ValueError(f"updates must be >= 0, got {updates}")
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    check_loop_args(updates, checkpoint_every)
     if resume:
         trainer = load_trainer(run_dir, device)
         info(f"resuming {run_dir} from update {trainer.updates_done}")
