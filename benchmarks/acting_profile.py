@@ -45,7 +45,7 @@ def profile(name: str) -> dict[str, tuple[float, float]]:
     env_id, rule, hidden = CONFIGS[name]
     trainer = A2CTrainer(A2CConfig(env_id=env_id, rule=rule, hidden_size=hidden, seed=0))
     policy, envs = trainer.policy, trainer.envs
-    T = envs.unwrapped.task.episode_length
+    T = envs.unwrapped.episode_length
     obs, _ = envs.reset()
     B = obs.shape[0]
     gen = torch.Generator().manual_seed(0)

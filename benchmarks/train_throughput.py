@@ -55,7 +55,7 @@ def _previous_collect(trainer):
 
     policy, envs = trainer.policy, trainer.envs
     impl = "fast" if trainer.config.rule != "none" else "reference"
-    length = envs.unwrapped.task.episode_length
+    length = envs.unwrapped.episode_length
     obs, _ = envs.reset()
     batch = obs.shape[0]
     state = policy.initial_state(batch)

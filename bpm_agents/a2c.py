@@ -240,7 +240,7 @@ def collect_rollout(
 
     All episodes start together at ``envs.reset()`` and last the env's ``episode_length`` steps.
     """
-    length = envs.unwrapped.task.episode_length
+    length = envs.unwrapped.episode_length
     obs, info = envs.reset()
     batch = obs.shape[0]
     uniforms = torch.rand(batch, length, generator=generator, dtype=torch.float64)

@@ -271,7 +271,7 @@ class NativeVecEnv(VecEnv):
 
     @property
     def episode_length(self) -> int:
-        return int(self.native.unwrapped.task.episode_length)
+        return int(self.native.unwrapped.episode_length)
 
     # SB3 asks a few attributes of its envs; the native env is one object, so every index
     # sees the same value.

@@ -152,7 +152,7 @@ class _TrainerJob:
         self.trainer = trainer
         self.path = run_dir / CHECKPOINT_FILE
         # make_vector_env builds the bpm/ task's native vector entry point, a BatchedVectorEnv
-        self.episode_length = cast(BatchedVectorEnv, trainer.envs.unwrapped).task.episode_length
+        self.episode_length = cast(BatchedVectorEnv, trainer.envs.unwrapped).episode_length
 
     @property
     def updates_done(self) -> int:

@@ -194,6 +194,11 @@ class BatchedSingleEnv(HumanRendering, gym.Env):
         self.action_space = spaces.Discrete(self.task.n_actions)
         self._episode_over = True
 
+    @property
+    def episode_length(self) -> int:
+        """Steps of every episode (the tasks' episodes all have this fixed length)."""
+        return int(self.task.episode_length)
+
     def _single_info(self) -> dict[str, Any]:
         return {k: v[0] for k, v in self.task.info().items()}
 
@@ -277,6 +282,11 @@ class BatchedVectorEnv(VectorEnv):
         self._all_true = np.ones(self.num_envs, dtype=bool)
         self._all_true.flags.writeable = False
         self._all_envs = np.arange(self.num_envs)
+
+    @property
+    def episode_length(self) -> int:
+        """Steps of every episode (the tasks' episodes all have this fixed length)."""
+        return int(self.task.episode_length)
 
     def _vector_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {}

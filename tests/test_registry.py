@@ -84,6 +84,16 @@ def single_rollout(env_id: str, seed: int, actions: np.ndarray, **options):
 
 
 @pytest.mark.parametrize("env_id", BPM_IDS)
+def test_episode_length_is_public_on_both_faces_and_is_the_truncation_step(env_id):
+    env = gym.make(env_id, episode_length=SHORT)
+    vec = gym.make_vec(env_id, 2, vectorization_mode="vector_entry_point", episode_length=SHORT)
+    assert env.unwrapped.episode_length == vec.unwrapped.episode_length == SHORT
+    env.reset(seed=0)
+    ends = [env.step(0)[3] for _ in range(SHORT)]
+    assert ends == [False] * (SHORT - 1) + [True]
+
+
+@pytest.mark.parametrize("env_id", BPM_IDS)
 def test_same_seed_same_trajectory_single(env_id):
     n_actions = gym.make(env_id).action_space.n
     actions = np.random.default_rng(0).integers(0, n_actions, size=3 * SHORT + 2)
