@@ -7,7 +7,7 @@ fused CPU kernels) with the same embedding / decoder / optimiser. Models are tim
 rounds so that load from other processes hits them alike (each round starts with two untimed
 training steps for every model: the allocator's cached buffers are the previous model's); the median round is reported.
 ``--impl`` times each plastic variant with the C++ segment kernel (``fast``,
-:mod:`bpm_agents.lm.fast_step`) and/or the autograd path of :mod:`bpm_agents.plasticity`
+:mod:`bpm_agents.ops.plastic_lstm`) and/or the autograd path of :mod:`bpm_agents.plasticity`
 (``reference``) in the same run; every model of one variant starts from the same weights.
 
     python benchmarks/lm_throughput.py --data ../shared/data/ptb --threads 1 --impl fast,reference
@@ -36,7 +36,6 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bpm_agents.lm.corpus import Corpus, batchify, segment  # noqa: E402
-from bpm_agents.lm.fast_step import IMPLS, option_reason, path_of  # noqa: E402
 from bpm_agents.lm.model import (  # noqa: E402
     VARIANTS,
     LanguageModel,
@@ -45,6 +44,7 @@ from bpm_agents.lm.model import (  # noqa: E402
     match_hidden_size,
 )
 from bpm_agents.lm.trainer import PRESETS  # noqa: E402
+from bpm_agents.ops.plastic_lstm import IMPLS, option_reason, path_of  # noqa: E402
 
 
 class TorchLSTMLM(nn.Module):

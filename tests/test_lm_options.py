@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from bpm_agents.lm import fast_step
 from bpm_agents.lm.cli import train_main
 from bpm_agents.lm.model import (
     VARIANTS,
@@ -23,6 +22,7 @@ from bpm_agents.lm.model import (
     plasticity_for,
 )
 from bpm_agents.lm.trainer import PRESETS, TrainConfig, parameter_groups
+from bpm_agents.ops import plastic_lstm as fast_step
 
 D, H = 4, 5
 needs_kernel = pytest.mark.skipif(

@@ -18,7 +18,6 @@ import torch
 
 from bpm_agents.devices import resolve_device
 from bpm_agents.lm.corpus import Corpus
-from bpm_agents.lm.fast_step import IMPLS
 from bpm_agents.lm.model import VARIANTS, config_parameters, match_hidden_size
 from bpm_agents.lm.trainer import (
     L2_SCOPES,
@@ -29,6 +28,7 @@ from bpm_agents.lm.trainer import (
     model_from_checkpoint,
     run_training,
 )
+from bpm_agents.ops.plastic_lstm import IMPLS
 from bpm_agents.plasticity import ETA_SHAPES, FANOUT_INITS, FANOUTS, MODULATOR_INPUTS
 
 EXIT_USAGE = 2
@@ -228,8 +228,8 @@ def train_main(argv: list[str]) -> int:
             f"hidden {list(chosen.hidden_sizes)} -> {count:,} ({100 * (count - target) / target:+.3f}%)",
             file=sys.stderr,
         )
-        from bpm_agents.lm.fast_step import path_of
         from bpm_agents.lm.model import PlasticLSTMCell
+        from bpm_agents.ops.plastic_lstm import path_of
 
         probe = PlasticLSTMCell(chosen.emb_size, chosen.hidden_sizes[0], chosen.plasticity(), args.impl)
         path = path_of(probe) if torch.device(device).type == "cpu" else "reference (not on CPU)"

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bpm_agents.lm import fast_step
+from bpm_agents.ops import plastic_lstm as fast_step
 from bpm_agents.plasticity import (
     FANOUTS,
     PlasticityConfig,
@@ -132,7 +132,7 @@ class PlasticLSTMCell(nn.Module):
         input_size: D.
         hidden_size: H.
         plasticity: the rule of the plastic path (rule ``none`` gives a plain LSTM).
-        impl: ``auto`` (the C++ segment kernel of :mod:`bpm_agents.lm.fast_step` on CPU for the
+        impl: ``auto`` (the C++ segment kernel of :mod:`bpm_agents.ops.plastic_lstm` on CPU for the
             plastic rules where it builds, else the reference), ``fast`` or ``reference`` (the
             rules of :mod:`bpm_agents.plasticity` through autograd). A plain attribute: it can be
             changed after construction.

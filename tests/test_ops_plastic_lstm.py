@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bpm_agents.lm import fast_step
 from bpm_agents.lm.model import LanguageModel, LMConfig, LSTMState, PlasticLSTMCell, plasticity_for
+from bpm_agents.ops import plastic_lstm as fast_step
 
 pytestmark = pytest.mark.skipif(
-    not fast_step.kernel_available(), reason="the C++ kernel of bpm_agents.lm.fast_step cannot be built here"
+    not fast_step.kernel_available(),
+    reason="the C++ kernel of bpm_agents.ops.plastic_lstm cannot be built here",
 )
 
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
