@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-import bpm_envs  # noqa: F401  (registers the bpm/ environments)
+import bpm_envs  # registers the bpm/ environments
 from bpm_agents.checkpoint import DictConfig
 from bpm_agents.plasticity import RULES, PlasticityConfig
 from bpm_agents.policy import PlasticActorCritic, PolicyConfig
@@ -91,12 +91,7 @@ class A2CConfig(DictConfig):
         """Fill the ``None`` fields from :data:`TASK_DEFAULTS` and validate everything."""
         if self.rule not in RULES:
             raise ValueError(f"unknown plasticity rule {self.rule!r}; allowed: {', '.join(RULES)}")
-        if self.env_id not in TASK_DEFAULTS:
-            if self.env_id in gym.registry:
-                what = f"{self.env_id!r} is a Gymnasium env, not a bpm/ task"
-            else:
-                what = f"unknown env id {self.env_id!r}"
-            raise ValueError(f"{what}; plastic A2C trains on: {', '.join(TASK_DEFAULTS)}")
+        bpm_envs.check_env_id(self.env_id, "plastic A2C trains on")
         defaults = TASK_DEFAULTS[self.env_id]
         filled = {}
         for name, value in defaults.items():

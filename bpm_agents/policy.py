@@ -53,6 +53,13 @@ def sample_actions(logits: Tensor, uniforms: Tensor) -> Tensor:
     return taken.clamp(max=logits.shape[-1] - 1)
 
 
+def sample_with(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """:func:`sample_actions` with fresh uniforms from ``generator`` (a CPU generator, or the
+    global one if ``None``): (B, A) logits -> (B,) actions on the logits' device."""
+    uniforms = torch.rand(logits.shape[0], generator=generator, dtype=torch.float64)
+    return sample_actions(logits.cpu(), uniforms).to(logits.device)
+
+
 class EpisodeActor(Protocol):
     """Acts B lock-step episodes from the zero state, one step per call (see ``episode_actor``)."""
 
@@ -241,7 +248,7 @@ class PlasticActorCritic(nn.Module):
         if deterministic:
             actions = out.logits.argmax(-1)
         else:
-            actions = torch.multinomial(torch.softmax(out.logits, -1), 1, generator=generator).squeeze(-1)
+            actions = sample_with(out.logits, generator)
         next_state = tuple(s.cpu().numpy() for s in out.state)
         acts = actions.cpu().numpy()
         return (acts[0] if single else acts), next_state

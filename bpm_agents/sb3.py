@@ -139,12 +139,7 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
 
 def check_bpm_env_id(env_id: str) -> None:
     """Refuse ids other than the bpm/ tasks (the adapter needs their lock-step batched twin)."""
-    if env_id not in bpm_envs.ENV_IDS:
-        if env_id in gym.registry:
-            what = f"{env_id!r} is a Gymnasium env, not a bpm/ task"
-        else:
-            what = f"unknown env id {env_id!r}"
-        raise ValueError(f"{what}; the SB3 peers train on: {', '.join(bpm_envs.ENV_IDS)}")
+    bpm_envs.check_env_id(env_id, "the SB3 peers train on")
 
 
 # ====================================================================== the vec-env adapter

@@ -22,9 +22,30 @@ __all__ = [
     "PlasticMazeEnv",
     "PlasticMazeVectorEnv",
     "ENV_IDS",
+    "check_env_id",
 ]
 
 ENV_IDS = ("bpm/CueReward-v0", "bpm/PlasticMaze-v0")
+
+
+def check_env_id(env_id: str, trains_on: str, any_registered: bool = False) -> None:
+    """Refuse an env id that is not one of :data:`ENV_IDS`, naming it and what is allowed.
+
+    Args:
+        trains_on: who needs a bpm/ task, for the message (``"plastic A2C trains on"``).
+        any_registered: accept any id in Gymnasium's registry (an evaluation may run elsewhere).
+    Raises:
+        ValueError: ``'CartPole-v1' is a Gymnasium env, not a bpm/ task; plastic A2C trains on:
+        bpm/CueReward-v0, bpm/PlasticMaze-v0`` (or ``unknown env id ...``).
+    """
+    if env_id in ENV_IDS or (any_registered and env_id in registry):
+        return
+    what = (
+        f"{env_id!r} is a Gymnasium env, not a bpm/ task"
+        if env_id in registry
+        else f"unknown env id {env_id!r}"
+    )
+    raise ValueError(f"{what}; {trains_on}: {', '.join(ENV_IDS)}")
 
 
 def _register() -> None:

@@ -23,7 +23,7 @@ from bpm_agents.checkpoint import CheckpointError, load_checkpoint
 from bpm_agents.devices import resolve_device
 from bpm_agents.evaluation.envs import make_env
 from bpm_agents.plasticity import PlasticState
-from bpm_agents.policy import PlasticActorCritic
+from bpm_agents.policy import PlasticActorCritic, sample_with
 from bpm_agents.training import ALGO, CHECKPOINT_FILE, read_run_config, trainer_classes
 from bpm_envs.extras import as_missing_extra
 
@@ -101,8 +101,7 @@ class PlasticAgent:
         if deterministic:
             actions = out.logits.argmax(-1).cpu()
         else:
-            probs = torch.softmax(out.logits.float(), dim=-1).cpu()
-            actions = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            actions = sample_with(out.logits, generator).cpu()
         mod = None if out.modulator is None else out.modulator.float().cpu().numpy()
         return actions.numpy(), out.state, mod
 

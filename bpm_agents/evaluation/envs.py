@@ -6,14 +6,12 @@ from typing import Any
 
 import gymnasium as gym
 
-import bpm_envs  # noqa: F401  (registers the bpm/ environments)
+import bpm_envs  # registers the bpm/ environments
 
 
 def check_env_id(env_id: str) -> None:
-    """Raise ``ValueError`` naming the registered bpm ids if ``env_id`` is not registered."""
-    if env_id not in gym.registry:
-        known = sorted(k for k in gym.registry if k.startswith("bpm/"))
-        raise ValueError(f"unknown env id {env_id!r}; registered bpm ids: {known}")
+    """Raise ``ValueError`` naming the bpm ids if ``env_id`` is not registered with Gymnasium."""
+    bpm_envs.check_env_id(env_id, "the bpm tasks are", any_registered=True)
 
 
 def make_env(env_id: str, env_kwargs: dict[str, Any], render_mode: str | None = None) -> gym.Env:
