@@ -25,16 +25,21 @@ Everything is batch-first: tokens (B, T), hidden (B, T, H), traces (B, H, H).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bpm_agents.config import opt
 from bpm_agents.lm import fast_step
 from bpm_agents.plasticity import (
+    ALPHA_SHAPES,
+    ETA_SHAPES,
+    FANOUT_INITS,
     FANOUTS,
+    MODULATOR_INPUTS,
     PlasticityConfig,
     PlasticSynapses,
     check_grad_scale,
@@ -272,26 +277,67 @@ class LMConfig:
             layers, and before the decoder.
     """
 
-    variant: str = "lstm"
-    vocab_size: int = 10_000
-    emb_size: int = 200
-    hidden_sizes: tuple[int, ...] = (200, 200)
-    tied: bool = False
-    alpha: str = "connection"
-    hebb_clip: float = 1.0
-    eta_init: float = 0.1
-    eta_e_init: float = 0.1
-    alpha_init: float = 0.01
-    init_scale: float = 0.1
-    dropout_input: float = 0.0
-    dropout_hidden: float = 0.0
-    dropout_output: float = 0.0
-    eta_shape: str = "scalar"
-    fanout: str = "neuron"
-    fanout_init: str = "ones"
-    modulator_input: str = "new"
-    alpha_grad_scale: float | str = 1.0
-    plastic_w_init: float | None = None
+    variant: str = field(default="lstm", metadata=opt("model variant", choices=VARIANTS))
+    vocab_size: int = field(default=10_000, metadata=opt("V, set from the corpus", cli=False))
+    emb_size: int = field(default=200, metadata=opt("E, the embedding size"))
+    hidden_sizes: tuple[int, ...] = field(
+        default=(200, 200),
+        metadata=opt(
+            "hidden size of each layer, e.g. '200,200' (matched to the parameter budget unless --no-match)"
+        ),
+    )
+    tied: bool = field(default=False, metadata=opt("decoder weight = embedding weight"))
+    alpha: str = field(
+        default="connection", metadata=opt("alpha per connection or per neuron", choices=ALPHA_SHAPES)
+    )
+    hebb_clip: float = field(
+        default=1.0,
+        metadata=opt(
+            "the Hebbian (and eligibility) traces are clamped to [-c, c]",
+            flag="trace_clip",
+            aliases=["hebb_clip"],
+        ),
+    )
+    eta_init: float = field(default=0.1, metadata=opt("initial Hebbian rate eta"))
+    eta_e_init: float = field(default=0.1, metadata=opt("initial eligibility rate eta_e"))
+    alpha_init: float = field(default=0.01, metadata=opt("alpha starts alpha_init * U(0, 1)"))
+    init_scale: float = field(
+        default=0.1,
+        metadata=opt("the weights start U(-s, s)", flag="weight_init", aliases=["init_scale"]),
+    )
+    dropout_input: float = field(default=0.0, metadata=opt("locked dropout on the embedding"))
+    dropout_hidden: float = field(default=0.0, metadata=opt("locked dropout between layers"))
+    dropout_output: float = field(default=0.0, metadata=opt("locked dropout before the decoder"))
+    eta_shape: str = field(
+        default="scalar",
+        metadata=opt("hebbian: one eta per layer (scalar) or per connection", choices=ETA_SHAPES),
+    )
+    fanout: str = field(
+        default="neuron",
+        metadata=opt(
+            "modulated variants: rate M, v_j M + u_j (neuron) or V_ij M + U_ij (connection)", choices=FANOUTS
+        ),
+    )
+    fanout_init: str = field(
+        default="ones",
+        metadata=opt(
+            "fan-out init: ones (v = 1, u = 0) or default (v, u ~ U(-1, 1), as Linear(1, N))",
+            choices=FANOUT_INITS,
+        ),
+    )
+    modulator_input: str = field(
+        default="new", metadata=opt("M reads h_t (new) or h_{t-1} (previous)", choices=MODULATOR_INPUTS)
+    )
+    alpha_grad_scale: float | str = field(
+        default=1.0,
+        metadata=opt(
+            "multiply alpha's gradient by this: a number > 0 or 1/N (1 / hidden size, the authors' choice)"
+        ),
+    )
+    plastic_w_init: float | None = field(
+        default=None,
+        metadata=opt("plastic variants: W_hg starts U(-s, s)", default="--weight-init"),
+    )
 
     def __post_init__(self) -> None:
         check_variant(self.variant)

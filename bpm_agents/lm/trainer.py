@@ -18,7 +18,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from bpm_agents.checkpoint import (
     check_config_dict,
     load_failure,
 )
+from bpm_agents.config import opt
 from bpm_agents.lm.corpus import Corpus, Vocabulary, batchify, num_segments, segments
 from bpm_agents.lm.model import LanguageModel, LMConfig, LSTMState, logits_loss
 from bpm_agents.lm.stats import plasticity_stats, stat_columns
@@ -78,22 +79,43 @@ class TrainConfig:
             steps of the validation streams (0: no statistics).
     """
 
-    lr: float = 1.0
-    lr_decay: float = 0.5
-    decay_start: int = 5
-    epochs: int = 13
-    max_steps: int | None = None
-    batch_size: int = 20
-    bptt: int = 20
-    eval_batch_size: int = 10
-    clip: float = 5.0
-    l2: float = 1e-6
-    seed: int = 0
-    loss_reduction: str = "sum_time"
-    eval_test_each_epoch: bool = False
-    valid_every: int | None = None
-    l2_on: str = "all"
-    stats_steps: int = 200
+    lr: float = field(default=1.0, metadata=opt("initial learning rate (SGD)"))
+    lr_decay: float = field(default=0.5, metadata=opt("per-epoch lr factor from --decay-start on"))
+    decay_start: int = field(default=5, metadata=opt("first epoch with a decayed lr"))
+    epochs: int = field(default=13, metadata=opt("number of epochs"))
+    max_steps: int | None = field(
+        default=None,
+        metadata=opt(
+            "cap on optimizer steps over the run (quick runs); an epoch cut short counts as done for --resume",
+            default="no cap",
+        ),
+    )
+    batch_size: int = field(default=20, metadata=opt("training streams"))
+    bptt: int = field(default=20, metadata=opt("BPTT segment length"))
+    eval_batch_size: int = field(default=10, metadata=opt("streams for validation and test"))
+    clip: float = field(default=5.0, metadata=opt("gradient-norm clip", flag="grad_clip", aliases=["clip"]))
+    l2: float = field(default=1e-6, metadata=opt("L2 penalty (SGD weight decay)"))
+    seed: int = field(default=0, metadata=opt("seed of initialisation and dropout"))
+    loss_reduction: str = field(
+        default="sum_time",
+        metadata=opt(
+            "sum_time: a segment's loss summed over time, averaged over the batch (Zaremba et al.); "
+            "mean: averaged over all tokens (AWD-LSTM)",
+            choices=LOSS_REDUCTIONS,
+        ),
+    )
+    eval_test_each_epoch: bool = field(default=False, metadata=opt("also log test perplexity every epoch"))
+    valid_every: int | None = field(
+        default=None,
+        metadata=opt("also validate every N optimizer steps inside an epoch", default="at epoch ends only"),
+    )
+    l2_on: str = field(default="all", metadata=opt("parameters that get the L2 penalty", choices=L2_SCOPES))
+    stats_steps: int = field(
+        default=200,
+        metadata=opt(
+            "steps of the validation streams the plasticity statistics in log.csv are measured on (0: none)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         checks = {
