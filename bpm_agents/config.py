@@ -397,10 +397,14 @@ def add_run_flags(
     and ``--tensorboard/--no-tensorboard``; each argument switches one off (``None``/``False``)
     or sets its help text or default (``tensorboard`` is the default of that flag)."""
     if out is not None:
-        parser.add_argument("--out", required=out_required, default=None, help=out)
+        parser.add_argument(
+            "--out", required=out_required, default=argparse.SUPPRESS if out_required else None, help=out
+        )
     if updates is not None:
         if updates_default is None:
-            parser.add_argument("--updates", type=int, required=True, metavar="N", help=updates)
+            parser.add_argument(
+                "--updates", type=int, required=True, default=argparse.SUPPRESS, metavar="N", help=updates
+            )
         else:
             parser.add_argument(
                 "--updates",
