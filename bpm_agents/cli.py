@@ -254,6 +254,8 @@ def _count(minimum: int):
 
 def evaluate_parser(prog: str = f"{PROG} evaluate") -> argparse.ArgumentParser:
     """The parser of ``bpm evaluate`` for RL and SB3 run folders."""
+    from bpm_agents.config import DefaultsHelpFormatter
+
     p = argparse.ArgumentParser(
         prog=prog,
         description=(
@@ -268,7 +270,7 @@ def evaluate_parser(prog: str = f"{PROG} evaluate") -> argparse.ArgumentParser:
             "its perplexity instead, with other flags (--data, --split, --batch-size, --bptt, "
             f"--impl, --json): '{prog} LM_RUN --help' lists them."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("run_dir", help="run folder written by train (config.json + checkpoint)")
     p.add_argument(

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Flag", "Flags", "opt", "rename_keys"]
+__all__ = ["DefaultsHelpFormatter", "Flag", "Flags", "add_run_flags", "opt", "rename_keys", "set_threads"]
 
 
 def opt(
@@ -372,6 +372,17 @@ def _default_of(source: Any, name: str) -> Any:
     return dataclasses.MISSING
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds ``(default: X)`` to a flag's help, except where there is nothing to say (a default of
+    ``None`` or ``False``) or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 # ------------------------------------------------------------------ run control, declared once
 def _device_choices() -> tuple[str, ...]:
     return ("cpu", "cuda", "auto")
@@ -442,14 +453,14 @@ def add_run_flags(
             "--progress",
             action=argparse.BooleanOptionalAction,
             default=True,
-            help="show a progress bar (default: %(default)s)",
+            help="show a progress bar (default: on)",
         )
     if tensorboard is not None:
         parser.add_argument(
             "--tensorboard",
             action=argparse.BooleanOptionalAction,
             default=tensorboard,
-            help="write TensorBoard logs (default: %(default)s)",
+            help=f"write TensorBoard logs (default: {'on' if tensorboard else 'off'})",
         )
 
 

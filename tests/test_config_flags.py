@@ -206,7 +206,7 @@ def test_old_flag_spellings_still_parse_to_the_same_settings(capsys):
     lm = ["--data", "d"]
     old = _parsed(lm_train_parser(), [*lm, "--hebb-clip", "2", "--clip", "1", "--init-scale", "0.2"])
     new = _parsed(lm_train_parser(), [*lm, "--trace-clip", "2", "--grad-clip", "1", "--weight-init", "0.2"])
-    assert old == new == {"hebb_clip": 2.0, "init_scale": 0.2, "clip": 1.0}
+    assert old == new == {"trace_clip": 2.0, "weight_init": 0.2, "clip": 1.0}
     peer = ["--algo", "ppo", "--out", "x"]
     old = _parsed(sb3_parser(), [*peer, "--ent-coef", "0.1", "--vf-coef", "0.2", "--max-grad-norm", "1"])
     new = _parsed(sb3_parser(), [*peer, "--entropy-coef", "0.1", "--value-coef", "0.2", "--grad-clip", "1"])
@@ -257,11 +257,49 @@ def test_bad_flag_values_exit_2_naming_flag_and_value(tmp_path, capsys):
 
 def test_lm_configs_load_old_field_names():
     from bpm_agents.lm.model import LMConfig
-    from bpm_agents.lm.trainer import TrainConfig
 
-    saved = LMConfig(variant="simple", hebb_clip=2.0).to_dict()
-    assert LMConfig.from_dict(saved).hebb_clip == 2.0
-    assert TrainConfig(**TrainConfig().to_dict()) == TrainConfig()
+    new = LMConfig(variant="simple", trace_clip=2.0, weight_init=0.2)
+    old = {k: v for k, v in new.to_dict().items() if k not in ("trace_clip", "weight_init")}
+    old.update(hebb_clip=2.0, init_scale=0.2)  # a config.json / checkpoint of an older version
+    assert LMConfig.from_dict(old) == new
+    assert LMConfig.from_dict(new.to_dict()) == new
+
+
+WORDS = "the cat sat on a mat".split()
+
+
+def _corpus(folder: Path) -> Path:
+    folder.mkdir()
+    line = lambda k: " ".join(WORDS[(7 * k + j * (k % 3 + 1)) % 6] for j in range(5))  # noqa: E731
+    for split, n in (("train", 40), ("valid", 6), ("test", 6)):
+        (folder / f"{split}.txt").write_text("\n".join(line(k) for k in range(n)) + "\n")
+    return folder
+
+
+def test_lm_checkpoint_with_old_field_names_evaluates_and_resumes(tmp_path, capsys):
+    """A run folder written before the renames: evaluate and resume read it, and a resume refuses
+    a --trace-clip that differs from the saved hebb_clip."""
+    from bpm_agents.cli import main
+    from bpm_agents.lm.trainer import load_checkpoint, save_checkpoint
+
+    corpus = _corpus(tmp_path / "corpus")
+    out = tmp_path / "run"
+    flags = ["--data", str(corpus), "--variant", "simple", "--batch-size", "2", "--bptt", "5"]
+    flags += ["--eval-batch-size", "2", "--no-progress", "--threads", "1", "--device", "cpu"]
+    flags += ["--target-params", "3000", "--epochs", "1", "--out", str(out)]
+    assert main(["train-lm", *flags]) == 0
+    for name in ("last.pt", "best.pt"):
+        payload = load_checkpoint(out / name)
+        model = payload["model_config"]
+        model["hebb_clip"], model["init_scale"] = model.pop("trace_clip"), model.pop("weight_init")
+        save_checkpoint(out / name, payload)
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", str(corpus), "--split", "valid", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["variant"] == "simple"
+    assert main(["train-lm", *flags, "--resume", "--epochs", "2", "--trace-clip", "3"]) == 2
+    assert "--trace-clip 3.0 (saved: 1.0)" in capsys.readouterr().err
+    assert main(["train-lm", *flags, "--resume", "--epochs", "2", "--trace-clip", "1"]) == 0
+    assert json.loads((out / "config.json").read_text())["model"]["trace_clip"] == 1.0
 
 
 def test_run_kind_detection(tmp_path):

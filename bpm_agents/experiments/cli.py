@@ -22,7 +22,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from bpm_agents.config import add_run_flags
+from bpm_agents.config import DefaultsHelpFormatter, add_run_flags
 
 EXIT_USAGE = 2
 PROG = "experiment.py"
@@ -37,7 +37,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         ),
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="{run,status,report,list}")
-    d = argparse.ArgumentDefaultsHelpFormatter
+    d = DefaultsHelpFormatter
 
     r = sub.add_parser(
         "run",

@@ -21,7 +21,7 @@ from bpm_agents.config import Flags, add_run_flags, set_threads
 from bpm_agents.devices import resolve_device
 from bpm_agents.lm.corpus import Corpus
 from bpm_agents.lm.fast_step import IMPLS
-from bpm_agents.lm.model import LMConfig, config_parameters, match_hidden_size
+from bpm_agents.lm.model import RENAMED_FIELDS, LMConfig, config_parameters, match_hidden_size
 from bpm_agents.lm.trainer import (
     PRESETS,
     NonFiniteLossError,
@@ -122,10 +122,16 @@ _RESUME_APPLIES = ("epochs", "max_steps")
 
 
 def _resume_flags(flags: Flags, given: dict[str, Any]) -> dict[str, tuple[str, object]]:
-    """Saved settings given explicitly on a resume's command line: field -> (flag, value)."""
-    return {
-        name: (flags.flag_of(name), value) for name, value in given.items() if name not in _RESUME_APPLIES
-    }
+    """Saved settings given explicitly on a resume's command line: field -> (flag, value); a
+    renamed field also under its old name, which a checkpoint of an older version holds."""
+    out: dict[str, tuple[str, object]] = {}
+    old_names = {new: old for old, new in RENAMED_FIELDS.items()}
+    for name, value in given.items():
+        if name not in _RESUME_APPLIES:
+            out[name] = (flags.flag_of(name), value)
+            if name in old_names:
+                out[old_names[name]] = out[name]
+    return out
 
 
 def train_main(argv: list[str], prog: str = "train.py lm") -> int:

@@ -33,9 +33,9 @@ from bpm_agents.checkpoint import (
     check_config_dict,
     load_failure,
 )
-from bpm_agents.config import opt
+from bpm_agents.config import opt, rename_keys
 from bpm_agents.lm.corpus import Corpus, Vocabulary, batchify, num_segments, segments
-from bpm_agents.lm.model import LanguageModel, LMConfig, LSTMState, logits_loss
+from bpm_agents.lm.model import RENAMED_FIELDS, LanguageModel, LMConfig, LSTMState, logits_loss
 from bpm_agents.lm.stats import plasticity_stats, stat_columns
 
 CHECKPOINT_FORMAT = "bpm-lm-1"
@@ -145,27 +145,27 @@ class TrainConfig:
 # the paper; the large one is shaped like the paper's AWD-LSTM model (meant for a GPU).
 PRESETS: dict[str, tuple[LMConfig, TrainConfig]] = {
     "small": (
-        LMConfig(emb_size=200, hidden_sizes=(200, 200), tied=False, init_scale=0.1),
+        LMConfig(emb_size=200, hidden_sizes=(200, 200), tied=False, weight_init=0.1),
         TrainConfig(lr=1.0, lr_decay=0.5, decay_start=5, epochs=13, batch_size=20, bptt=20, clip=5.0, l2=1e-6),
     ),
     # the paper's description of its small model: one eta per connection (hebbian), fan-out per
     # connection (modulated), the modulator reading h_{t-1}, clip 1
     "small-paper": (
-        LMConfig(emb_size=200, hidden_sizes=(200, 200), tied=False, init_scale=0.1, hebb_clip=1.0,
+        LMConfig(emb_size=200, hidden_sizes=(200, 200), tied=False, weight_init=0.1, trace_clip=1.0,
                  eta_shape="connection", fanout="connection", modulator_input="previous"),
         TrainConfig(lr=1.0, lr_decay=0.5, decay_start=5, epochs=13, batch_size=20, bptt=20, clip=5.0, l2=1e-6),
     ),
     # the authors' LSTM code: alpha per neuron, 1e-4 * U(0, 1), its gradient / N; fan-out per
     # neuron with Linear(1, N)'s default init; clip 2
     "small-authors": (
-        LMConfig(emb_size=200, hidden_sizes=(200, 200), tied=False, init_scale=0.1, hebb_clip=2.0,
+        LMConfig(emb_size=200, hidden_sizes=(200, 200), tied=False, weight_init=0.1, trace_clip=2.0,
                  alpha="neuron", alpha_init=1e-4, alpha_grad_scale="1/N", fanout="neuron",
                  fanout_init="default"),
         TrainConfig(lr=1.0, lr_decay=0.5, decay_start=5, epochs=13, batch_size=20, bptt=20, clip=5.0, l2=1e-6),
     ),
     "large": (
         LMConfig(
-            emb_size=400, hidden_sizes=(1150, 1150, 400), tied=True, alpha="neuron", init_scale=0.1,
+            emb_size=400, hidden_sizes=(1150, 1150, 400), tied=True, alpha="neuron", weight_init=0.1,
             dropout_input=0.4, dropout_hidden=0.25, dropout_output=0.4,
         ),
         TrainConfig(lr=30.0, lr_decay=0.5, decay_start=300, epochs=500, batch_size=20, bptt=70,
@@ -353,8 +353,9 @@ def model_from_checkpoint(
 ) -> tuple[LanguageModel, Vocabulary]:
     """Rebuild the model and vocabulary a checkpoint holds."""
     try:
-        check_config_dict(LMConfig, payload["model_config"])
-        config = LMConfig.from_dict(payload["model_config"])
+        saved = rename_keys(payload["model_config"], RENAMED_FIELDS)  # checkpoints of older versions
+        check_config_dict(LMConfig, saved)
+        config = LMConfig.from_dict(saved)
         # the seeded init is overwritten by the saved weights
         model = LanguageModel(config, torch.Generator().manual_seed(0)).to(device)
         model.load_state_dict(payload["model"])
