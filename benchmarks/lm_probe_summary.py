@@ -35,11 +35,12 @@ def flags(argv: list[str]) -> str:
 def section(run: Path) -> str:
     config = json.loads((run / "config.json").read_text())
     rows = [r for r in csv.DictReader(open(run / "log.csv")) if r["kind"] == "check"]
-    m = config["model"]
+    m = config["config"]["model"] if "kind" in config else config["model"]  # before the run schema
+    argv = config.get("command") or config.get("argv") or []
     lines = [
         f"### {run.name}",
         "",
-        f"`{flags(config.get('argv', []))}`; hidden {m['hidden_sizes']}, {config['parameters']:,} parameters, "
+        f"`{flags(argv)}`; hidden {m['hidden_sizes']}, {config['parameters']:,} parameters, "
         f"plastic step: {config.get('plastic_step', '?')}",
         "",
         "| step | train ppl | valid ppl | "

@@ -210,9 +210,19 @@ def load_failure(path: str | os.PathLike, exc: BaseException) -> str:
     return "the archive is corrupted (its records cannot be read)"
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    kind: str | None = None,
+    legacy_formats: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` without executing pickled code.
 
+    Args:
+        kind: if given, the payload's ``kind`` must be this (``rl``, ``sb3``, ``lm``; see
+            :mod:`bpm_agents.runs`).
+        legacy_formats: older ``format`` strings also accepted (files of earlier versions, which
+            carry no ``kind``).
     Raises:
         CheckpointError: missing, corrupted, foreign or unsafe file, with the reason.
     """
@@ -223,6 +233,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for bad bytes; all mean "unusable"
         raise CheckpointError(f"{path} is not a readable checkpoint: {load_failure(path, exc)}") from None
+    if isinstance(data, dict) and data.get("format") in legacy_formats:
+        return data
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a backpropamine-gym checkpoint (expected format {FORMAT!r})")
+    if kind is not None and data.get("kind", "rl") != kind:
+        raise CheckpointError(
+            f"{path} is a checkpoint of a {data.get('kind', 'rl')!r} run, not of a {kind!r} run"
+        )
     return data

@@ -60,25 +60,19 @@ def _ensure_passive_omp() -> None:
 
 
 def run_kind(run_dir: str | os.PathLike[str]) -> str | None:
-    """``"rl"``, ``"sb3"`` or ``"lm"`` for a run folder (from its ``config.json``: a ``kind`` key,
-    else ``algo`` for RL / SB3 runs, ``model`` + ``train`` for language models); ``None`` when
-    the folder is missing or not a run. (To be replaced by ``bpm_agents.runs.run_kind``.)"""
+    """``"rl"``, ``"sb3"`` or ``"lm"`` for a run folder (:func:`bpm_agents.runs.run_kind`), ``"lm"``
+    for a language-model ``.pt`` checkpoint, ``None`` when it is missing or not a run (the
+    evaluator of RL runs then says what is wrong)."""
     path = Path(run_dir)
     if path.is_file() and path.suffix == ".pt":
-        return "lm"  # a language-model checkpoint
-    try:
-        data = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    if isinstance(data.get("kind"), str):
-        return data["kind"]
-    if "algo" in data:
-        return "rl" if data["algo"] in PLASTIC_ALGOS else "sb3"
-    if "model" in data and "train" in data:
         return "lm"
-    return None
+    from bpm_agents.checkpoint import CheckpointError
+    from bpm_agents.runs import run_kind as kind_of
+
+    try:
+        return kind_of(path)
+    except CheckpointError:
+        return None
 
 
 def _error(prog: str, message: str) -> int:
@@ -212,6 +206,7 @@ def train_main(argv: list[str], prog: str = f"{PROG} train") -> int:
             device=resolve_device(args.device),
             progress=args.progress,
             tensorboard=args.tensorboard,
+            command=[*prog.split(), *argv],
         )
     except (ValueError, CheckpointError) as exc:
         return _error(prog, str(exc))

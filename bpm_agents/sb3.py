@@ -13,34 +13,31 @@ one numpy call steps all ``n_envs`` episodes, where SB3's ``DummyVecEnv`` would 
 ``seed + i``, same observations, rewards, dones, ``terminal_observation`` and
 ``TimeLimit.truncated``; tested), so nothing SB3 sees changes, only the speed.
 
-Run folder (the same layout as our own trainer, :mod:`bpm_agents.training`)::
+Run folder: the one layout of :mod:`bpm_agents.runs` (kind ``sb3``)::
 
-    config.json      {"algo": "ppo" | "a2c" | "recurrent-ppo", "config": SB3Config fields}
-    checkpoint.zip   the SB3 model (weights + optimizer), written atomically
+    config.json      {"kind": "sb3", "algo": "ppo" | "a2c" | "recurrent-ppo", "config": SB3Config fields, ...}
+    checkpoint.pt    weights, optimizer, step counters and resume state (bpm_agents.checkpoint)
     progress.csv     one row per update (rollout-and-update cycle)
     tb/              TensorBoard event files
 
-Loading is safe for *our* run folders: we rebuild the model from ``config.json`` and load only the
-zip's torch tensors (``set_parameters``, ``torch.load(weights_only=True)``) and a few plain JSON
-numbers. The zip's cloudpickled entries (spaces, schedules, classes) are never deserialised. Do
-not open foreign SB3 zips with ``PPO.load``: that does unpickle, i.e. can execute code.
+Loading is safe: the model is rebuilt from ``config.json`` and gets the checkpoint's tensors
+(``torch.load(weights_only=True)``); no pickled object is ever deserialised. (Folders of earlier
+versions hold an SB3 ``checkpoint.zip`` instead; they still load, from its torch entries and JSON
+counters only. Do not open foreign SB3 zips with ``PPO.load``: that unpickles, i.e. can run code.)
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import io
 import json
 import math
-import os
 import pickle
 import random
 import sys
-import tempfile
-import time
 import zipfile
+from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -57,25 +54,29 @@ import bpm_envs  # noqa: F401  (registers the bpm/ environments)
 from bpm_agents.checkpoint import (
     CheckpointError,
     DictConfig,
-    atomic_write_json,
-    atomic_write_text,
+    load_checkpoint,
     load_failure,
+    save_checkpoint,
 )
 from bpm_agents.config import Flags, add_run_flags, opt, set_threads
 from bpm_agents.devices import resolve_device
-from bpm_agents.training import (
+from bpm_agents.runs import (
+    CHECKPOINT_FILE,
     CONFIG_FILE,
     PROGRESS_FILE,
+    ProgressLog,
     RunResult,
-    StopOnCtrlC,
     info,
-    open_tensorboard,
-    read_run_config,
+    read_run_meta,
+    refuse_existing,
+    run_loop,
+    write_run_config,
 )
 from bpm_envs.extras import MissingExtraError, require
 
 ALGOS = ("ppo", "a2c", "recurrent-ppo")
-CHECKPOINT_FILE = "checkpoint.zip"
+#: the checkpoint of folders written before the one checkpoint format (read only)
+LEGACY_CHECKPOINT = "checkpoint.zip"
 CSV_FIELDS = [
     "update",
     "episodes",
@@ -452,33 +453,26 @@ def count_parameters(model: BaseAlgorithm) -> int:
 
 
 # ====================================================================== saving and loading
-#: our entry in the SB3 zip: what SB3 does not save but a bit-for-bit resume needs
+#: the entry of a legacy checkpoint.zip that held the resume state
 RESUME_ENTRY = "bpm_resume.pt"
 
 
 def save_model(model: BaseAlgorithm, path: str | Path, resume_state: dict[str, Any] | None = None) -> None:
-    """Save ``model`` as an SB3 zip, atomically (temporary file in the same folder + ``os.replace``).
+    """Save ``model`` as one checkpoint of :mod:`bpm_agents.checkpoint` (atomic, tensors only).
 
-    ``resume_state`` (tensors, numbers, lists, dicts; see :func:`capture_resume_state`) goes into
-    the same zip as :data:`RESUME_ENTRY` (SB3 loads only ``.pth`` entries and ignores it), so
-    the model and its resume state are always replaced together.
+    It holds SB3's ``get_parameters()`` (policy weights and optimizer state), the step counters
+    and ``resume_state`` (see :func:`capture_resume_state`), so they are always replaced together.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".zip")
-    os.close(fd)
-    try:
-        model.save(tmp)
-        if resume_state is not None:
-            buffer = io.BytesIO()
-            torch.save(resume_state, buffer)
-            with zipfile.ZipFile(tmp, "a") as zf:
-                zf.writestr(RESUME_ENTRY, buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    save_checkpoint(
+        path,
+        {
+            "kind": "sb3",
+            "parameters": model.get_parameters(),
+            "num_timesteps": int(model.num_timesteps),
+            "n_updates": int(model._n_updates),
+            "resume": resume_state,
+        },
+    )
 
 
 def _native(venv: VecEnv) -> NativeVecEnv:
@@ -521,8 +515,8 @@ def capture_resume_state(model: BaseAlgorithm, venv: VecEnv) -> dict[str, Any]:
     }
 
 
-def read_resume_state(path: Path) -> dict[str, Any] | None:
-    """The :data:`RESUME_ENTRY` of a checkpoint zip (``weights_only`` load), or ``None``."""
+def _read_legacy_resume_state(path: Path) -> dict[str, Any] | None:
+    """The :data:`RESUME_ENTRY` of a legacy checkpoint zip (``weights_only`` load), or ``None``."""
     try:
         with zipfile.ZipFile(path) as zf:
             if RESUME_ENTRY not in zf.namelist():
@@ -577,14 +571,46 @@ def restore_resume_state(
         raise CheckpointError(f"the checkpoint's resume state does not fit this run: {exc}") from None
 
 
-def _zip_counters(path: Path) -> dict[str, int]:
-    """The plain-JSON step counters of an SB3 zip, read without unpickling anything."""
+def _legacy_zip_counters(path: Path) -> dict[str, int]:
+    """The plain-JSON step counters of a legacy SB3 zip, read without unpickling anything."""
     try:
         with zipfile.ZipFile(path) as zf:
             data = json.loads(zf.read("data"))
-        return {"num_timesteps": int(data["num_timesteps"]), "_n_updates": int(data["_n_updates"])}
+        return {"num_timesteps": int(data["num_timesteps"]), "n_updates": int(data["_n_updates"])}
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError) as exc:
         raise CheckpointError(f"{path} is not a readable SB3 checkpoint: {exc}") from None
+
+
+@dataclass
+class SB3Checkpoint:
+    """What a run folder's checkpoint holds (either format)."""
+
+    parameters: Any  # a dict of state dicts, or the legacy zip's path (SB3 reads its torch entries)
+    num_timesteps: int
+    n_updates: int
+    resume: dict[str, Any] | None
+
+
+def read_sb3_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu") -> SB3Checkpoint:
+    """The checkpoint of an SB3 run folder: ``checkpoint.pt``, or a legacy ``checkpoint.zip``.
+
+    Raises:
+        CheckpointError: missing, corrupted or foreign file.
+    """
+    run_dir = Path(run_dir)
+    path, legacy = run_dir / CHECKPOINT_FILE, run_dir / LEGACY_CHECKPOINT
+    if not path.is_file() and legacy.is_file():
+        counters = _legacy_zip_counters(legacy)
+        return SB3Checkpoint(str(legacy), counters["num_timesteps"], counters["n_updates"],
+                             _read_legacy_resume_state(legacy))  # fmt: skip
+    data = load_checkpoint(path, map_location=device)
+    try:
+        if data.get("kind") != "sb3":
+            raise KeyError("kind")
+        return SB3Checkpoint(data["parameters"], int(data["num_timesteps"]), int(data["n_updates"]),
+                             data.get("resume"))  # fmt: skip
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not an SB3 peer's checkpoint (no {exc})") from None
 
 
 def load_model(
@@ -592,33 +618,38 @@ def load_model(
 ) -> tuple[SB3Config, BaseAlgorithm]:
     """Rebuild the model of one of *our* SB3 run folders, without unpickling anything.
 
-    The model is built from ``config.json``; its weights and optimizer state come from the zip's
-    torch files (``weights_only`` loads); ``num_timesteps`` from the zip's JSON. ``env`` defaults
-    to a one-env :class:`NativeVecEnv` (enough to act).
+    The model is built from ``config.json``; its weights, optimizer state and step counters come
+    from the checkpoint (a ``weights_only`` load). ``env`` defaults to a one-env
+    :class:`NativeVecEnv` (enough to act).
 
     Raises:
         CheckpointError: not an SB3 run folder of ours, or a missing / corrupted checkpoint.
     """
-    run_dir = Path(run_dir)
+    config, model, _ = _load(run_dir, device, env)
+    return config, model
+
+
+def _load(
+    run_dir: str | Path, device: str | torch.device, env: VecEnv | None
+) -> tuple[SB3Config, BaseAlgorithm, SB3Checkpoint]:
     config = load_model_config(run_dir)
-    path = run_dir / CHECKPOINT_FILE
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    counters = _zip_counters(path)
+    saved = read_sb3_checkpoint(run_dir, device)
     if env is None:
         env = VecMonitor(NativeVecEnv(config.env_id, 1, config.env_kwargs))
     model = build_model(config, env, device)
     try:
-        model.set_parameters(str(path), exact_match=True, device=device)
+        model.set_parameters(saved.parameters, exact_match=True, device=device)
     except Exception as exc:  # torch / zipfile raise many types for bad bytes; all mean "unusable"
-        if isinstance(exc, pickle.UnpicklingError):  # never pass on torch's "weights_only=False" advice
-            reason = load_failure(path, exc)
+        if isinstance(exc, pickle.UnpicklingError) and isinstance(saved.parameters, str):
+            reason = load_failure(saved.parameters, exc)  # never pass on "weights_only=False" advice
         else:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{path} could not be loaded into a {config.algo} model: {reason}") from None
-    model.num_timesteps = counters["num_timesteps"]
-    model._n_updates = counters["_n_updates"]
-    return config, model
+        raise CheckpointError(
+            f"the checkpoint of {run_dir} could not be loaded into a {config.algo} model: {reason}"
+        ) from None
+    model.num_timesteps = saved.num_timesteps
+    model._n_updates = saved.n_updates
+    return config, model, saved
 
 
 class SB3Agent:
@@ -688,25 +719,45 @@ class _RolloutStats(BaseCallback):
         return out
 
 
-def _read_progress(path: Path, keep_updates: int) -> tuple[list[dict[str, str]], float, int]:
-    """Rows up to ``keep_updates``; the wall time and episode count at that update."""
-    if not path.exists():
-        return [], 0.0, 0
-    with path.open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["update"]) <= keep_updates]
-    if not rows:
-        return [], 0.0, 0
-    return rows, float(rows[-1]["wall_time"]), int(rows[-1]["episodes"])
-
-
-def _write_progress(path: Path, rows: list[dict[str, str]]) -> None:
-    lines = [",".join(CSV_FIELDS)] + [",".join(str(r[k]) for k in CSV_FIELDS) for r in rows]
-    atomic_write_text(path, "\n".join(lines) + "\n")
-
-
 def _derived_seed(seed: int, updates_done: int) -> int:
     """A fresh seed for a resumed segment, so that resuming does not replay the same episodes."""
     return int(np.random.SeedSequence([seed, updates_done]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+class _PeerJob:
+    """An SB3 model as a :class:`~bpm_agents.runs.Job`: one update = one ``learn`` of one rollout."""
+
+    def __init__(
+        self, config: SB3Config, model: BaseAlgorithm, venv: VecEnv, stats: _RolloutStats, path: Path,
+        episodes: int,
+    ) -> None:  # fmt: skip
+        self.config, self.model, self.venv, self.stats, self.path = config, model, venv, stats, path
+        self.episodes = episodes
+        self.recent: deque[float] = deque(maxlen=100)  # returns of the last 100 episodes
+
+    @property
+    def updates_done(self) -> int:
+        return self.model.num_timesteps // self.config.steps_per_update
+
+    def step(self) -> dict[str, float]:
+        model = self.model
+        model.learn(
+            self.config.steps_per_update, callback=self.stats, log_interval=None, reset_num_timesteps=False
+        )
+        returns = self.stats.pop_returns()
+        self.episodes += len(returns)
+        self.recent.extend(returns.tolist())
+        row = {_LOG_KEYS[k]: float(v) for k, v in model.logger.name_to_value.items() if k in _LOG_KEYS}
+        model.logger.dump()  # clears the values for the next update
+        return {
+            **row,
+            "episodes": self.episodes,
+            "env_steps": model.num_timesteps,
+            "reward_mean": float(returns.mean()) if len(returns) else math.nan,
+        }
+
+    def save(self) -> None:
+        save_model(self.model, self.path, capture_resume_state(self.model, self.venv))
 
 
 def train(
@@ -718,6 +769,7 @@ def train(
     device: str | torch.device = "cpu",
     progress: bool = True,
     tensorboard: bool = True,
+    command: list[str] | None = None,
 ) -> RunResult:
     """Train (or resume) the SB3 run in ``run_dir`` until ``updates`` updates are done in total.
 
@@ -738,17 +790,16 @@ def train(
     stats = None
     if resume:
         config = load_model_config(run_dir)
-        num_timesteps = _zip_counters(run_dir / CHECKPOINT_FILE)["num_timesteps"]
-        updates_done = num_timesteps // config.steps_per_update
+        saved = read_sb3_checkpoint(run_dir, device)
+        updates_done = saved.num_timesteps // config.steps_per_update
         info(f"resuming {run_dir} from update {updates_done}")
         if updates_done >= updates:
             return RunResult(updates_done, False, math.nan, nothing_to_do=True)
-        saved_state = read_resume_state(run_dir / CHECKPOINT_FILE)
-        if saved_state is not None and saved_state.get("num_timesteps") == num_timesteps:
+        if saved.resume is not None and saved.resume.get("num_timesteps") == saved.num_timesteps:
             venv = make_sb3_vec_env(config.env_id, config.n_envs, config.seed, config.env_kwargs)
-            config, model = load_model(run_dir, device, env=venv)
+            config, model, _ = _load(run_dir, device, venv)
             stats = _RolloutStats(config.n_envs)
-            restore_resume_state(model, venv, saved_state, stats)
+            restore_resume_state(model, venv, saved.resume, stats)
         else:  # a checkpoint from before resume states were saved
             info(
                 "the checkpoint holds no resume state: continuing with freshly seeded envs and "
@@ -756,82 +807,40 @@ def train(
             )
             seed = _derived_seed(config.seed, updates_done)
             venv = make_sb3_vec_env(config.env_id, config.n_envs, seed, config.env_kwargs)
-            config, model = load_model(run_dir, device, env=venv)
+            config, model, _ = _load(run_dir, device, venv)
             model.set_random_seed(seed)
     else:
-        if (run_dir / CONFIG_FILE).exists():
-            raise CheckpointError(
-                f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
-            )
+        refuse_existing(run_dir)
         assert config is not None
         config = config.resolve()
         venv = make_sb3_vec_env(config.env_id, config.n_envs, config.seed, config.env_kwargs)
         model = build_model(config, venv, device)
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / CONFIG_FILE, {"algo": config.algo, "config": _config_body(config)})
+        write_run_config(run_dir, "sb3", config.algo, _config_body(config), command=command)
         save_model(model, run_dir / CHECKPOINT_FILE, capture_resume_state(model, venv))  # update 0
         updates_done = 0
     model.set_logger(Logger(folder=None, output_formats=[]))  # we write our own logs
 
-    progress_path = run_dir / PROGRESS_FILE
-    rows, wall_offset, episodes = _read_progress(progress_path, updates_done)
-    _write_progress(progress_path, rows)
-
-    writer = open_tensorboard(run_dir / "tb", updates_done + 1) if tensorboard else None
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=updates, initial=updates_done, unit="upd", dynamic_ncols=True)
-
-    recent: list[float] = []
-    interrupted = False
-    start = time.perf_counter()
+    log = ProgressLog(run_dir / PROGRESS_FILE, CSV_FIELDS, keep_through=updates_done if resume else None)
+    episodes = int(log.last_float("episodes"))
+    job = _PeerJob(
+        config, model, venv, stats or _RolloutStats(config.n_envs), run_dir / CHECKPOINT_FILE, episodes
+    )
     try:
-        with StopOnCtrlC() as stop, progress_path.open("a", newline="") as log:
-            stats = stats or _RolloutStats(config.n_envs)
-            csv_writer = csv.DictWriter(log, fieldnames=CSV_FIELDS)
-            while updates_done < updates and not stop.requested:
-                model.learn(
-                    config.steps_per_update, callback=stats, log_interval=None, reset_num_timesteps=False
-                )
-                updates_done = model.num_timesteps // config.steps_per_update
-                returns = stats.pop_returns()
-                episodes += len(returns)
-                recent = (recent + returns.tolist())[-100:]
-                logged = model.logger.name_to_value
-                row: dict[str, Any] = {c: math.nan for c in CSV_FIELDS}
-                row.update({_LOG_KEYS[k]: float(v) for k, v in logged.items() if k in _LOG_KEYS})
-                model.logger.dump()  # clears the values for the next update
-                row.update(
-                    update=updates_done,
-                    episodes=episodes,
-                    env_steps=model.num_timesteps,
-                    wall_time=round(wall_offset + time.perf_counter() - start, 3),
-                    reward_mean=float(returns.mean()) if len(returns) else math.nan,
-                )
-                csv_writer.writerow(row)
-                log.flush()
-                if writer is not None:
-                    for key in CSV_FIELDS[4:]:
-                        if not math.isnan(row[key]):
-                            writer.add_scalar(f"train/{key}", row[key], updates_done)
-                if bar is not None:
-                    bar.update(1)
-                    if recent:
-                        bar.set_postfix(reward=f"{sum(recent) / len(recent):.2f}")
-                if updates_done % checkpoint_every == 0:
-                    save_model(model, run_dir / CHECKPOINT_FILE, capture_resume_state(model, venv))
-            interrupted = stop.requested
-        save_model(model, run_dir / CHECKPOINT_FILE, capture_resume_state(model, venv))
+        return run_loop(
+            job,
+            run_dir,
+            updates,
+            log,
+            checkpoint_every=checkpoint_every,
+            progress=progress,
+            tensorboard=tensorboard,
+            wall_offset=log.last_float("wall_time"),
+            scalars=CSV_FIELDS[4:],
+            recent=job.recent,
+        )
     finally:
-        if bar is not None:
-            bar.close()
-        if writer is not None:
-            writer.close()
         venv.close()
-    mean_recent = sum(recent) / len(recent) if recent else math.nan
-    return RunResult(updates_done, interrupted, mean_recent)
 
 
 def _config_body(config: SB3Config) -> dict[str, Any]:
@@ -842,16 +851,16 @@ def _config_body(config: SB3Config) -> dict[str, Any]:
 
 def load_model_config(run_dir: str | Path) -> SB3Config:
     """The resolved :class:`SB3Config` of an SB3 run folder."""
-    meta = read_run_config(run_dir)
-    if meta["algo"] not in ALGOS:
+    meta = read_run_meta(run_dir)
+    if meta.algo not in ALGOS:
         raise CheckpointError(
-            f"{run_dir} was trained with {meta['algo']!r}, not an SB3 algorithm ({', '.join(ALGOS)})"
+            f"{run_dir} was trained with {meta.algo!r}, not an SB3 algorithm ({', '.join(ALGOS)})"
         )
     try:
-        body = meta["config"]
+        body = meta.config
         if not isinstance(body, dict):
             raise ValueError(f"SB3Config must be a JSON object of settings, got {json.dumps(body)}")
-        return SB3Config.from_dict({"algo": meta["algo"], **body}).resolve()
+        return SB3Config.from_dict({"algo": meta.algo, **body}).resolve()
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{Path(run_dir) / CONFIG_FILE} holds a bad SB3 config: {exc}") from None
 
@@ -948,6 +957,7 @@ def train_main(argv: list[str], prog: str = "bpm train") -> int:
             device=resolve_device(args.device),
             progress=args.progress,
             tensorboard=args.tensorboard,
+            command=[*prog.split(), *argv],
         )
     except (ValueError, TypeError, CheckpointError, MissingExtraError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)

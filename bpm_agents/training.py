@@ -1,47 +1,51 @@
-"""A training run on disk: config, checkpoints, CSV and TensorBoard logs, resume, Ctrl-C.
+"""Training our plastic agents (plastic A2C / PPO) in a run folder of :mod:`bpm_agents.runs`.
 
-Layout of a run folder::
-
-    config.json      the full resolved config (written once, atomically)
-    checkpoint.pt    latest training state (weights, optimizer, all generators), atomic
-    progress.csv     one row per update
-    tb/              TensorBoard event files
-
-Resuming reads ``config.json`` and ``checkpoint.pt`` and continues bit for bit; rows of
-``progress.csv`` after the checkpoint (work lost by an interruption) are dropped first.
+The folder holds ``config.json`` (kind ``rl``), ``checkpoint.pt`` (weights, optimizer, every
+generator), ``progress.csv`` (one row per update) and ``tb/``. Resuming reads the folder's config
+and checkpoint and continues bit for bit.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import io
 import json
 import math
-import sys
-import time
-from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 
-from bpm_agents.a2c import A2CConfig, A2CTrainer, NonFiniteLossError
-from bpm_agents.checkpoint import (
-    CheckpointError,
-    StopOnSignals,
-    atomic_write_json,
-    atomic_write_text,
-    load_checkpoint,
-    save_checkpoint,
+from bpm_agents.a2c import A2CConfig, A2CTrainer
+from bpm_agents.checkpoint import CheckpointError, StopOnSignals, load_checkpoint, save_checkpoint
+from bpm_agents.runs import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    PROGRESS_FILE,
+    ProgressLog,
+    RunResult,
+    info,
+    open_tensorboard,
+    read_run_meta,
+    refuse_existing,
+    run_loop,
+    write_run_config,
 )
 from bpm_envs.batched import BatchedVectorEnv
 
-CONFIG_FILE = "config.json"
-CHECKPOINT_FILE = "checkpoint.pt"
-PROGRESS_FILE = "progress.csv"
+__all__ = [
+    "CHECKPOINT_FILE",
+    "CONFIG_FILE",
+    "CSV_FIELDS",
+    "PROGRESS_FILE",
+    "RunResult",
+    "info",
+    "load_trainer",
+    "open_tensorboard",
+    "read_run_config",
+    "train",
+]
+
 CSV_FIELDS = [
     "update",
     "episodes",
@@ -57,6 +61,9 @@ CSV_FIELDS = [
     "eta",
     "eta_e",
 ]
+#: progress.csv columns of quantities that some rules lack (no eta without plasticity, no
+#: modulator without neuromodulation): their cells are left empty for those rules
+OPTIONAL_FIELDS = ("modulator_abs_mean", "eta", "eta_e")
 ALGO = "plastic-a2c"
 
 
@@ -73,22 +80,6 @@ def algo_of(config: A2CConfig) -> str:
         if type(config) is config_cls:
             return name
     raise TypeError(f"no trainer for config type {type(config).__name__}")
-
-
-@dataclass
-class RunResult:
-    """How a call to :func:`train` ended."""
-
-    updates_done: int
-    interrupted: bool
-    recent_reward: float
-    #: a resumed run already had ``updates`` updates: nothing was trained or written
-    nothing_to_do: bool = False
-
-
-def info(message: str) -> None:
-    """One line for the user on stderr (stdout holds the result line)."""
-    print(message, file=sys.stderr, flush=True)
 
 
 def explicit_options(parser: argparse.ArgumentParser, argv: list[str]) -> dict[str, Any]:
@@ -121,50 +112,10 @@ def resume_conflicts(given: dict[str, Any], saved: dict[str, Any], fields: dict[
     return out
 
 
-def open_tensorboard(log_dir: Path, purge_step: int) -> Any:
-    """A TensorBoard ``SummaryWriter``, or ``None`` with one info line when TensorBoard is not
-    installed (it is the optional ``tensorboard`` extra)."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        info(
-            "tensorboard is not installed: no TensorBoard logs (pip install 'backpropamine-gym[tensorboard]'); "
-            "progress.csv is written as usual"
-        )
-        return None
-    return SummaryWriter(str(log_dir), purge_step=purge_step)
-
-
-#: progress.csv columns of quantities that some rules lack (no eta without plasticity, no
-#: modulator without neuromodulation); their cells are left empty for those rules
-OPTIONAL_FIELDS = ("modulator_abs_mean", "eta", "eta_e")
-
-
-def csv_cell(key: str, value: Any) -> Any:
-    """A progress.csv cell: empty for a quantity the rule does not have.
-
-    The trainer reports such a quantity as NaN; a real eta, eta_e or modulator that became NaN
-    would have made the loss NaN, which stops the run before any row is written.
-    """
-    if key in OPTIONAL_FIELDS and isinstance(value, float) and math.isnan(value):
-        return ""
-    return value
-
-
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
-    """The ``config.json`` of a run folder, or a :class:`CheckpointError` saying what is wrong."""
-    path = Path(run_dir) / CONFIG_FILE
-    if not Path(run_dir).is_dir():
-        raise CheckpointError(f"run folder {run_dir} does not exist")
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not a run folder: {CONFIG_FILE} is missing")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is corrupted: {exc}") from None
-    if not isinstance(data, dict) or "algo" not in data or "config" not in data:
-        raise CheckpointError(f"{path} is not a backpropamine-gym run config")
-    return data
+    """``{"kind", "algo", "config"}`` of a run folder (any kind), or a :class:`CheckpointError`."""
+    meta = read_run_meta(run_dir)
+    return {"kind": meta.kind, "algo": meta.algo, "config": meta.config}
 
 
 def load_trainer(run_dir: str | Path, device: str | torch.device = "cpu") -> A2CTrainer:
@@ -191,32 +142,40 @@ def load_trainer(run_dir: str | Path, device: str | torch.device = "cpu") -> A2C
     return trainer
 
 
-def _truncate_progress(path: Path, last_update: int) -> float:
-    """Keep only the CSV rows up to ``last_update`` (atomic rewrite); return the last kept wall time.
-
-    A resumed run continues its ``wall_time`` column from there, so the column stays the training
-    time of the whole run.
-    """
-    if not path.exists():
-        return 0.0
-    with path.open(newline="") as f:
-        rows = [
-            r for r in csv.DictReader(f) if r.get("update", "").isdigit() and int(r["update"]) <= last_update
-        ]
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, out.getvalue())
-    try:
-        return float(rows[-1]["wall_time"]) if rows else 0.0
-    except (KeyError, ValueError):
-        return 0.0
-
-
 #: the signal handler (kept under its old name; it lives in checkpoint.py so the LM can use it
 #: without importing the RL stack)
 StopOnCtrlC = StopOnSignals
+
+
+class _TrainerJob:
+    """Plastic A2C / PPO as a :class:`~bpm_agents.runs.Job`."""
+
+    def __init__(self, trainer: A2CTrainer, run_dir: Path) -> None:
+        self.trainer = trainer
+        self.path = run_dir / CHECKPOINT_FILE
+        # make_vector_env builds the bpm/ task's native vector entry point, a BatchedVectorEnv
+        self.episode_length = cast(BatchedVectorEnv, trainer.envs.unwrapped).task.episode_length
+
+    @property
+    def updates_done(self) -> int:
+        return self.trainer.updates_done
+
+    def step(self) -> dict[str, float]:
+        metrics = self.trainer.update()
+        n, batch = self.trainer.updates_done, self.trainer.config.batch_size
+        return {**metrics, "episodes": n * batch, "env_steps": n * batch * self.episode_length}
+
+    def save(self) -> None:
+        config = self.trainer.config
+        save_checkpoint(
+            self.path,
+            {
+                "algo": algo_of(config),
+                "env_id": config.env_id,
+                "trainer": self.trainer.state_dict(),
+                "config_json": json.dumps(config.to_dict()),
+            },
+        )
 
 
 def train(
@@ -229,6 +188,7 @@ def train(
     progress: bool = True,
     tensorboard: bool = True,
     reward_window: int = 100,
+    command: list[str] | None = None,
 ) -> RunResult:
     """Train (or resume) the run in ``run_dir`` until ``updates`` updates are done in total.
 
@@ -238,6 +198,7 @@ def train(
         updates: total number of updates of the run (not the number to add).
         resume: continue the run saved in ``run_dir``.
         checkpoint_every: save every K updates (and always at the end / on Ctrl-C).
+        command: the command line, recorded in ``config.json``.
     Raises:
         CheckpointError: bad or missing run folder. NonFiniteLossError: diverged (the last good
         checkpoint is kept).
@@ -253,80 +214,30 @@ def train(
         if trainer.updates_done >= updates:
             return RunResult(trainer.updates_done, False, math.nan, nothing_to_do=True)
     else:
-        if (run_dir / CONFIG_FILE).exists():
-            raise CheckpointError(
-                f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
-            )
+        refuse_existing(run_dir)
         assert config is not None
         algo = algo_of(config)
         trainer = trainer_classes()[algo][1](config, device)
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / CONFIG_FILE, {"algo": algo, "config": trainer.config.to_dict()})
-
-    progress_path = run_dir / PROGRESS_FILE
-    wall_offset = _truncate_progress(progress_path, trainer.updates_done)
-    if not progress_path.exists():
-        atomic_write_text(progress_path, ",".join(CSV_FIELDS) + "\n")
-
-    def save() -> None:
-        save_checkpoint(
-            run_dir / CHECKPOINT_FILE,
-            {
-                "algo": algo_of(trainer.config),
-                "env_id": trainer.config.env_id,
-                "trainer": trainer.state_dict(),
-                "config_json": json.dumps(trainer.config.to_dict()),
-            },
-        )
-
+        write_run_config(run_dir, "rl", algo, trainer.config.to_dict(), command=command)
+    job = _TrainerJob(trainer, run_dir)
+    log = ProgressLog(
+        run_dir / PROGRESS_FILE,
+        CSV_FIELDS,
+        optional=OPTIONAL_FIELDS,
+        keep_through=trainer.updates_done if resume else None,
+    )
     if not resume:
-        save()  # update 0: a run folder is always loadable
-
-    writer = open_tensorboard(run_dir / "tb", trainer.updates_done + 1) if tensorboard else None
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=updates, initial=trainer.updates_done, unit="upd", dynamic_ncols=True)
-
-    recent: deque[float] = deque(maxlen=reward_window)
-    # make_vector_env builds the bpm/ task's native vector entry point, a BatchedVectorEnv
-    episode_length = cast(BatchedVectorEnv, trainer.envs.unwrapped).task.episode_length
-    interrupted = False
-    start = time.perf_counter()
-    try:
-        with StopOnCtrlC() as stop, progress_path.open("a", newline="") as log:
-            csv_writer = csv.DictWriter(log, fieldnames=CSV_FIELDS)
-            while trainer.updates_done < updates and not stop.requested:
-                metrics = trainer.update()
-                n = trainer.updates_done
-                recent.append(metrics["reward_mean"])
-                row = {
-                    **metrics,
-                    "episodes": n * trainer.config.batch_size,
-                    "env_steps": n * trainer.config.batch_size * episode_length,
-                    "wall_time": round(wall_offset + time.perf_counter() - start, 3),
-                }
-                csv_writer.writerow({k: csv_cell(k, row[k]) for k in CSV_FIELDS})
-                log.flush()
-                if writer is not None:
-                    for key in CSV_FIELDS[4:]:
-                        if not math.isnan(row[key]):
-                            writer.add_scalar(f"train/{key}", row[key], n)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(reward=f"{sum(recent) / len(recent):.2f}")
-                if n % checkpoint_every == 0:
-                    save()
-            interrupted = stop.requested
-    except NonFiniteLossError:
-        raise  # the last good checkpoint on disk is kept as it is
-    finally:
-        if bar is not None:
-            bar.close()
-        if writer is not None:
-            writer.close()
-    save()
-    mean_recent = sum(recent) / len(recent) if recent else math.nan
-    return RunResult(trainer.updates_done, interrupted, mean_recent)
+        job.save()  # update 0: a run folder is always loadable
+    return run_loop(
+        job,
+        run_dir,
+        updates,
+        log,
+        checkpoint_every=checkpoint_every,
+        progress=progress,
+        tensorboard=tensorboard,
+        reward_window=reward_window,
+        wall_offset=log.last_float("wall_time"),
+        scalars=CSV_FIELDS[4:],
+    )

@@ -299,7 +299,7 @@ def test_lm_checkpoint_with_old_field_names_evaluates_and_resumes(tmp_path, caps
     assert main(["train-lm", *flags, "--resume", "--epochs", "2", "--trace-clip", "3"]) == 2
     assert "--trace-clip 3.0 (saved: 1.0)" in capsys.readouterr().err
     assert main(["train-lm", *flags, "--resume", "--epochs", "2", "--trace-clip", "1"]) == 0
-    assert json.loads((out / "config.json").read_text())["model"]["trace_clip"] == 1.0
+    assert json.loads((out / "config.json").read_text())["config"]["model"]["trace_clip"] == 1.0
 
 
 def test_run_kind_detection(tmp_path):
@@ -314,7 +314,12 @@ def test_run_kind_detection(tmp_path):
     assert run_kind(folder("rl", {"algo": "plastic-ppo", "config": {}})) == "rl"
     assert run_kind(folder("sb3", {"algo": "ppo", "config": {}})) == "sb3"
     assert run_kind(folder("lm", {"model": {}, "train": {}})) == "lm"
-    assert run_kind(folder("tagged", {"kind": "lm"})) == "lm"
+    assert (
+        run_kind(
+            folder("tagged", {"schema": "backpropamine-gym/run/v1", "kind": "lm", "algo": "x", "config": {}})
+        )
+        == "lm"
+    )
     assert run_kind(folder("other", [1])) is None
     assert run_kind(tmp_path / "nowhere") is None
 

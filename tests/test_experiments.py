@@ -106,8 +106,65 @@ def test_builtin_experiments_are_the_papers():
         "simple-N100 > none-N139",
     }
     for exp in BUILTIN.values():
-        assert exp.protocols == {"paper": {}}
+        assert exp.protocols == {"paper": {}, "ppo": {"algo": "plastic-ppo"}}
         assert experiment_from_dict(json.loads(json.dumps(exp.to_dict()))) == exp
+
+
+def test_ppo_protocol_gives_every_condition_the_same_ppo_settings():
+    from bpm_agents.ppo import PPOConfig
+
+    for exp in BUILTIN.values():
+        configs = [resolve_run_config(exp, c.name, "ppo", seed=1) for c in exp.conditions]
+        assert all(type(cfg) is PPOConfig for cfg in configs)
+        learner = {k: v for k, v in configs[0].to_dict().items() if k not in ("rule", "hidden_size")}
+        for cfg, cond in zip(configs, exp.conditions):
+            assert (cfg.rule, cfg.hidden_size) == (cond.rule, cond.hidden_size)
+            assert {k: v for k, v in cfg.to_dict().items() if k not in ("rule", "hidden_size")} == learner
+        default = PPOConfig(env_id=exp.env_id, rule="simple", env_kwargs=exp.env_kwargs, seed=1).resolve()
+        assert (configs[0].lr, configs[0].gamma) == (default.lr, default.gamma)
+
+
+def test_a_ppo_protocol_sweep_writes_plastic_ppo_folders(tmp_path):
+    d = tiny_dict("tinyppo")
+    # PPO's own fields are allowed (checked against PPOConfig) in a plastic-ppo protocol
+    d["protocols"] = {"ppo": {"algo": "plastic-ppo", "n_epochs": 2, "n_minibatches": 1}}
+    exp = experiment_from_dict(d)
+    out = tmp_path / "sweep"
+    res = run_sweep(exp, out, [0], 2, protocol="ppo", backend="inline", stream=None, busy_window=0)
+    assert sorted(o["status"] for o in res.outcomes) == ["done", "done"]
+    for cond in ("none-N8", "hebbian-N8"):
+        run_dir = out / cond / "seed0"
+        assert json.loads((run_dir / "config.json").read_text())["algo"] == "plastic-ppo"
+        assert type(load_trainer(run_dir)).__name__ == "PlasticPPOTrainer"
+    res = run_sweep(exp, out, [0], 2, protocol="ppo", backend="inline", stream=None, busy_window=0)
+    assert [o["status"] for o in res.outcomes] == ["finished", "finished"]
+    # the paper protocol's A2C run of the same condition cannot reuse these folders
+    d["protocols"] = {"paper": {}}
+    with pytest.raises(SweepError, match="holds a 'plastic-ppo' run, not a 'plastic-a2c' run"):
+        run_sweep(experiment_from_dict(d), out, [0], 2, backend="inline", stream=None, busy_window=0)
+
+
+def test_conditions_option_runs_a_subset_and_names_an_unknown_one(tiny, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    res = sweep(tiny, out, 2, conditions=["hebbian-N8"])
+    assert [(o["condition"], o["status"]) for o in res.outcomes] == [("hebbian-N8", "done")]
+    assert not (out / "none-N8").exists()
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(tiny_dict()))
+    args = ["run", str(path), "--seeds", "0", "--updates", "2", "--out", str(out), "--backend", "inline"]
+    assert main([*args, "--conditions", "hebbian-N8,nope"]) == 2
+    err = capsys.readouterr().err
+    assert "has no condition 'nope'; conditions: none-N8, hebbian-N8" in err and "Traceback" not in err
+
+
+def test_a_protocol_with_an_unknown_algo_or_a_field_of_another_algo_is_refused():
+    d = tiny_dict()
+    d["protocols"] = {"x": {"algo": "sac"}}
+    with pytest.raises(ExperimentError, match="algo 'sac' is not one of plastic-a2c, plastic-ppo"):
+        experiment_from_dict(d)
+    d["protocols"] = {"x": {"n_epochs": 2}}  # a PPO field in an A2C protocol
+    with pytest.raises(ExperimentError, match="unknown A2CConfig field 'n_epochs'"):
+        experiment_from_dict(d)
 
 
 def test_paper_protocol_equals_the_train_py_config():

@@ -266,7 +266,8 @@ def test_cli_flags_reach_the_run_config(corpus_dir: Path, tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert "plastic step: reference (fanout='connection'" in err
     config = json.loads((out / "config.json").read_text())
-    m, tr = config["model"], config["train"]
+    assert (config["kind"], config["algo"]) == ("lm", "lm-truncated-bptt")
+    m, tr = config["config"]["model"], config["config"]["train"]
     assert (m["fanout"], m["fanout_init"], m["modulator_input"], m["alpha"], m["alpha_init"]) == (
         "connection",
         "default",
@@ -283,7 +284,10 @@ def test_cli_flags_reach_the_run_config(corpus_dir: Path, tmp_path: Path, capsys
     assert config["plastic_step"].startswith("reference")
     assert train_main(["--variant", "hebbian", "--data", str(corpus_dir), "--out", str(tmp_path / "h"), *TINY,
                        "--eta-shape", "connection"]) == 0  # fmt: skip
-    assert json.loads((tmp_path / "h" / "config.json").read_text())["model"]["eta_shape"] == "connection"
+    assert (
+        json.loads((tmp_path / "h" / "config.json").read_text())["config"]["model"]["eta_shape"]
+        == "connection"
+    )
 
 
 @pytest.mark.parametrize(

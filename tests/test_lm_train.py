@@ -106,7 +106,9 @@ def test_checkpoint_is_atomic_and_corruption_is_reported(tmp_path: Path) -> None
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(CheckpointError, match="truncated"):
         load_checkpoint(path)
-    save_checkpoint(path, {"something": 1})
+    from bpm_agents.checkpoint import save_checkpoint as save_any
+
+    save_any(path, {"kind": "rl", "something": 1})
     with pytest.raises(CheckpointError, match="not a language-model checkpoint"):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="does not exist"):
@@ -141,7 +143,8 @@ def test_train_resume_and_evaluate_end_to_end(corpus_dir: Path, tmp_path: Path, 
     assert [r["epoch"] for r in rows] == ["1", "2"] and all(r["kind"] == "epoch" for r in rows)
     assert all(float(r["test_ppl"]) > 1 for r in rows)
     config = json.loads((out / "config.json").read_text())
-    assert config["model"]["variant"] == "retroactive" and config["parameters"] <= 3000
+    assert config["kind"] == "lm" and config["command"][:2] == ["train.py", "lm"]
+    assert config["config"]["model"]["variant"] == "retroactive" and config["parameters"] <= 3000
     summary = json.loads((out / "test.json").read_text())
     assert summary["best_valid_ppl"] == pytest.approx(min(float(r["valid_ppl"]) for r in rows), rel=1e-3)
 

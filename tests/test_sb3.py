@@ -4,13 +4,11 @@ on our plastic policy, and the SB3 run folders (train, resume, load, errors, Ctr
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import signal
 import threading
 import time
-import zipfile
 from pathlib import Path
 
 import gymnasium as gym
@@ -23,7 +21,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 import bpm_envs  # noqa: F401  (registers the ids)
 from bpm_agents.a2c import A2CConfig, A2CTrainer
-from bpm_agents.checkpoint import CheckpointError
+from bpm_agents.checkpoint import CheckpointError, load_checkpoint
 from bpm_agents.sb3 import (
     CHECKPOINT_FILE,
     NativeVecEnv,
@@ -214,8 +212,7 @@ def test_ppo_run_folder_trains_resumes_and_loads(tmp_path):
     assert [int(r["env_steps"]) for r in rows] == [40, 80]
     # n_steps == episode length: every update finishes one episode per env
     assert [int(r["episodes"]) for r in rows] == [2, 4]
-    with zipfile.ZipFile(out / CHECKPOINT_FILE) as zf:
-        assert json.loads(zf.read("data"))["num_timesteps"] == 80
+    assert load_checkpoint(out / CHECKPOINT_FILE)["num_timesteps"] == 80
 
     assert (
         train_main(["--out", str(out), "--resume", "--updates", "3", "--no-progress", "--no-tensorboard"])
@@ -229,9 +226,8 @@ def test_ppo_run_folder_trains_resumes_and_loads(tmp_path):
     agent = load_agent(out)
     assert (agent.algo, agent.env_id, agent.env_kwargs) == ("ppo", CUE, {"episode_length": 20})
     assert agent.model.num_timesteps == 120
-    # the loaded weights are the zip's, not a fresh initialisation
-    with zipfile.ZipFile(out / CHECKPOINT_FILE) as zf:
-        saved = torch.load(io.BytesIO(zf.read("policy.pth")), weights_only=True)
+    # the loaded weights are the checkpoint's, not a fresh initialisation
+    saved = load_checkpoint(out / CHECKPOINT_FILE)["parameters"]["policy"]
     for name, value in agent.model.policy.state_dict().items():
         torch.testing.assert_close(value, saved[name])
     fresh = build_model(agent.config, make_sb3_vec_env(CUE, 1, 0, {"episode_length": 20}))
@@ -344,11 +340,35 @@ def test_existing_run_folder_and_foreign_algo_are_refused(tmp_path, capsys):
         load_model(out)
 
 
+def test_a_legacy_sb3_zip_folder_still_loads_and_resumes(tmp_path):
+    """Folders of earlier versions: config.json without a schema and an SB3 checkpoint.zip."""
+    out = tmp_path / "run"
+    assert train_main(["--algo", "a2c", "--out", str(out), "--updates", "2", *SMALL]) == 0
+    _, model = load_model(out)
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    meta = json.loads((out / "config.json").read_text())
+    (legacy / "config.json").write_text(json.dumps({"algo": meta["algo"], "config": meta["config"]}))
+    model.save(legacy / "checkpoint.zip")
+    (legacy / "progress.csv").write_text((out / "progress.csv").read_text())
+    agent = load_agent(legacy)
+    assert agent.model.num_timesteps == 80
+    for name, value in agent.model.policy.state_dict().items():
+        torch.testing.assert_close(value, model.policy.state_dict()[name])
+    # no resume state in a plain SB3 zip: it continues, freshly seeded, into the new format
+    assert (
+        train_main(["--out", str(legacy), "--resume", "--updates", "3", "--no-progress", "--no-tensorboard"])
+        == 0
+    )
+    assert load_checkpoint(legacy / CHECKPOINT_FILE)["num_timesteps"] == 120
+    assert [r["update"] for r in read_rows(legacy / "progress.csv")] == ["1", "2", "3"]
+
+
 def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
     out = tmp_path / "run"
     assert train_main(["--algo", "a2c", "--out", str(out), "--updates", "0", *SMALL]) == 0
-    (out / CHECKPOINT_FILE).write_bytes(b"not a zip")
-    with pytest.raises(CheckpointError, match="not a readable SB3 checkpoint"):
+    (out / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         load_agent(out)
 
 
@@ -375,8 +395,7 @@ def test_ctrl_c_saves_and_exits_130(tmp_path, capsys):
     assert "interrupted, checkpoint saved" in capsys.readouterr().out
     done = int(read_rows(progress)[-1]["update"])
     assert 2 <= done < 100000
-    with zipfile.ZipFile(out / CHECKPOINT_FILE) as zf:
-        assert json.loads(zf.read("data"))["num_timesteps"] == done * 40
+    assert load_checkpoint(out / CHECKPOINT_FILE)["num_timesteps"] == done * 40
 
 
 def test_config_resolve_fills_algorithm_defaults():

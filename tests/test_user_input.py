@@ -288,11 +288,7 @@ def _peer_rows(run_dir: Path) -> list[dict[str, str]]:
 
 
 def _peer_params(run_dir: Path) -> dict[str, torch.Tensor]:
-    import io
-    import zipfile
-
-    with zipfile.ZipFile(run_dir / "checkpoint.zip") as zf:
-        return torch.load(io.BytesIO(zf.read("policy.pth")), weights_only=True)
+    return load_checkpoint(run_dir / "checkpoint.pt")["parameters"]["policy"]
 
 
 @pytest.mark.parametrize("algo", ["a2c", "recurrent-ppo"])
@@ -304,16 +300,12 @@ def test_peer_two_updates_plus_resume_two_equal_four_straight(tmp_path, capsys, 
     assert train([*flags, "--updates", "4", "--out", tmp_path / "whole"]) == 0
     assert train([*flags, "--updates", "2", "--out", tmp_path / "part"]) == 0
     import shutil
-    import zipfile
+
+    from bpm_agents.checkpoint import save_checkpoint
 
     shutil.copytree(tmp_path / "part", tmp_path / "old")  # the same, without the resume state
-    with (
-        zipfile.ZipFile(tmp_path / "part" / "checkpoint.zip") as src,
-        zipfile.ZipFile(tmp_path / "old" / "checkpoint.zip", "w") as dst,
-    ):
-        for item in src.infolist():
-            if item.filename != "bpm_resume.pt":
-                dst.writestr(item, src.read(item.filename))
+    saved = load_checkpoint(tmp_path / "old" / "checkpoint.pt")
+    save_checkpoint(tmp_path / "old" / "checkpoint.pt", {**saved, "resume": None})
     assert train(["--out", tmp_path / "part", "--resume", "--updates", "4", *QUIET]) == 0
     whole, part = _peer_rows(tmp_path / "whole"), _peer_rows(tmp_path / "part")
     assert [r["update"] for r in part] == ["1", "2", "3", "4"]
@@ -376,8 +368,6 @@ def lm_rows(run_dir: Path) -> list[list[str]]:
 def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path, capsys):
     """Real runs in subprocesses (plastic A2C, an SB3 peer, an LM; started together to share the
     interpreter start-up time), each sent SIGTERM after its first logged update."""
-    import zipfile
-
     corpus = write_corpus(tmp_path / "corpus", 2000)  # 1200 steps an epoch: far from its end
     runs = {"plastic": tmp_path / "plastic", "peer": tmp_path / "peer", "lm": tmp_path / "lm"}
     argv = {
@@ -427,8 +417,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path, capsys):
 
     n = load_checkpoint(runs["plastic"] / "checkpoint.pt")["trainer"]["updates_done"]
     assert 1 <= n < 100000 and len(rows(runs["plastic"])) == n  # advanced past update 0
-    with zipfile.ZipFile(runs["peer"] / "checkpoint.zip") as zf:
-        steps = json.loads(zf.read("data"))["num_timesteps"]
+    steps = load_checkpoint(runs["peer"] / "checkpoint.pt")["num_timesteps"]
     m = len(rows(runs["peer"]))
     assert m >= 1 and steps == m * 2 * 5
     from bpm_agents.lm.trainer import load_checkpoint as load_lm

@@ -53,6 +53,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "experiment", help="a built-in experiment (fig1, a5, fig2) or a path to a .json definition"
     )
     r.add_argument("--seeds", default="0-4", help="seeds of every condition, e.g. 0-4 or 0,2,5-7")
+    r.add_argument(
+        "--conditions",
+        default=None,
+        help="only these conditions, comma-separated (default: all), e.g. simple-N100,hebbian-N101 "
+        "to bring one claim's pair to more seeds first",
+    )
     add_run_flags(
         r,
         out="sweep folder",
@@ -161,6 +167,7 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     experiment = get_experiment(args.experiment)
     experiment.protocol(args.protocol)  # a clear error before anything else
     seeds = parse_seeds(args.seeds)
+    conditions = [c.strip() for c in args.conditions.split(",") if c.strip()] if args.conditions else None
     if args.backend == "ray" and not ray_available():
         raise SweepError(
             "--backend ray needs Ray, which is not installed: pip install 'backpropamine-gym[ray]' "
@@ -169,7 +176,7 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     if args.ray_address and args.backend != "ray":
         raise SweepError("--ray-address needs --backend ray")
     if args.dry_run:
-        runs = plan_sweep(experiment, args.protocol, seeds, args.updates, args.out)
+        runs = plan_sweep(experiment, args.protocol, seeds, args.updates, args.out, conditions)
         for r in runs:
             extra = f" (from update {r.updates_done})" if r.action == "resume" else ""
             print(f"{r.action:9s} {r.run_dir}{extra}")
@@ -189,6 +196,7 @@ def _run(args: argparse.Namespace, prog: str) -> int:
         tensorboard=args.tensorboard,
         progress_every=args.progress_every,
         command=command,
+        conditions=conditions,
     )
     counts = {
         s: result.count(s)

@@ -4,11 +4,14 @@ An :class:`Experiment` says *what* to run; the runner (``runner.py``) only sched
 condition x seed runs, and the report (``report.py``) only reads their folders. The config of
 one run is resolved in one place, :func:`resolve_run_config`, from four layers::
 
-    A2CConfig(env_id, rule, env_kwargs, hidden_size, seed, **condition.overrides,
-              **protocol).resolve()
+    Config(env_id, rule, env_kwargs, hidden_size, seed, **condition.overrides,
+           **protocol).resolve()
 
 so a protocol (hyper-parameters such as ``lr``) is applied identically to every condition, and a
 condition's overrides (``fanout``, ``trace_clip``, ...) are part of what the condition *is*.
+A protocol may also name the learner, ``"algo": "plastic-ppo"`` (default ``plastic-a2c``), whose
+config class (``PPOConfig`` or ``A2CConfig``) then takes the overrides: the built-in ``ppo``
+protocol trains every condition with plastic PPO at its defaults.
 With the ``paper`` protocol (no overrides) the config equals the one ``train.py`` builds from
 ``--env E --plasticity R --hidden-size N --seed S``, which is how existing ``train.py`` run
 folders are adopted by a sweep.
@@ -38,6 +41,23 @@ RELATIONS = (">", ">=")
 #: fields (env_id, rule, hidden_size) or the sweep's (seed), so two layers never disagree
 RESERVED = ("env_id", "rule", "hidden_size", "seed")
 DEFAULT_PROTOCOL = "paper"
+#: the protocol key that names the learner (not a config field)
+ALGO_KEY = "algo"
+DEFAULT_ALGO = "plastic-a2c"
+#: the built-in protocols of every built-in experiment: the paper's A2C, and plastic PPO at its
+#: defaults (issue 16's fast protocol), each applied identically to every condition
+BUILTIN_PROTOCOLS: dict[str, dict[str, Any]] = {DEFAULT_PROTOCOL: {}, "ppo": {ALGO_KEY: "plastic-ppo"}}
+
+
+def _trainer_classes() -> dict[str, Any]:
+    from bpm_agents.training import trainer_classes
+
+    return trainer_classes()
+
+
+def protocol_algo(protocol: dict[str, Any]) -> str:
+    """The learner a protocol trains with (``plastic-a2c`` unless it sets ``algo``)."""
+    return str(protocol.get(ALGO_KEY, DEFAULT_ALGO))
 
 
 class ExperimentError(ValueError):
@@ -83,7 +103,9 @@ class Experiment:
     env_id: str
     conditions: tuple[Condition, ...]
     env_kwargs: dict[str, Any] = field(default_factory=dict)
-    protocols: dict[str, dict[str, Any]] = field(default_factory=lambda: {DEFAULT_PROTOCOL: {}})
+    protocols: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {k: dict(v) for k, v in BUILTIN_PROTOCOLS.items()}
+    )
     claims: tuple[Claim, ...] = ()
     description: str = ""
 
@@ -131,9 +153,12 @@ class Experiment:
 def resolve_run_config(
     experiment: Experiment, condition: str | Condition, protocol: str, seed: int
 ) -> A2CConfig:
-    """The resolved config of one run of ``experiment`` (the one its ``config.json`` must hold)."""
+    """The resolved config of one run of ``experiment`` (the one its ``config.json`` must hold);
+    an :class:`A2CConfig`, or its subclass ``PPOConfig`` under a protocol with ``algo: plastic-ppo``."""
     cond = experiment.condition(condition) if isinstance(condition, str) else condition
-    proto = experiment.protocol(protocol)
+    proto = dict(experiment.protocol(protocol))
+    config_cls = _trainer_classes()[protocol_algo(proto)][0]
+    proto.pop(ALGO_KEY, None)
     clash = sorted(set(cond.overrides) & set(proto))
     if clash:
         raise ExperimentError(
@@ -141,7 +166,7 @@ def resolve_run_config(
             "must apply identically to every condition, so set each field in one place"
         )
     try:
-        return A2CConfig(
+        return config_cls(
             env_id=experiment.env_id,
             rule=cond.rule,
             env_kwargs=dict(experiment.env_kwargs),
@@ -158,20 +183,25 @@ def resolve_run_config(
 
 # ---------------------------------------------------------------- validation of user input
 
-_CONFIG_FIELDS = {f.name: str(f.type) for f in fields(A2CConfig)}
+
+def _config_fields(config_cls: type) -> dict[str, str]:
+    return {f.name: str(f.type) for f in fields(config_cls)}
 
 
-def _check_value(where: str, key: str, value: Any) -> Any:
-    """Type-check one A2CConfig override against the field's annotation; return it normalised."""
-    if key not in _CONFIG_FIELDS:
-        allowed = sorted(k for k in _CONFIG_FIELDS if k not in RESERVED)
-        raise ExperimentError(f"{where}: unknown A2CConfig field {key!r}; allowed: {', '.join(allowed)}")
+def _check_value(where: str, key: str, value: Any, config_cls: type = A2CConfig) -> Any:
+    """Type-check one override against the config field's annotation; return it normalised."""
+    config_fields = _config_fields(config_cls)
+    if key not in config_fields:
+        allowed = sorted(k for k in config_fields if k not in RESERVED)
+        raise ExperimentError(
+            f"{where}: unknown {config_cls.__name__} field {key!r}; allowed: {', '.join(allowed)}"
+        )
     if key in RESERVED:
         raise ExperimentError(
             f"{where}: {key!r} cannot be overridden here (it is set by the "
             f"{'sweep (--seeds)' if key == 'seed' else 'experiment or the condition'})"
         )
-    kind = _CONFIG_FIELDS[key]
+    kind = config_fields[key]
     if "bool" in kind:
         ok = isinstance(value, bool)
     elif "float" in kind:
@@ -274,7 +304,13 @@ def experiment_from_dict(d: Any, source: str = "experiment") -> Experiment:
         _check_name(pname, pw)
         if not isinstance(overrides, dict):
             raise ExperimentError(f"{pw} must be an object of A2CConfig overrides, got {overrides!r}")
-        protocols[pname] = {k: _check_value(pw, k, v) for k, v in overrides.items()}
+        overrides = dict(overrides)
+        algo = overrides.pop(ALGO_KEY, DEFAULT_ALGO)
+        algos = _trainer_classes()
+        if algo not in algos:
+            raise ExperimentError(f"{pw}: algo {algo!r} is not one of {', '.join(algos)}")
+        checked = {k: _check_value(pw, k, v, algos[algo][0]) for k, v in overrides.items()}
+        protocols[pname] = {ALGO_KEY: algo, **checked} if algo != DEFAULT_ALGO else checked
 
     claims: list[Claim] = []
     names = [c.name for c in conditions]

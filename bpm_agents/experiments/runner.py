@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bpm_agents.experiments.definitions import Experiment, resolve_run_config
+from bpm_agents.training import algo_of
 
 try:  # advisory locks between runners; absent on Windows, where runs are not locked
     import fcntl
@@ -181,14 +182,18 @@ class PlannedRun:
     action: str = "new"  # new | resume | finished | restart
     updates_done: int = 0
     detail: str = ""
+    #: the learner (the protocol's ``algo``)
+    algo: str = "plastic-a2c"
 
     @property
     def key(self) -> str:
         return run_key(self.condition, self.seed)
 
 
-def inspect_run(run_dir: str | Path, expected: dict[str, Any], updates: int) -> tuple[str, int, str]:
-    """What to do with ``run_dir`` for a run whose resolved config is ``expected``.
+def inspect_run(
+    run_dir: str | Path, expected: dict[str, Any], updates: int, algo: str = "plastic-a2c"
+) -> tuple[str, int, str]:
+    """What to do with ``run_dir`` for a run of ``algo`` whose resolved config is ``expected``.
 
     Returns ``(action, updates_done, detail)`` with action ``new``, ``resume``, ``finished`` or
     ``restart`` (a folder whose run never saved its first checkpoint).
@@ -197,7 +202,7 @@ def inspect_run(run_dir: str | Path, expected: dict[str, Any], updates: int) -> 
         SweepError: the folder holds a different run, or is unreadable.
     """
     from bpm_agents.checkpoint import CheckpointError, load_checkpoint
-    from bpm_agents.training import ALGO, CHECKPOINT_FILE, CONFIG_FILE, PROGRESS_FILE, read_run_config
+    from bpm_agents.training import CHECKPOINT_FILE, CONFIG_FILE, PROGRESS_FILE, read_run_config
 
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).exists():
@@ -210,8 +215,8 @@ def inspect_run(run_dir: str | Path, expected: dict[str, Any], updates: int) -> 
         meta = read_run_config(run_dir)
     except CheckpointError as exc:
         raise SweepError(str(exc)) from None
-    if meta["algo"] != ALGO:
-        raise SweepError(f"{run_dir} holds a {meta['algo']!r} run, not a {ALGO!r} run of this experiment")
+    if meta["algo"] != algo:
+        raise SweepError(f"{run_dir} holds a {meta['algo']!r} run, not a {algo!r} run of this experiment")
     diffs = config_diff(meta["config"], expected)
     if diffs:
         raise SweepError(
@@ -232,10 +237,18 @@ def inspect_run(run_dir: str | Path, expected: dict[str, Any], updates: int) -> 
 
 
 def plan_sweep(
-    experiment: Experiment, protocol: str, seeds: list[int], updates: int, out: str | Path
+    experiment: Experiment,
+    protocol: str,
+    seeds: list[int],
+    updates: int,
+    out: str | Path,
+    conditions: list[str] | None = None,
 ) -> list[PlannedRun]:
     """Resolve every run's config and check every existing folder (nothing is written).
 
+    Args:
+        conditions: only these conditions (names of the experiment's; default all), e.g. to
+            bring two conditions to more seeds first.
     Raises:
         SweepError / ExperimentError: with every unusable folder named.
     """
@@ -243,15 +256,25 @@ def plan_sweep(
         raise SweepError(f"--updates must be >= 1, got {updates}")
     if not seeds:
         raise SweepError("no seeds given")
+    names = [c.name for c in experiment.conditions]
+    unknown = [c for c in conditions or [] if c not in names]
+    if unknown:
+        raise SweepError(
+            f"experiment {experiment.name!r} has no condition {', '.join(map(repr, unknown))}; "
+            f"conditions: {', '.join(names)}"
+        )
     runs: list[PlannedRun] = []
     problems: list[str] = []
     for cond in experiment.conditions:
+        if conditions and cond.name not in conditions:
+            continue
         for seed in seeds:
-            config = resolve_run_config(experiment, cond, protocol, seed).to_dict()
-            config = json.loads(json.dumps(config))  # as config.json holds it (tuples -> lists)
-            run = PlannedRun(cond.name, seed, str(run_dir_of(out, cond.name, seed)), config, updates)
+            resolved = resolve_run_config(experiment, cond, protocol, seed)
+            config = json.loads(json.dumps(resolved.to_dict()))  # as config.json holds it (tuples -> lists)
+            run = PlannedRun(cond.name, seed, str(run_dir_of(out, cond.name, seed)), config, updates,
+                             algo=algo_of(resolved))  # fmt: skip
             try:
-                run.action, run.updates_done, run.detail = inspect_run(run.run_dir, config, updates)
+                run.action, run.updates_done, run.detail = inspect_run(run.run_dir, config, updates, run.algo)
             except SweepError as exc:
                 problems.append(str(exc))
             runs.append(run)
@@ -434,17 +457,18 @@ def _written_by_someone_else(run_dir: Path, window: float | None) -> str:
 
 
 def _train_task(task: dict[str, Any]) -> dict[str, Any]:
-    from bpm_agents.a2c import A2CConfig, NonFiniteLossError
-    from bpm_agents.training import CONFIG_FILE, PROGRESS_FILE, train
+    from bpm_agents.a2c import NonFiniteLossError
+    from bpm_agents.training import CONFIG_FILE, PROGRESS_FILE, train, trainer_classes
 
     run_dir = Path(task["run_dir"])
-    action, done, _ = inspect_run(run_dir, task["config"], task["updates"])  # recheck under the lock
+    algo = task.get("algo", "plastic-a2c")
+    action, done, _ = inspect_run(run_dir, task["config"], task["updates"], algo)  # recheck under the lock
     if action == "finished":
         return {"status": "finished", "updates_done": done}
     if action == "restart":  # a run killed before its first checkpoint: nothing to keep
         for name in (CONFIG_FILE, PROGRESS_FILE):
             (run_dir / name).unlink(missing_ok=True)
-    config = A2CConfig.from_dict(task["config"])
+    config = trainer_classes()[algo][0].from_dict(task["config"])
     try:
         result = train(
             None if action == "resume" else config,
@@ -561,6 +585,7 @@ def run_sweep(
     progress_every: float | None = None,
     busy_window: float | None = None,
     command: str = "",
+    conditions: list[str] | None = None,
 ) -> SweepResult:
     """Run (or continue) every condition x seed of ``experiment`` into ``out``.
 
@@ -573,6 +598,7 @@ def run_sweep(
             progress lines (default 2 on a terminal, 60 otherwise).
         busy_window: seconds a run's progress.csv must stay quiet before the runner trusts it is
             not being trained by another process (None: from the run's speed, 10-120 s).
+        conditions: only these conditions of the experiment (default: all).
     Raises:
         SweepError / ExperimentError: nothing was started (bad input, a folder that does not fit).
     """
@@ -583,7 +609,7 @@ def run_sweep(
     if backend not in BACKENDS:
         raise SweepError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     out = Path(out)
-    runs = plan_sweep(experiment, protocol, seeds, updates, out)
+    runs = plan_sweep(experiment, protocol, seeds, updates, out, conditions)
     out.mkdir(parents=True, exist_ok=True)
     manifest = _updated_manifest(out, experiment, protocol, runs, command)
     _write_manifest(out, manifest)
@@ -617,6 +643,7 @@ def run_sweep(
             "run_dir": r.run_dir,
             "lock": str(lock_path(out, r.condition, r.seed)),
             "config": r.config,
+            "algo": r.algo,
             "updates": r.updates,
             "checkpoint_every": checkpoint_every,
             "device": device,

@@ -3,16 +3,15 @@
 State (hidden, cell, Hebbian and eligibility traces) is carried, detached, from one BPTT segment
 to the next, and reset to zero at the start of every training epoch and every evaluation pass.
 
-A run folder holds ``config.json``, ``log.csv`` (one row per epoch and per in-epoch check, with
-the plasticity statistics of :mod:`bpm_agents.lm.stats` per layer), ``last.pt`` (for resume),
-``best.pt`` (lowest validation perplexity) and ``test.json``. Checkpoints are written to a
-temporary file and moved into place (:func:`bpm_agents.checkpoint.atomic_write`), so a crash
-never leaves half a file.
+A run folder (:mod:`bpm_agents.runs`, kind ``lm``) holds ``config.json`` (the model and training
+configs under ``config``), ``log.csv`` (one row per epoch and per in-epoch check, with the
+plasticity statistics of :mod:`bpm_agents.lm.stats` per layer), ``last.pt`` (for resume),
+``best.pt`` (lowest validation perplexity) and ``test.json``. Checkpoints are the one format of
+:mod:`bpm_agents.checkpoint` (kind ``lm``; atomic, no pickled code on load).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import sys
@@ -25,21 +24,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bpm_agents.checkpoint import (
-    CheckpointError,
-    StopOnSignals,
-    atomic_write,
-    atomic_write_text,
-    check_config_dict,
-    load_failure,
-)
+from bpm_agents import checkpoint
+from bpm_agents.checkpoint import CheckpointError, StopOnSignals, atomic_write_text, check_config_dict
 from bpm_agents.config import opt, rename_keys
 from bpm_agents.lm.corpus import Corpus, Vocabulary, batchify, num_segments, segments
 from bpm_agents.lm.model import RENAMED_FIELDS, LanguageModel, LMConfig, LSTMState, logits_loss
 from bpm_agents.lm.stats import plasticity_stats, stat_columns
+from bpm_agents.runs import ProgressLog, write_run_config
 
-CHECKPOINT_FORMAT = "bpm-lm-1"
+#: the format of LM checkpoints before the one checkpoint format (still loaded)
+LEGACY_FORMAT = "bpm-lm-1"
 LOSS_REDUCTIONS = ("sum_time", "mean")
+#: the ``algo`` of a language-model run folder (config.json; ``kind`` is ``lm``)
+LM_ALGO = "lm-truncated-bptt"
+LOG_FILE = "log.csv"
 #: the largest learning rate the float32 optimizer steps can take (larger ones overflow)
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 #: which parameters get the L2 penalty: every one, all but the plastic ones (alpha, the rates,
@@ -326,12 +324,12 @@ def train_epoch(
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` with :func:`torch.save` atomically (temporary file, fsync, then rename)."""
-    atomic_write(path, lambda f: torch.save(payload, f))
+    """Write ``payload`` as a checkpoint of kind ``lm`` (:mod:`bpm_agents.checkpoint`, atomic)."""
+    checkpoint.save_checkpoint(path, {"kind": "lm", **payload})
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load an LM checkpoint safely (``weights_only=True``).
+    """Load an LM checkpoint safely (``weights_only=True``); files of earlier versions too.
 
     Raises:
         CheckpointError: missing file, unreadable / corrupted file, or not an LM checkpoint.
@@ -340,12 +338,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated / foreign files
-        raise CheckpointError(f"checkpoint {str(path)!r} is unreadable: {load_failure(path, exc)}") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a language-model checkpoint ({CHECKPOINT_FORMAT})")
-    return payload
+        return checkpoint.load_checkpoint(path, map_location, kind="lm", legacy_formats=(LEGACY_FORMAT,))
+    except CheckpointError as exc:
+        if "is not a readable checkpoint" in str(exc):
+            raise
+        raise CheckpointError(f"{str(path)!r} is not a language-model checkpoint ({exc})") from None
 
 
 def model_from_checkpoint(
@@ -467,24 +464,20 @@ def run_training(
         optimizer.load_state_dict(opt_state)
 
     n_params = sum(p.numel() for p in model.parameters())
-    config_record = {
-        "model": model_config.to_dict(), "train": train_config.to_dict(), "parameters": n_params,
-        "device": str(device), "torch_threads": torch.get_num_threads(), **(extra_config or {}),
-    }  # fmt: skip
-    atomic_write_text(out / "config.json", json.dumps(config_record, indent=2) + "\n")
+    extra = dict(extra_config or {})
+    command = extra.pop("argv", None)
+    write_run_config(
+        out, "lm", LM_ALGO, {"model": model_config.to_dict(), "train": train_config.to_dict()},
+        command=command, parameters=n_params, device=str(device), torch_threads=torch.get_num_threads(), **extra,
+    )  # fmt: skip
     _log(
         f"{model_config.variant}: hidden {list(model_config.hidden_sizes)}, {n_params:,} parameters, device {device}"
     )
 
-    log_path = out / "log.csv"
-    new_log = not (resume and log_path.exists())
-    if new_log:
-        fields = [*LOG_FIELDS, *stat_columns(len(model.layers))]
-        with open(log_path, "w", newline="") as f:
-            csv.writer(f).writerow(fields)
-    else:  # a resumed run keeps its log's columns (a log written before the statistics has none)
-        with open(log_path, newline="") as f:
-            fields = next(csv.reader(f))
+    # rows after the checkpoint (checks of an epoch a kill cut short) are dropped on resume; a
+    # resumed run keeps its log's columns (a log written before the statistics has none)
+    log = ProgressLog(out / LOG_FILE, [*LOG_FIELDS, *stat_columns(len(model.layers))], key="step",
+                      keep_through=step if resume else None)  # fmt: skip
 
     train_streams = batchify(corpus.split("train"), train_config.batch_size).to(device)
     per_epoch = num_segments(train_streams, train_config.bptt)
@@ -541,8 +534,7 @@ def run_training(
                        f"{time.perf_counter() - t0:.1f}", f"{elapsed:.1f}"]  # fmt: skip
                 values = dict(zip(LOG_FIELDS, row))
                 values.update({k: "" if v is None else f"{v:.6g}" for k, v in stats.items()})
-                with open(log_path, "a", newline="") as f:
-                    csv.writer(f).writerow([values.get(k, "") for k in fields])
+                log.write(values)
                 return elapsed
 
             def on_check(steps_in_epoch: int) -> None:
@@ -564,7 +556,7 @@ def run_training(
                 at_step: int, valid: float | None, elapsed: float, in_epoch: EpochCursor | None = None
             ) -> dict[str, Any]:
                 return {
-                    "format": CHECKPOINT_FORMAT, "model_config": model_config.to_dict(),
+                    "model_config": model_config.to_dict(),
                     "train_config": train_config.to_dict(), "vocab": corpus.vocab.words,
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     # the last epoch completed; an interrupted one is resumed from ``in_epoch``
@@ -618,6 +610,7 @@ def run_training(
                 )
                 break
 
+    log.close()
     best_path = out / "best.pt"
     summary: dict[str, Any] = {"variant": model_config.variant, "parameters": n_params, "epochs": done,
                                "steps": step, "best_valid_ppl": best,
