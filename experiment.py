@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Run the paper's experiments as sweeps of ordinary run folders, follow them, report them.
+"""``bpm experiment`` as a script: ``python experiment.py ARGS`` is ``bpm experiment ARGS``.
 
 Examples:
     python experiment.py list
@@ -8,6 +8,8 @@ Examples:
     python experiment.py report sweeps/fig2
 """
 
+from __future__ import annotations
+
 import os
 import sys
 
@@ -15,7 +17,13 @@ import sys
 # Must be set before torch loads; the spawned workers inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-if __name__ == "__main__":
-    from bpm_agents.experiments.cli import main
 
+def main(argv: list[str] | None = None) -> int:
+    from bpm_agents.cli import main as bpm
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return bpm(["experiment", *argv], prog="experiment.py")
+
+
+if __name__ == "__main__":
     sys.exit(main())

@@ -27,13 +27,14 @@ Defaults are the usual ones of PPO implementations (lr 3e-4, gamma 0.99, lambda 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from bpm_agents.a2c import ENTROPY_MODES, A2CConfig, A2CTrainer, NonFiniteLossError, Rollout
+from bpm_agents.config import opt
 
 __all__ = ["PPOConfig", "PlasticPPOTrainer", "gae", "ppo_loss", "PPOLossTerms"]
 
@@ -53,12 +54,17 @@ class PPOConfig(A2CConfig):
     value_coef: float = 0.5
     entropy_coef: float | None = 0.01
     entropy_mode: str = "entropy"
-    gae_lambda: float = 0.95
-    clip_range: float = 0.2
-    value_clip: float | None = None
-    n_epochs: int = 4
-    n_minibatches: int = 3
-    normalize_advantage: bool = True
+    gae_lambda: float = field(default=0.95, metadata=opt("GAE lambda (1 = Monte-Carlo returns)"))
+    clip_range: float = field(default=0.2, metadata=opt("policy ratio clip epsilon"))
+    value_clip: float | None = field(
+        default=None,
+        metadata=opt("clip the value change around the acting value", default="off"),
+    )
+    n_epochs: int = field(default=4, metadata=opt("epochs over each rollout", aliases=["ppo_epochs"]))
+    n_minibatches: int = field(
+        default=3, metadata=opt("minibatches of whole episodes per epoch", flag="minibatches")
+    )
+    normalize_advantage: bool = field(default=True, metadata=opt("normalise advantages per minibatch"))
 
     def resolve(self) -> PPOConfig:
         cfg = super().resolve()

@@ -29,6 +29,7 @@ counters only. Do not open foreign SB3 zips with ``PPO.load``: that unpickles, i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import math
@@ -57,6 +58,7 @@ from bpm_agents.checkpoint import (
     load_failure,
     save_checkpoint,
 )
+from bpm_agents.config import Flags, add_run_flags, opt, set_threads
 from bpm_agents.devices import resolve_device
 from bpm_agents.runs import (
     CHECKPOINT_FILE,
@@ -72,7 +74,6 @@ from bpm_agents.runs import (
     run_loop,
     write_run_config,
 )
-from bpm_agents.training import explicit_options, resume_conflicts
 from bpm_envs.extras import MissingExtraError, require
 
 ALGOS = ("ppo", "a2c", "recurrent-ppo")
@@ -310,23 +311,42 @@ def make_sb3_vec_env(
 class SB3Config(DictConfig):
     """Hyper-parameters of an SB3 run. ``None`` fields take the algorithm's default (``resolve``)."""
 
-    algo: str = "ppo"
-    env_id: str = "bpm/CueReward-v0"
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    n_envs: int = 8
-    n_steps: int | None = None
-    learning_rate: float | None = None
-    gamma: float = 0.99
-    gae_lambda: float | None = None
-    ent_coef: float = 0.0
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    minibatch_size: int | None = None
-    n_epochs: int | None = None
-    clip_range: float | None = None
-    net_arch: list[int] | None = None
-    lstm_hidden_size: int | None = None
+    algo: str = field(default="ppo", metadata=opt("the SB3 algorithm", choices=ALGOS, cli=False))
+    env_id: str = field(
+        default="bpm/CueReward-v0",
+        metadata=opt(f"environment id: {', '.join(bpm_envs.ENV_IDS)}", flag="env"),
+    )
+    env_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=opt("JSON options for the environment, e.g. '{\"fixed_cues\": true}'"),
+    )
+    seed: int = field(default=0, metadata=opt("seed of weights, environments and action sampling"))
+    n_envs: int = field(default=8, metadata=opt("environments stepped together"))
+    n_steps: int | None = field(default=None, metadata=opt("rollout steps per env and update"))
+    learning_rate: float | None = field(default=None, metadata=opt("learning rate", flag="lr"))
+    gamma: float = field(default=0.99, metadata=opt("discount"))
+    gae_lambda: float | None = field(default=None, metadata=opt("GAE lambda"))
+    ent_coef: float = field(
+        default=0.0,
+        metadata=opt(
+            "coefficient of the entropy bonus (SB3's true entropy, not our sum-of-squares)",
+            flag="entropy_coef",
+            aliases=["ent_coef"],
+        ),
+    )
+    vf_coef: float = field(
+        default=0.5, metadata=opt("value loss coefficient", flag="value_coef", aliases=["vf_coef"])
+    )
+    max_grad_norm: float = field(
+        default=0.5, metadata=opt("gradient-norm clip", flag="grad_clip", aliases=["max_grad_norm"])
+    )
+    minibatch_size: int | None = field(default=None, metadata=opt("PPO minibatch size in steps"))
+    n_epochs: int | None = field(default=None, metadata=opt("PPO epochs per update"))
+    clip_range: float | None = field(default=None, metadata=opt("PPO clip range"))
+    net_arch: list[int] | None = field(
+        default=None, metadata=opt("hidden layer sizes of the policy and value MLPs, e.g. '64,64'")
+    )
+    lstm_hidden_size: int | None = field(default=None, metadata=opt("LSTM units of recurrent-ppo"))
 
     def resolve(self) -> SB3Config:
         """Fill the ``None`` fields from :data:`ALGO_DEFAULTS` and validate everything."""
@@ -836,179 +856,76 @@ def load_model_config(run_dir: str | Path) -> SB3Config:
 
 
 # ====================================================================== command line
-#: train.py --algo ... options (dest) that are fields of the saved SB3Config (option -> field)
-RESUME_FIELDS = {
-    "env": "env_id",
-    "env_kwargs": "env_kwargs",
-    "seed": "seed",
-    "n_envs": "n_envs",
-    "n_steps": "n_steps",
-    "lr": "learning_rate",
-    "gamma": "gamma",
-    "gae_lambda": "gae_lambda",
-    "ent_coef": "ent_coef",
-    "vf_coef": "vf_coef",
-    "max_grad_norm": "max_grad_norm",
-    "minibatch_size": "minibatch_size",
-    "n_epochs": "n_epochs",
-    "clip_range": "clip_range",
-    "net_arch": "net_arch",
-    "lstm_hidden_size": "lstm_hidden_size",
-}
-#: train.py flags of our plastic A2C that mean nothing for SB3 models
-_PLASTIC_ONLY = (
-    "plasticity",
-    "batch_size",
-    "adam_eps",
-    "entropy_mode",
-    "trace_clip",
-    "fanout",
-    "modulator_activation",
-    "eta_init",
-    "eta_e_init",
-    "unroll",
-    "hidden_size",
-)
+#: the --algo choices of ``bpm train`` that are our own plastic agents, not SB3's
+PLASTIC_ALGOS = ("plastic-a2c", "plastic-ppo")
+#: dest prefix of the plastic agents' flags, accepted so the message can say why they are refused
+_PLASTIC = "plastic__"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(
+    prog: str = "bpm train --algo ppo|a2c|recurrent-ppo",
+) -> tuple[argparse.ArgumentParser, Flags]:
+    """The parser of ``bpm train --algo ppo|a2c|recurrent-ppo``, and its generated flags."""
+    from bpm_agents.ppo import PPOConfig
+
     p = argparse.ArgumentParser(
-        prog="train.py --algo ppo|a2c|recurrent-ppo",
+        prog=prog,
         description=(
             "Train a Stable-Baselines3 PPO / A2C (feed-forward MLP) or sb3-contrib RecurrentPPO "
             "(LSTM) on a bpm/ Gymnasium environment. Writes config.json, checkpoint.zip, "
             "progress.csv and TensorBoard logs to --out. Defaults are SB3's except --n-envs and, "
             "for PPO, --n-steps."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--algo",
         default=None,
-        choices=["plastic-a2c", *ALGOS],
+        choices=[*PLASTIC_ALGOS, *ALGOS],
         help="the SB3 algorithm (required unless --resume, which reads it from the run folder)",
     )
-    p.add_argument("--env", default="bpm/CueReward-v0", help=f"environment id: {', '.join(bpm_envs.ENV_IDS)}")
-    p.add_argument(
-        "--updates",
-        type=int,
-        default=1000,
-        help="total number of rollout-and-update cycles of the run (one = --n-envs x --n-steps env steps)",
+    add_run_flags(
+        p,
+        updates="total number of rollout-and-update cycles of the run (one = --n-envs x --n-steps env steps)",
+        resume="continue the run in --out bit for bit (the checkpoint also holds the global generators, the running episodes, the last observation and LSTM states). The saved config is kept: only --updates, --device, --checkpoint-every, --threads and the logging flags apply; a hyper-parameter flag whose value differs from the saved one is refused (exit 2). With --updates at or below the updates done, nothing is trained (exit 0)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of weights, environments and action sampling")
-    p.add_argument("--out", required=True, help="run folder (created; must be new unless --resume)")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out bit for bit (the checkpoint also holds the global generators, the running episodes, the last observation and LSTM states). The saved config is kept: only --updates, --device, --checkpoint-every, --threads and the logging flags apply; a hyper-parameter flag whose value differs from the saved one is refused (exit 2). With --updates at or below the updates done, nothing is trained (exit 0)",
-    )
-    p.add_argument(
-        "--device", default="auto", choices=["cpu", "cuda", "auto"], help="'auto' = cuda if available"
-    )
-    p.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=100,
-        help="save a checkpoint every K updates (and at the end, and on Ctrl-C or SIGTERM, which stop after the current update and exit 130)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: torch's choice; 1 is much faster for these small models on a busy machine)",
-    )
-    p.add_argument(
-        "--env-kwargs", default="{}", help="JSON options for the environment, e.g. '{\"fixed_cues\": true}'"
-    )
+    flags = Flags()
     g = p.add_argument_group("SB3 hyper-parameters (default: SB3's per algorithm)")
-    g.add_argument("--n-envs", type=int, default=8, help="environments stepped together")
-    g.add_argument(
-        "--n-steps",
-        type=int,
-        default=None,
-        help="rollout steps per env and update (ppo/recurrent-ppo 128, a2c 5)",
-    )
-    g.add_argument("--lr", type=float, default=None, help="learning rate (ppo/recurrent-ppo 3e-4, a2c 7e-4)")
-    g.add_argument("--gamma", type=float, default=0.99, help="discount")
-    g.add_argument("--gae-lambda", type=float, default=None, help="GAE lambda (ppo 0.95, a2c 1.0)")
-    g.add_argument(
-        "--ent-coef",
-        "--entropy-coef",
-        dest="ent_coef",
-        type=float,
-        default=0.0,
-        help="entropy bonus coefficient (SB3's true entropy, not our sum-of-squares)",
-    )
-    g.add_argument(
-        "--vf-coef", "--value-coef", dest="vf_coef", type=float, default=0.5, help="value loss coefficient"
-    )
-    g.add_argument(
-        "--max-grad-norm",
-        "--grad-clip",
-        dest="max_grad_norm",
-        type=float,
-        default=0.5,
-        help="gradient-norm clip",
-    )
-    g.add_argument(
-        "--minibatch-size",
-        type=int,
-        default=None,
-        help="PPO minibatch size in steps (ppo 64, recurrent-ppo 128)",
-    )
-    g.add_argument("--n-epochs", type=int, default=None, help="PPO epochs per update (10)")
-    g.add_argument("--clip-range", type=float, default=None, help="PPO clip range (0.2)")
-    g.add_argument(
-        "--net-arch", default=None, help="hidden layer sizes of the policy and value MLPs, e.g. '64,64'"
-    )
-    g.add_argument("--lstm-hidden-size", type=int, default=None, help="LSTM units of recurrent-ppo (256)")
-    for name in _PLASTIC_ONLY:  # accepted so the message can say why they are refused
-        flag = "--" + name.replace("_", "-")
-        if name == "fanout":
-            p.add_argument(flag, action="store_true", default=None, help=argparse.SUPPRESS)
-        else:
-            p.add_argument(flag, default=None, help=argparse.SUPPRESS)
-    return p
+    per_algo = {algo: {**SB3Config().to_dict(), **ALGO_DEFAULTS[algo]} for algo in ALGOS}
+    flags.add(g, SB3Config, defaults=per_algo)
+    taken = {spec.flag for spec in flags.flags.values()} | {
+        "--" + a.lstrip("-") for s in flags.flags.values() for a in s.aliases
+    }
+    plastic = [
+        f.name
+        for f in dataclasses.fields(PPOConfig)
+        if "--" + Flags._metadata(PPOConfig, f.name).get("flag", f.name).replace("_", "-") not in taken
+    ]
+    flags.add(p, PPOConfig, fields=plastic, hidden=True, dest_prefix=_PLASTIC)
+    return p, flags
 
 
-def _parse_net_arch(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
+def train_main(argv: list[str], prog: str = "bpm train") -> int:
+    """``bpm train --algo ppo|a2c|recurrent-ppo ...``: exit 0 done, 130 interrupted, 2 on errors."""
+    parser, flags = build_parser(prog)
     try:
-        sizes = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise ValueError(f"--net-arch must be comma-separated integers like '64,64', got {text!r}") from None
-    return sizes
-
-
-def train_main(argv: list[str]) -> int:
-    """``train.py --algo ppo|a2c|recurrent-ppo ...``: exit 0 done, 130 interrupted, 2 on errors."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
     try:
-        given = [n for n in _PLASTIC_ONLY if getattr(args, n) is not None]
-        if given:
-            flags = ", ".join("--" + n.replace("_", "-") for n in given)
-            raise ValueError(f"{flags}: only for --algo plastic-a2c (our plastic A2C)")
-        if args.threads is not None:
-            if args.threads < 1:
-                raise ValueError(f"--threads must be >= 1, got {args.threads}")
-            torch.set_num_threads(args.threads)
-        if args.algo == "plastic-a2c":
-            raise ValueError("--algo plastic-a2c is trained by train.py itself, not by bpm_agents.sb3")
+        plastic_only = flags.given(args, prefix=_PLASTIC)
+        if plastic_only:
+            names = ", ".join(flags.flag_of(k, _PLASTIC) for k in plastic_only)
+            raise ValueError(f"{names}: only for --algo plastic-a2c or plastic-ppo (our plastic agents)")
+        set_threads(args.threads)
+        if args.algo in PLASTIC_ALGOS:
+            raise ValueError(f"--algo {args.algo} is trained by our own trainer, not by bpm_agents.sb3")
+        given = flags.given(args)
         config = None
         if args.resume:
             saved = load_model_config(args.out)
             if args.algo is not None and args.algo != saved.algo:
                 raise ValueError(f"{args.out} was trained with --algo {saved.algo}, not {args.algo}")
-            given = explicit_options(parser, argv)
-            if "env_kwargs" in given:
-                given["env_kwargs"] = json.loads(args.env_kwargs)
-            if "net_arch" in given:
-                given["net_arch"] = _parse_net_arch(args.net_arch)
-            conflicts = resume_conflicts(given, saved.to_dict(), RESUME_FIELDS)
+            conflicts = flags.conflicts(given, saved.to_dict())
             if conflicts:
                 raise ValueError(
                     f"--resume keeps the saved config of {args.out}, but these flags differ "
@@ -1018,28 +935,7 @@ def train_main(argv: list[str]) -> int:
         else:
             if args.algo is None:
                 raise ValueError(f"--algo is required for a new run; allowed: {', '.join(ALGOS)}")
-            env_kwargs = json.loads(args.env_kwargs)
-            if not isinstance(env_kwargs, dict):
-                raise ValueError(f"--env-kwargs must be a JSON object, got {args.env_kwargs!r}")
-            config = SB3Config(
-                algo=args.algo,
-                env_id=args.env,
-                env_kwargs=env_kwargs,
-                seed=args.seed,
-                n_envs=args.n_envs,
-                n_steps=args.n_steps,
-                learning_rate=args.lr,
-                gamma=args.gamma,
-                gae_lambda=args.gae_lambda,
-                ent_coef=args.ent_coef,
-                vf_coef=args.vf_coef,
-                max_grad_norm=args.max_grad_norm,
-                minibatch_size=args.minibatch_size,
-                n_epochs=args.n_epochs,
-                clip_range=args.clip_range,
-                net_arch=_parse_net_arch(args.net_arch),
-                lstm_hidden_size=args.lstm_hidden_size,
-            ).resolve()
+            config = SB3Config(algo=args.algo, **given).resolve()
             # fail before writing anything if the env options are wrong
             NativeVecEnv(config.env_id, 1, config.env_kwargs).close()
         result = train(
@@ -1049,11 +945,12 @@ def train_main(argv: list[str]) -> int:
             resume=args.resume,
             checkpoint_every=args.checkpoint_every,
             device=resolve_device(args.device),
-            progress=not args.no_progress,
-            tensorboard=not args.no_tensorboard,
+            progress=args.progress,
+            tensorboard=args.tensorboard,
+            command=[*prog.split(), *argv],
         )
-    except (ValueError, TypeError, CheckpointError, json.JSONDecodeError, MissingExtraError) as exc:
-        print(f"train.py: error: {exc}", file=sys.stderr)
+    except (ValueError, TypeError, CheckpointError, MissingExtraError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     if result.nothing_to_do:
         print(

@@ -114,7 +114,7 @@ def test_lstm_variant_equals_torch_lstm_cell() -> None:
 
 
 def small_config(variant: str, **kw) -> LMConfig:
-    return LMConfig(variant=variant, vocab_size=11, emb_size=6, hidden_sizes=(5, 4), init_scale=0.5,
+    return LMConfig(variant=variant, vocab_size=11, emb_size=6, hidden_sizes=(5, 4), weight_init=0.5,
                     alpha_init=0.5, **kw)  # fmt: skip
 
 
@@ -179,7 +179,7 @@ def test_uniform_model_perplexity_is_vocab_size() -> None:
 
 def test_evaluation_carries_state_across_segments_and_resets_per_pass() -> None:
     model = LanguageModel(
-        replace(small_config("retroactive"), init_scale=1.0), torch.Generator().manual_seed(4)
+        replace(small_config("retroactive"), weight_init=1.0), torch.Generator().manual_seed(4)
     )
     ids = torch.randint(0, 11, (121,), generator=torch.Generator().manual_seed(5))
     short = evaluate(model, ids, batch_size=2, bptt=6)

@@ -166,7 +166,9 @@ def test_old_lm_config_loads_with_the_old_behaviour():
     assert torch.all(syn.fanout_weight == 1) and torch.all(syn.fanout_bias == 0)
     # the options at their defaults draw nothing extra: the same seed gives the same weights as a
     # config that never names them
-    bare = LanguageModel(LMConfig(**{**old, "hidden_sizes": (5, 4)}), torch.Generator().manual_seed(0))
+    bare = LanguageModel(
+        LMConfig.from_dict({**old, "hidden_sizes": (5, 4)}), torch.Generator().manual_seed(0)
+    )
     for (n, a), (_, b) in zip(model.state_dict().items(), bare.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=n)
     assert LMConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
@@ -180,7 +182,7 @@ def test_plastic_w_init_sets_only_the_plastic_block():
     w = layer.weight_hh
     assert w[:, 10:15].abs().max() <= 0.01 and w[:, :10].abs().max() > 0.05
     base = LanguageModel(replace(cfg, variant="lstm"), torch.Generator().manual_seed(0)).layers[0]
-    assert base.weight_hh[:, 10:15].abs().max() > 0.05  # the baseline keeps init_scale
+    assert base.weight_hh[:, 10:15].abs().max() > 0.05  # the baseline keeps weight_init
     with pytest.raises(ValueError, match="plastic_w_init must be > 0"):
         replace(cfg, plastic_w_init=0.0)
 

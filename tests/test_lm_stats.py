@@ -43,7 +43,7 @@ def test_clip_share_counts_entries_at_either_bound():
 
 def tiny(variant: str) -> LanguageModel:
     cfg = LMConfig(
-        variant=variant, vocab_size=9, emb_size=4, hidden_sizes=(5, 3), init_scale=0.5, alpha_init=0.5
+        variant=variant, vocab_size=9, emb_size=4, hidden_sizes=(5, 3), weight_init=0.5, alpha_init=0.5
     )
     return LanguageModel(cfg, torch.Generator().manual_seed(0), impl="reference")
 

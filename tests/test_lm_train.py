@@ -32,7 +32,7 @@ def cyclic_ids(n: int, vocab: int = 6, start: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("variant", ["lstm", "retroactive"])
 def test_training_lowers_validation_perplexity_on_learnable_sequence(variant: str) -> None:
     torch.manual_seed(0)
-    cfg = LMConfig(variant=variant, vocab_size=6, emb_size=8, hidden_sizes=(16,), init_scale=0.1)
+    cfg = LMConfig(variant=variant, vocab_size=6, emb_size=8, hidden_sizes=(16,), weight_init=0.1)
     model = LanguageModel(cfg, torch.Generator().manual_seed(0))
     train, valid = cyclic_ids(4 * 2010), cyclic_ids(200, start=3)
     before = evaluate(model, valid, batch_size=2, bptt=10)[1]
@@ -46,7 +46,7 @@ def test_training_lowers_validation_perplexity_on_learnable_sequence(variant: st
 
 
 def test_train_epoch_resets_state_at_start_and_carries_it_between_segments() -> None:
-    cfg = LMConfig(variant="simple", vocab_size=6, emb_size=4, hidden_sizes=(5,), init_scale=0.5)
+    cfg = LMConfig(variant="simple", vocab_size=6, emb_size=4, hidden_sizes=(5,), weight_init=0.5)
     model = LanguageModel(cfg, torch.Generator().manual_seed(0))
     with torch.no_grad():
         model.layers[0].synapses.fanout_bias.fill_(0.5)

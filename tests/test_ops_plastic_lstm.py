@@ -180,8 +180,8 @@ def test_impl_selection() -> None:
 
 def test_language_model_training_step_equal_for_both_impls() -> None:
     """A whole LM (two layers, per-neuron fan-out, the loss through the decoder): same gradients."""
-    cfg = LMConfig(variant="retroactive", vocab_size=13, emb_size=6, hidden_sizes=(5, 4), init_scale=0.5,
-                   alpha_init=0.5, hebb_clip=0.1)  # fmt: skip
+    cfg = LMConfig(variant="retroactive", vocab_size=13, emb_size=6, hidden_sizes=(5, 4), weight_init=0.5,
+                   alpha_init=0.5, trace_clip=0.1)  # fmt: skip
     tokens = torch.randint(0, 13, (2, 7), generator=torch.Generator().manual_seed(4))
     grads = {}
     for impl in ("reference", "fast"):

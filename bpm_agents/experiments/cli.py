@@ -22,6 +22,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from bpm_agents.config import DefaultsHelpFormatter, add_run_flags
+
 EXIT_USAGE = 2
 PROG = "experiment.py"
 
@@ -35,7 +37,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         ),
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="{run,status,report,list}")
-    d = argparse.ArgumentDefaultsHelpFormatter
+    d = DefaultsHelpFormatter
 
     r = sub.add_parser(
         "run",
@@ -57,18 +59,20 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="only these conditions, comma-separated (default: all), e.g. simple-N100,hebbian-N101 "
         "to bring one claim's pair to more seeds first",
     )
-    r.add_argument(
-        "--updates", type=int, required=True, help="target updates of every run (total, not added)"
+    add_run_flags(
+        r,
+        out="sweep folder",
+        updates="target updates of every run (total, not added)",
+        updates_default=None,
+        checkpoint_every=50,
+        checkpoint_help="checkpoint interval in updates: the most a kill loses",
+        device_default="cpu",
+        threads=False,
+        progress=False,
+        tensorboard=False,
     )
-    r.add_argument("--out", required=True, help="sweep folder")
     r.add_argument("--protocol", default="paper", help="named hyper-parameter protocol of the experiment")
     r.add_argument("--workers", type=int, default=1, help="runs at a time (each on one torch thread)")
-    r.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=50,
-        help="checkpoint interval in updates: the most a kill loses",
-    )
     r.add_argument(
         "--backend",
         default="local",
@@ -79,10 +83,6 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "--ray-address",
         default=None,
         help="Ray cluster to join (ray.init(address=...)); default: a local instance",
-    )
-    r.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="device of every run")
-    r.add_argument(
-        "--tensorboard", action="store_true", help="also write TensorBoard logs in each run folder"
     )
     r.add_argument(
         "--progress-every",

@@ -25,16 +25,21 @@ Everything is batch-first: tokens (B, T), hidden (B, T, H), traces (B, H, H).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bpm_agents.config import opt, rename_keys
 from bpm_agents.ops import plastic_lstm as fast_step
 from bpm_agents.plasticity import (
+    ALPHA_SHAPES,
+    ETA_SHAPES,
+    FANOUT_INITS,
     FANOUTS,
+    MODULATOR_INPUTS,
     PlasticityConfig,
     PlasticSynapses,
     check_grad_scale,
@@ -244,6 +249,10 @@ class LockedDropout(nn.Module):
         return x * mask
 
 
+#: LMConfig fields renamed (old name in saved configs -> field): the same names as the RL agents'
+RENAMED_FIELDS = {"hebb_clip": "trace_clip", "init_scale": "weight_init"}
+
+
 @dataclass(frozen=True)
 class LMConfig:
     """Architecture of a :class:`LanguageModel`.
@@ -255,10 +264,11 @@ class LMConfig:
         hidden_sizes: H of each layer; with ``tied`` the last must equal ``emb_size``.
         tied: decoder weight = embedding weight.
         alpha: ``connection`` or ``neuron`` (one alpha per post-synaptic neuron).
-        hebb_clip: traces are clamped to [-hebb_clip, hebb_clip].
+        trace_clip: traces are clamped to [-trace_clip, trace_clip] (saved before as ``hebb_clip``).
         eta_init, eta_e_init, alpha_init: initial plasticity rates and alpha scale (alpha starts
             alpha_init * U(0, 1)).
-        init_scale: other weights are initialised U(-init_scale, init_scale).
+        weight_init: other weights are initialised U(-weight_init, weight_init) (saved before as
+            ``init_scale``).
         eta_shape: ``scalar`` or ``connection``: one Hebbian rate eta per layer or per
             connection (``hebbian`` only).
         fanout: ``neuron`` (v_j M + u_j), ``connection`` (V_ij M + U_ij) or ``none`` (M): the
@@ -267,31 +277,72 @@ class LMConfig:
         modulator_input: ``new`` (M reads h_t) or ``previous`` (M reads h_{t-1}).
         alpha_grad_scale: alpha's gradient is multiplied by this (float > 0 or ``"1/N"``).
         plastic_w_init: the fixed plastic matrix W_hg is initialised U(-s, s) with this s
-            (``None``: ``init_scale``), for the plastic variants only.
+            (``None``: ``weight_init``), for the plastic variants only.
         dropout_input, dropout_hidden, dropout_output: locked dropout on the embedding, between
             layers, and before the decoder.
     """
 
-    variant: str = "lstm"
-    vocab_size: int = 10_000
-    emb_size: int = 200
-    hidden_sizes: tuple[int, ...] = (200, 200)
-    tied: bool = False
-    alpha: str = "connection"
-    hebb_clip: float = 1.0
-    eta_init: float = 0.1
-    eta_e_init: float = 0.1
-    alpha_init: float = 0.01
-    init_scale: float = 0.1
-    dropout_input: float = 0.0
-    dropout_hidden: float = 0.0
-    dropout_output: float = 0.0
-    eta_shape: str = "scalar"
-    fanout: str = "neuron"
-    fanout_init: str = "ones"
-    modulator_input: str = "new"
-    alpha_grad_scale: float | str = 1.0
-    plastic_w_init: float | None = None
+    variant: str = field(default="lstm", metadata=opt("model variant", choices=VARIANTS))
+    vocab_size: int = field(default=10_000, metadata=opt("V, set from the corpus", cli=False))
+    emb_size: int = field(default=200, metadata=opt("E, the embedding size"))
+    hidden_sizes: tuple[int, ...] = field(
+        default=(200, 200),
+        metadata=opt(
+            "hidden size of each layer, e.g. '200,200' (matched to the parameter budget unless --no-match)"
+        ),
+    )
+    tied: bool = field(default=False, metadata=opt("decoder weight = embedding weight"))
+    alpha: str = field(
+        default="connection", metadata=opt("alpha per connection or per neuron", choices=ALPHA_SHAPES)
+    )
+    trace_clip: float = field(
+        default=1.0,
+        metadata=opt(
+            "the Hebbian (and eligibility) traces are clamped to [-c, c]",
+            flag="trace_clip",
+            aliases=["hebb_clip"],
+        ),
+    )
+    eta_init: float = field(default=0.1, metadata=opt("initial Hebbian rate eta"))
+    eta_e_init: float = field(default=0.1, metadata=opt("initial eligibility rate eta_e"))
+    alpha_init: float = field(default=0.01, metadata=opt("alpha starts alpha_init * U(0, 1)"))
+    weight_init: float = field(
+        default=0.1,
+        metadata=opt("the weights start U(-s, s)", aliases=["init_scale"]),
+    )
+    dropout_input: float = field(default=0.0, metadata=opt("locked dropout on the embedding"))
+    dropout_hidden: float = field(default=0.0, metadata=opt("locked dropout between layers"))
+    dropout_output: float = field(default=0.0, metadata=opt("locked dropout before the decoder"))
+    eta_shape: str = field(
+        default="scalar",
+        metadata=opt("hebbian: one eta per layer (scalar) or per connection", choices=ETA_SHAPES),
+    )
+    fanout: str = field(
+        default="neuron",
+        metadata=opt(
+            "modulated variants: rate M, v_j M + u_j (neuron) or V_ij M + U_ij (connection)", choices=FANOUTS
+        ),
+    )
+    fanout_init: str = field(
+        default="ones",
+        metadata=opt(
+            "fan-out init: ones (v = 1, u = 0) or default (v, u ~ U(-1, 1), as Linear(1, N))",
+            choices=FANOUT_INITS,
+        ),
+    )
+    modulator_input: str = field(
+        default="new", metadata=opt("M reads h_t (new) or h_{t-1} (previous)", choices=MODULATOR_INPUTS)
+    )
+    alpha_grad_scale: float | str = field(
+        default=1.0,
+        metadata=opt(
+            "multiply alpha's gradient by this: a number > 0 or 1/N (1 / hidden size, the authors' choice)"
+        ),
+    )
+    plastic_w_init: float | None = field(
+        default=None,
+        metadata=opt("plastic variants: W_hg starts U(-s, s)", default="--weight-init"),
+    )
 
     def __post_init__(self) -> None:
         check_variant(self.variant)
@@ -308,11 +359,11 @@ class LMConfig:
                 f"tied weights need the last hidden size ({self.hidden_sizes[-1]}) "
                 f"to equal emb_size ({self.emb_size})"
             )
-        if not self.init_scale > 0:
-            raise ValueError(f"init_scale must be > 0, got {self.init_scale!r}")
+        if not self.weight_init > 0:
+            raise ValueError(f"weight_init must be > 0, got {self.weight_init!r}")
         self.plasticity()  # validates the plasticity options
         for v in VARIANTS:  # and for every variant, so a preset's options are checked up front
-            plasticity_for(v, self.alpha, self.hebb_clip, self.eta_init, self.eta_e_init, self.alpha_init,
+            plasticity_for(v, self.alpha, self.trace_clip, self.eta_init, self.eta_e_init, self.alpha_init,
                            self.eta_shape, self.fanout, self.fanout_init, self.modulator_input,
                            self.alpha_grad_scale)  # fmt: skip
 
@@ -320,7 +371,7 @@ class LMConfig:
         return plasticity_for(
             self.variant,
             self.alpha,
-            self.hebb_clip,
+            self.trace_clip,
             self.eta_init,
             self.eta_e_init,
             self.alpha_init,
@@ -339,7 +390,9 @@ class LMConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LMConfig:
         """Rebuild from :meth:`to_dict`; fields added later (the plasticity options) take their
-        defaults, which are the behaviour of the configs saved before they existed."""
+        defaults, which are the behaviour of the configs saved before they existed, and the old
+        names of renamed fields (:data:`RENAMED_FIELDS`) are read as the new ones."""
+        d = rename_keys(d, RENAMED_FIELDS)
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
@@ -387,11 +440,11 @@ class LanguageModel(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Weights U(-s, s) with s = init_scale (W_hg: ``plastic_w_init`` if set, plastic variants);
+        """Weights U(-s, s) with s = weight_init (W_hg: ``plastic_w_init`` if set, plastic variants);
         alpha alpha_init * U(0, 1); the modulator weight U(-s, s), its bias 0; fan-out by
         ``fanout_init``; eta, eta_e from the config. Options at their defaults draw nothing
         extra, so older configs get the same weights from the same seed."""
-        s = self.config.init_scale
+        s = self.config.weight_init
         nn.init.uniform_(self.embedding.weight, -s, s, generator=generator)
         if not self.config.tied:
             nn.init.uniform_(self.decoder.weight, -s, s, generator=generator)

@@ -17,7 +17,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,9 @@ from torch import Tensor
 
 from bpm_agents import checkpoint
 from bpm_agents.checkpoint import CheckpointError, StopOnSignals, atomic_write_text, check_config_dict
+from bpm_agents.config import opt, rename_keys
 from bpm_agents.lm.corpus import Corpus, Vocabulary, batchify, num_segments, segments
-from bpm_agents.lm.model import LanguageModel, LMConfig, LSTMState, logits_loss
+from bpm_agents.lm.model import RENAMED_FIELDS, LanguageModel, LMConfig, LSTMState, logits_loss
 from bpm_agents.lm.stats import plasticity_stats, stat_columns
 from bpm_agents.runs import ProgressLog, write_run_config
 
@@ -76,22 +77,43 @@ class TrainConfig:
             steps of the validation streams (0: no statistics).
     """
 
-    lr: float = 1.0
-    lr_decay: float = 0.5
-    decay_start: int = 5
-    epochs: int = 13
-    max_steps: int | None = None
-    batch_size: int = 20
-    bptt: int = 20
-    eval_batch_size: int = 10
-    clip: float = 5.0
-    l2: float = 1e-6
-    seed: int = 0
-    loss_reduction: str = "sum_time"
-    eval_test_each_epoch: bool = False
-    valid_every: int | None = None
-    l2_on: str = "all"
-    stats_steps: int = 200
+    lr: float = field(default=1.0, metadata=opt("initial learning rate (SGD)"))
+    lr_decay: float = field(default=0.5, metadata=opt("per-epoch lr factor from --decay-start on"))
+    decay_start: int = field(default=5, metadata=opt("first epoch with a decayed lr"))
+    epochs: int = field(default=13, metadata=opt("number of epochs"))
+    max_steps: int | None = field(
+        default=None,
+        metadata=opt(
+            "cap on optimizer steps over the run (quick runs); an epoch cut short counts as done for --resume",
+            default="no cap",
+        ),
+    )
+    batch_size: int = field(default=20, metadata=opt("training streams"))
+    bptt: int = field(default=20, metadata=opt("BPTT segment length"))
+    eval_batch_size: int = field(default=10, metadata=opt("streams for validation and test"))
+    clip: float = field(default=5.0, metadata=opt("gradient-norm clip", flag="grad_clip", aliases=["clip"]))
+    l2: float = field(default=1e-6, metadata=opt("L2 penalty (SGD weight decay)"))
+    seed: int = field(default=0, metadata=opt("seed of initialisation and dropout"))
+    loss_reduction: str = field(
+        default="sum_time",
+        metadata=opt(
+            "sum_time: a segment's loss summed over time, averaged over the batch (Zaremba et al.); "
+            "mean: averaged over all tokens (AWD-LSTM)",
+            choices=LOSS_REDUCTIONS,
+        ),
+    )
+    eval_test_each_epoch: bool = field(default=False, metadata=opt("also log test perplexity every epoch"))
+    valid_every: int | None = field(
+        default=None,
+        metadata=opt("also validate every N optimizer steps inside an epoch", default="at epoch ends only"),
+    )
+    l2_on: str = field(default="all", metadata=opt("parameters that get the L2 penalty", choices=L2_SCOPES))
+    stats_steps: int = field(
+        default=200,
+        metadata=opt(
+            "steps of the validation streams the plasticity statistics in log.csv are measured on (0: none)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         checks = {
@@ -121,27 +143,27 @@ class TrainConfig:
 # the paper; the large one is shaped like the paper's AWD-LSTM model (meant for a GPU).
 PRESETS: dict[str, tuple[LMConfig, TrainConfig]] = {
     "small": (
-        LMConfig(emb_size=200, hidden_sizes=(200, 200), tied=False, init_scale=0.1),
+        LMConfig(emb_size=200, hidden_sizes=(200, 200), tied=False, weight_init=0.1),
         TrainConfig(lr=1.0, lr_decay=0.5, decay_start=5, epochs=13, batch_size=20, bptt=20, clip=5.0, l2=1e-6),
     ),
     # the paper's description of its small model: one eta per connection (hebbian), fan-out per
     # connection (modulated), the modulator reading h_{t-1}, clip 1
     "small-paper": (
-        LMConfig(emb_size=200, hidden_sizes=(200, 200), tied=False, init_scale=0.1, hebb_clip=1.0,
+        LMConfig(emb_size=200, hidden_sizes=(200, 200), tied=False, weight_init=0.1, trace_clip=1.0,
                  eta_shape="connection", fanout="connection", modulator_input="previous"),
         TrainConfig(lr=1.0, lr_decay=0.5, decay_start=5, epochs=13, batch_size=20, bptt=20, clip=5.0, l2=1e-6),
     ),
     # the authors' LSTM code: alpha per neuron, 1e-4 * U(0, 1), its gradient / N; fan-out per
     # neuron with Linear(1, N)'s default init; clip 2
     "small-authors": (
-        LMConfig(emb_size=200, hidden_sizes=(200, 200), tied=False, init_scale=0.1, hebb_clip=2.0,
+        LMConfig(emb_size=200, hidden_sizes=(200, 200), tied=False, weight_init=0.1, trace_clip=2.0,
                  alpha="neuron", alpha_init=1e-4, alpha_grad_scale="1/N", fanout="neuron",
                  fanout_init="default"),
         TrainConfig(lr=1.0, lr_decay=0.5, decay_start=5, epochs=13, batch_size=20, bptt=20, clip=5.0, l2=1e-6),
     ),
     "large": (
         LMConfig(
-            emb_size=400, hidden_sizes=(1150, 1150, 400), tied=True, alpha="neuron", init_scale=0.1,
+            emb_size=400, hidden_sizes=(1150, 1150, 400), tied=True, alpha="neuron", weight_init=0.1,
             dropout_input=0.4, dropout_hidden=0.25, dropout_output=0.4,
         ),
         TrainConfig(lr=30.0, lr_decay=0.5, decay_start=300, epochs=500, batch_size=20, bptt=70,
@@ -328,8 +350,9 @@ def model_from_checkpoint(
 ) -> tuple[LanguageModel, Vocabulary]:
     """Rebuild the model and vocabulary a checkpoint holds."""
     try:
-        check_config_dict(LMConfig, payload["model_config"])
-        config = LMConfig.from_dict(payload["model_config"])
+        saved = rename_keys(payload["model_config"], RENAMED_FIELDS)  # checkpoints of older versions
+        check_config_dict(LMConfig, saved)
+        config = LMConfig.from_dict(saved)
         # the seeded init is overwritten by the saved weights
         model = LanguageModel(config, torch.Generator().manual_seed(0)).to(device)
         model.load_state_dict(payload["model"])
