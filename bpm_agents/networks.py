@@ -23,6 +23,10 @@ CHUNK_STEPS = 16
 class PlasticRNN(nn.Module):
     """Plastic tanh RNN, batch first.
 
+    Its contract, which :class:`bpm_agents.lm.model.PlasticLSTMCell` follows too:
+    ``initial_state(B)``, ``step(x, state) -> (state, M or None)`` and
+    ``unroll(inputs, state, episode_starts) -> (hidden (B, T, N), M (B, T) or None, state)``.
+
     Args:
         input_size: D, size of u(t).
         hidden_size: N.

@@ -113,6 +113,65 @@ def test_lstm_variant_equals_torch_lstm_cell() -> None:
     assert state.hebb.shape == (2, 0, 0)
 
 
+def _plastic_cell(variant: str, impl: str = "reference", seed: int = 0) -> PlasticLSTMCell:
+    cell = PlasticLSTMCell(3, 4, plasticity_for(variant), impl)
+    with torch.no_grad():  # weights large enough that the plastic path and M matter
+        for k, prm in enumerate(cell.parameters()):
+            prm.copy_(
+                torch.empty_like(prm).uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(seed + k))
+            )
+    return cell
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("impl", ["reference", "auto"])
+def test_lstm_cell_follows_the_rnn_step_unroll_contract(variant: str, impl: str) -> None:
+    """step(x, state) -> (state, M); unroll(inputs, state, starts) -> (hidden, M (B, T), state),
+    as PlasticRNN; M equals the reference step's, resets equal fresh starts."""
+    from bpm_agents.networks import PlasticRNN
+
+    cell = _plastic_cell(variant, impl)
+    x = torch.randn(2, 6, 3, generator=torch.Generator().manual_seed(3))
+    state0 = cell.initial_state(2)
+    hidden, mods, final = cell.unroll(x, state0)
+    assert hidden.shape == (2, 6, 4)
+    ref_state, ref_m = state0, []
+    for t in range(6):
+        stepped, m = cell.step(x[:, t], ref_state)  # the contract's step, from the reference state
+        parts = cell.reference_step(cell.input_drive(x[:, t : t + 1])[:, 0], ref_state)
+        for a, b in zip(stepped, parts.state):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert (m is None) == (parts.modulation is None)
+        if m is not None:
+            torch.testing.assert_close(m, parts.modulation, rtol=1e-5, atol=1e-6)
+        ref_state = parts.state
+        torch.testing.assert_close(hidden[:, t], ref_state.hidden, rtol=1e-5, atol=1e-6)
+        ref_m.append(parts.modulation)
+    if ref_m[0] is None:
+        assert mods is None
+    else:
+        torch.testing.assert_close(mods, torch.cat(ref_m, dim=1), rtol=1e-5, atol=1e-6)
+    for a, b in zip(final, ref_state):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # a stream that starts anew at step 3 equals a fresh unroll of its last 3 steps
+    starts = torch.zeros(2, 6, dtype=torch.bool)
+    starts[1, 3] = True
+    h2, m2, _ = cell.unroll(x, state0, starts)
+    fresh, fresh_m, _ = cell.unroll(x[1:, 3:], cell.initial_state(1))
+    torch.testing.assert_close(h2[1, 3:], fresh[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h2[0], hidden[0], rtol=1e-5, atol=1e-6)
+    if fresh_m is not None:
+        torch.testing.assert_close(m2[1, 3:], fresh_m[0], rtol=1e-5, atol=1e-6)
+    # the same calls on the RL core give the same shapes
+    rnn = PlasticRNN(3, 4, plasticity_for(variant))
+    r_hidden, r_mods, r_final = rnn.unroll(x, rnn.initial_state(2), starts, impl="reference")
+    assert r_hidden.shape == hidden.shape and (r_mods is None) == (mods is None)
+    assert (r_mods is None or r_mods.shape == mods.shape) and type(r_final).__name__ == "PlasticState"
+    r_state, r_m = rnn.step(x[:, 0], rnn.initial_state(2))
+    c_state, c_m = cell.step(x[:, 0], cell.initial_state(2))
+    assert r_state.hidden.shape == c_state.hidden.shape and (r_m is None) == (c_m is None)
+
+
 def small_config(variant: str, **kw) -> LMConfig:
     return LMConfig(variant=variant, vocab_size=11, emb_size=6, hidden_sizes=(5, 4), weight_init=0.5,
                     alpha_init=0.5, **kw)  # fmt: skip

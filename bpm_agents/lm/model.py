@@ -113,6 +113,15 @@ class LSTMState(NamedTuple):
         """Cut the autograd history; the values carry over to the next BPTT segment."""
         return LSTMState(*(t.detach() for t in self))
 
+    def reset_where(self, starts: Tensor) -> LSTMState:
+        """Zero the state of the streams that start anew: ``starts`` (B,) bool (as
+        :meth:`bpm_agents.plasticity.PlasticState.reset_where`)."""
+        keep = (~starts).to(self.hidden.dtype)
+        return LSTMState(
+            self.hidden * keep[:, None], self.cell * keep[:, None],
+            self.hebb * keep[:, None, None], self.elig * keep[:, None, None],
+        )  # fmt: skip
+
 
 class StepParts(NamedTuple):
     """One reference step of a :class:`PlasticLSTMCell` and what the statistics read.
@@ -179,11 +188,52 @@ class PlasticLSTMCell(nn.Module):
             *x.shape[:-1], 4 * self.hidden_size
         )
 
-    def step(self, drive: Tensor, state: LSTMState) -> LSTMState:
-        """One time step from the precomputed input drive ``drive`` (B, 4H)."""
+    # The recurrent cores share one contract with :class:`bpm_agents.networks.PlasticRNN`:
+    # ``initial_state(B)``, ``step(x, state) -> (state, M or None)`` and
+    # ``unroll(inputs, state, episode_starts) -> (hidden (B, T, H), M (B, T) or None, state)``.
+
+    def step(self, x: Tensor, state: LSTMState) -> tuple[LSTMState, Tensor | None]:
+        """One time step from the input ``x`` (B, D): the new state and M(t) (B, 1) (``None``
+        for unmodulated rules)."""
+        drive = self.input_drive(x.unsqueeze(1))[:, 0]
+        if fast_step.use_fast(self, drive, self.impl):
+            new = LSTMState(*fast_step.step(self, drive, state))
+            return new, self._modulation(state.hidden.unsqueeze(1), new.hidden.unsqueeze(1))
+        parts = self.reference_step(drive, state)
+        return parts.state, parts.modulation
+
+    def step_drive(self, drive: Tensor, state: LSTMState) -> LSTMState:
+        """One time step from the precomputed input drive ``drive`` (B, 4H) (see :meth:`input_drive`)."""
         if fast_step.use_fast(self, drive, self.impl):
             return LSTMState(*fast_step.step(self, drive, state))
         return self.reference_step(drive, state).state
+
+    def unroll(
+        self, inputs: Tensor, state: LSTMState, episode_starts: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None, LSTMState]:
+        """Run a sequence: hidden (B, T, H), M(t) (B, T) (``None`` for unmodulated rules) and the
+        final state. Where ``episode_starts`` (B, T) is True the state is zeroed before that step."""
+        if episode_starts is None:
+            hidden, final = self(inputs, state)
+            previous = torch.cat([state.hidden.unsqueeze(1), hidden[:, :-1]], dim=1)
+            return hidden, self._modulation(previous, hidden), final
+        hiddens, mods = [], []
+        for t in range(inputs.shape[1]):
+            state = state.reset_where(episode_starts[:, t])
+            state, m = self.step(inputs[:, t], state)
+            hiddens.append(state.hidden)
+            mods.append(m)
+        return torch.stack(hiddens, dim=1), None if mods[0] is None else torch.cat(mods, dim=1), state
+
+    def _modulation(self, previous: Tensor, hidden: Tensor) -> Tensor | None:
+        """M(t) (B, T) recomputed from the activities (B, T, H) the modulator reads; the fast
+        kernel does not return it (it is a dot product per step)."""
+        if not self.synapses.config.modulated:
+            return None
+        z = self.synapses.modulator_source(previous, hidden)
+        m = self.synapses.modulation(z.reshape(-1, z.shape[-1]))
+        assert m is not None
+        return m.view(z.shape[0], z.shape[1])
 
     def reference_step(self, drive: Tensor, state: LSTMState) -> StepParts:
         """One step of the reference arithmetic, with the parts the plasticity statistics read."""
@@ -219,7 +269,7 @@ class PlasticLSTMCell(nn.Module):
             return out, LSTMState(*last)
         outputs = []
         for t in range(x.shape[1]):
-            state = self.step(drive[:, t], state)
+            state = self.step_drive(drive[:, t], state)
             outputs.append(state.hidden)
         return torch.stack(outputs, dim=1), state
 
