@@ -569,8 +569,8 @@ def test_training_without_tensorboard_skips_it_with_one_line(tmp_path, capsys, m
 
 
 def test_peers_without_sb3_name_the_extra(tmp_path, capsys, monkeypatch):
-    for name in list(sys.modules):  # as if never installed: no cached submodules either
-        if name == "bpm_agents.sb3" or name.startswith(("stable_baselines3", "sb3_contrib")):
+    for name in list(sys.modules):  # as if never installed: no cached (sub)modules, bpm_agents.sb3.* too
+        if name.startswith(("bpm_agents.sb3", "stable_baselines3", "sb3_contrib")):
             monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "stable_baselines3", None)
     assert train([*PEER, "--updates", "1", "--out", tmp_path / "run"]) == 2
