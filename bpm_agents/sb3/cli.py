@@ -31,7 +31,7 @@ def build_parser(
         prog=prog,
         description=(
             "Train a Stable-Baselines3 PPO / A2C (feed-forward MLP) or sb3-contrib RecurrentPPO "
-            "(LSTM) on a bpm/ Gymnasium environment. Writes config.json, checkpoint.zip, "
+            "(LSTM) on a bpm/ Gymnasium environment. Writes config.json, checkpoint.pt, "
             "progress.csv and TensorBoard logs to --out. Defaults are SB3's except --n-envs and, "
             "for PPO, --n-steps."
         ),
