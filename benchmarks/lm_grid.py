@@ -10,7 +10,7 @@ same list of flag settings for each.
 
 The report (``OUT/grid.md`` / ``grid.json``, also written by ``--report-only``) gives per run the
 best validation and the test perplexity, the epochs done, and from the last row of its
-``log.csv`` the share of |M| > 0.95 per layer (a collapsed modulator is ~1); per variant the grid
+``progress.csv`` the share of |M| > 0.95 per layer (a collapsed modulator is ~1); per variant the grid
 point with the lowest best-validation perplexity (mean over seeds), which is the one to run at 13
 epochs.
 
@@ -62,7 +62,7 @@ def run_one(variant: str, flags: str, seed: int, args: argparse.Namespace, run_d
         return {"run": str(run_dir), "status": "finished", "seconds": 0.0}
     cmd = [sys.executable, str(ROOT / "train.py"), "lm", "--data", args.data, "--out", str(run_dir),
            "--threads", "1", "--no-progress"]  # fmt: skip
-    if (run_dir / "last.pt").exists():
+    if (run_dir / "checkpoint.pt").exists() or (run_dir / "last.pt").exists():
         cmd += ["--resume", "--epochs", str(args.epochs)]
     else:
         cmd += ["--variant", variant, "--preset", args.preset, "--epochs", str(args.epochs), "--seed", str(seed),
@@ -79,7 +79,9 @@ def run_one(variant: str, flags: str, seed: int, args: argparse.Namespace, run_d
 
 
 def read_run(run_dir: Path) -> dict[str, Any] | None:
-    log = run_dir / "log.csv"
+    log = run_dir / "progress.csv"
+    if not log.is_file():
+        log = run_dir / "log.csv"  # a folder of an earlier version
     if not log.is_file():
         return None
     with log.open(newline="") as f:

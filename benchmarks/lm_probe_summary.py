@@ -1,6 +1,6 @@
 """Summarise short LM probe runs: validation perplexity at every check and the plasticity
 statistics of :mod:`bpm_agents.lm.stats`, one markdown section per run, from each run's
-``config.json`` and ``log.csv``.
+``config.json`` and ``progress.csv`` (``log.csv`` in folders of earlier versions).
 
     python benchmarks/lm_probe_summary.py runs/probe-* > benchmarks/results/lm_probes/summary-tables.md
 """
@@ -34,7 +34,8 @@ def flags(argv: list[str]) -> str:
 
 def section(run: Path) -> str:
     config = json.loads((run / "config.json").read_text())
-    rows = [r for r in csv.DictReader(open(run / "log.csv")) if r["kind"] == "check"]
+    log = run / "progress.csv" if (run / "progress.csv").is_file() else run / "log.csv"
+    rows = [r for r in csv.DictReader(open(log)) if r["kind"] == "check"]
     m = config["config"]["model"] if "kind" in config else config["model"]  # before the run schema
     argv = config.get("command") or config.get("argv") or []
     lines = [
@@ -62,11 +63,12 @@ def section(run: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", type=Path, help="run folders (with config.json and log.csv)")
+    p.add_argument("runs", nargs="+", type=Path, help="run folders (with config.json and progress.csv)")
     args = p.parse_args(argv)
     for run in args.runs:
-        if not (run / "log.csv").is_file() or not (run / "config.json").is_file():
-            print(f"error: {run} has no log.csv / config.json", file=sys.stderr)
+        has_log = (run / "progress.csv").is_file() or (run / "log.csv").is_file()
+        if not has_log or not (run / "config.json").is_file():
+            print(f"error: {run} has no progress.csv / config.json", file=sys.stderr)
             return 2
         print(section(run))
     return 0

@@ -5,15 +5,19 @@ models) writes the same folder::
 
     config.json      {"schema", "kind", "algo", "config", "command", "versions", ...}; written once
     checkpoint.pt    latest state, through :mod:`bpm_agents.checkpoint` (atomic, no pickled code)
-    progress.csv     one row per update (``log.csv`` for the language models: one per validation)
+    progress.csv     one row per update (for the language models: one per validation)
     tb/              TensorBoard event files (optional)
+
+and a language model also ``best.pt`` (the lowest validation perplexity) and ``test.json``.
 
 ``kind`` says which code can open the folder (``rl``: our plastic trainers; ``sb3``: the peers;
 ``lm``: the Penn Treebank models), so ``evaluate RUN`` works for every kind. Folders written
 before the schema existed (no ``kind``) are recognised by their keys.
 
 A trainer supplies a :class:`Job` (one update, its metrics, how to save) and :func:`run_loop`
-does the rest: progress bar, TensorBoard, the CSV row, periodic checkpoints, Ctrl-C / SIGTERM.
+does the rest: progress bar, TensorBoard, the CSV rows, periodic checkpoints, Ctrl-C / SIGTERM.
+Plastic A2C / PPO and the SB3 peers are jobs of one update per rollout; a language model is a job
+of one optimizer step per BPTT segment, which validates (and saves) at checks and epoch ends.
 Resume is bit for bit: the progress rows after the checkpoint (work an interruption lost) are
 dropped before the loop appends again.
 """
@@ -291,8 +295,9 @@ class Job(Protocol):
         """Updates done so far (the checkpoint's count after a resume)."""
         ...
 
-    def step(self) -> dict[str, float]:
-        """Do one update; return its metrics (``reward_mean`` and the log's other columns)."""
+    def step(self) -> dict[str, Any] | list[dict[str, Any]] | None:
+        """Do one update; return its log row (``reward_mean`` and the log's other columns), several
+        rows, or ``None`` for an update that writes no row (a language model logs at validations)."""
         ...
 
     def save(self) -> None:
@@ -309,6 +314,8 @@ class RunResult:
     recent_reward: float
     #: a resumed run already had the requested updates: nothing was trained or written
     nothing_to_do: bool = False
+    #: the signal that stopped it (``SIGINT``, ``SIGTERM``), if one did
+    signal_name: str | None = None
 
 
 def check_loop_args(updates: int, checkpoint_every: int) -> None:
@@ -324,13 +331,14 @@ def run_loop(
     run_dir: str | Path,
     updates: int,
     log: ProgressLog,
-    checkpoint_every: int = 100,
+    checkpoint_every: int | None = 100,
     progress: bool = True,
     tensorboard: bool = True,
     reward_window: int = 100,
     wall_offset: float = 0.0,
     scalars: Sequence[str] = (),
     recent: deque[float] | None = None,
+    unit: str = "upd",
 ) -> RunResult:
     """Run ``job`` until ``updates`` updates are done in total, or Ctrl-C / SIGTERM.
 
@@ -340,47 +348,57 @@ def run_loop(
     checkpoint on disk is kept as it is.
 
     Args:
+        checkpoint_every: ``None``: the job saves itself (e.g. at epoch ends); the loop saves only
+            at the end and on a signal.
         scalars: metrics also written to TensorBoard (as ``train/<name>``; NaNs skipped).
         recent: a window of recent rewards to continue (the job may fill it itself and return
             no ``reward_mean``); by default the loop keeps one over ``reward_mean``.
+        unit: of the progress bar. A job with a ``postfix()`` method supplies the bar's postfix
+            (e.g. tokens/s and perplexity) instead of the recent reward.
     """
-    check_loop_args(updates, checkpoint_every)
+    check_loop_args(updates, 1 if checkpoint_every is None else checkpoint_every)
     run_dir = Path(run_dir)
     writer = open_tensorboard(run_dir / TENSORBOARD_DIR, job.updates_done + 1) if tensorboard else None
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=updates, initial=job.updates_done, unit="upd", dynamic_ncols=True)
+        # a log file gets a line a minute, a terminal a redraw a second
+        bar = tqdm(total=updates, initial=job.updates_done, unit=unit, dynamic_ncols=True,
+                   mininterval=1.0 if sys.stderr.isatty() else 60.0)  # fmt: skip
     own_window = recent is None
     window: deque[float] = deque(maxlen=reward_window) if recent is None else recent
-    interrupted = False
+    interrupted, signal_name = False, None
+    postfix = getattr(job, "postfix", None)
     start = time.perf_counter()
     try:
         with StopOnSignals() as stop:
             while job.updates_done < updates and not stop.requested:
-                metrics = job.step()
+                out = job.step()
                 n = job.updates_done
-                if own_window and not math.isnan(metrics.get("reward_mean", math.nan)):
-                    window.append(metrics["reward_mean"])
-                row = {
-                    **metrics,
-                    "update": n,
-                    "wall_time": round(wall_offset + time.perf_counter() - start, 3),
-                }
-                log.write(row)
-                if writer is not None:
-                    for key in scalars:
-                        value = row.get(key, math.nan)
-                        if isinstance(value, (int, float)) and not math.isnan(value):
-                            writer.add_scalar(f"train/{key}", value, n)
+                for metrics in [] if out is None else [out] if isinstance(out, dict) else out:
+                    if own_window and not math.isnan(metrics.get("reward_mean", math.nan)):
+                        window.append(metrics["reward_mean"])
+                    row = {
+                        **metrics,
+                        "update": n,
+                        "wall_time": round(wall_offset + time.perf_counter() - start, 3),
+                    }
+                    log.write(row)
+                    if writer is not None:
+                        for key in scalars:
+                            value = row.get(key, math.nan)
+                            if isinstance(value, (int, float)) and not math.isnan(value):
+                                writer.add_scalar(f"train/{key}", value, n)
                 if bar is not None:
                     bar.update(1)
-                    if window:
+                    if postfix is not None:
+                        bar.set_postfix(postfix(), refresh=False)
+                    elif window:
                         bar.set_postfix(reward=f"{sum(window) / len(window):.2f}")
-                if n % checkpoint_every == 0:
+                if checkpoint_every is not None and n % checkpoint_every == 0:
                     job.save()
-            interrupted = stop.requested
+            interrupted, signal_name = stop.requested, stop.signal_name
         job.save()
     finally:
         log.close()
@@ -389,7 +407,7 @@ def run_loop(
         if writer is not None:
             writer.close()
     mean_recent = sum(window) / len(window) if window else math.nan
-    return RunResult(job.updates_done, interrupted, mean_recent)
+    return RunResult(job.updates_done, interrupted, mean_recent, signal_name=signal_name)
 
 
 def refuse_existing(run_dir: str | Path) -> None:

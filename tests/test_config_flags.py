@@ -288,7 +288,7 @@ def test_lm_checkpoint_with_old_field_names_evaluates_and_resumes(tmp_path, caps
     flags += ["--eval-batch-size", "2", "--no-progress", "--threads", "1", "--device", "cpu"]
     flags += ["--target-params", "3000", "--epochs", "1", "--out", str(out)]
     assert main(["train-lm", *flags]) == 0
-    for name in ("last.pt", "best.pt"):
+    for name in ("checkpoint.pt", "best.pt"):
         payload = load_checkpoint(out / name)
         model = payload["model_config"]
         model["hebb_clip"], model["init_scale"] = model.pop("trace_clip"), model.pop("weight_init")

@@ -1,4 +1,4 @@
-"""The plasticity statistics of the LM logs on hand-made cases, and their columns in log.csv."""
+"""The plasticity statistics of the LM logs on hand-made cases, and their columns in progress.csv."""
 
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def test_log_csv_has_the_statistics_at_every_validation_row(tmp_path: Path):
     for variant in ("retroactive", "lstm"):
         out = tmp_path / variant
         assert train_main(["--variant", variant, "--out", str(out), *common]) == 0
-        rows = list(csv.DictReader(open(out / "log.csv")))
+        rows = list(csv.DictReader(open(out / "progress.csv")))
         assert [r["kind"] for r in rows] == [
             "check",
             "check",

@@ -139,7 +139,7 @@ def test_train_resume_and_evaluate_end_to_end(corpus_dir: Path, tmp_path: Path, 
     assert train_main([*args, "--epochs", "2", "--eval-test-each-epoch"]) == 0
     err = capsys.readouterr().err
     assert "parameters: target 3,000" in err and "retroactive hidden" in err
-    rows = list(csv.DictReader(open(out / "log.csv")))
+    rows = list(csv.DictReader(open(out / "progress.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"] and all(r["kind"] == "epoch" for r in rows)
     assert all(float(r["test_ppl"]) > 1 for r in rows)
     config = json.loads((out / "config.json").read_text())
@@ -149,7 +149,7 @@ def test_train_resume_and_evaluate_end_to_end(corpus_dir: Path, tmp_path: Path, 
     assert summary["best_valid_ppl"] == pytest.approx(min(float(r["valid_ppl"]) for r in rows), rel=1e-3)
 
     assert train_main([*args, "--epochs", "3", "--resume"]) == 0
-    rows = list(csv.DictReader(open(out / "log.csv")))
+    rows = list(csv.DictReader(open(out / "progress.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     steps_per_epoch = int(rows[0]["step"])
     assert int(rows[2]["step"]) == 3 * steps_per_epoch
@@ -169,7 +169,7 @@ def test_train_resume_and_evaluate_end_to_end(corpus_dir: Path, tmp_path: Path, 
     assert reference["perplexity"] == pytest.approx(result["perplexity"], rel=1e-5)
 
     # the module entry point dispatches the same functions
-    assert main(["evaluate", str(out / "last.pt"), "--data", str(corpus_dir), "--split", "valid",
+    assert main(["evaluate", str(out / "checkpoint.pt"), "--data", str(corpus_dir), "--split", "valid",
                  "--device", "cpu"]) == 0  # fmt: skip
     assert "retroactive valid perplexity" in capsys.readouterr().out
 
@@ -178,8 +178,33 @@ def test_max_steps_caps_the_run(corpus_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert train_main(["--variant", "lstm", "--data", str(corpus_dir), "--out", str(out), "--epochs", "5",
                        "--max-steps", "3", *TINY]) == 0  # fmt: skip
-    rows = list(csv.DictReader(open(out / "log.csv")))
+    rows = list(csv.DictReader(open(out / "progress.csv")))
     assert [(r["epoch"], r["step"]) for r in rows] == [("1", "3")]
+
+
+def test_a_folder_of_an_earlier_version_resumes_and_evaluates(
+    corpus_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """last.pt, log.csv and a config.json without the run schema (model / train at the top)."""
+    import os
+
+    out = tmp_path / "old"
+    args = ["--variant", "simple", "--data", str(corpus_dir), "--out", str(out), *TINY]
+    assert train_main([*args, "--epochs", "1"]) == 0
+    os.replace(out / "checkpoint.pt", out / "last.pt")
+    os.replace(out / "progress.csv", out / "log.csv")
+    meta = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**meta["config"], "parameters": meta["parameters"]}))
+    from bpm_agents.runs import run_kind
+
+    assert run_kind(out) == "lm"
+    assert train_main([*args, "--epochs", "2", "--resume"]) == 0
+    assert "resuming" in capsys.readouterr().err
+    rows = list(csv.DictReader(open(out / "progress.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and not (out / "log.csv").exists()
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
+    assert evaluate_main([str(out), "--data", str(corpus_dir), "--split", "valid", "--batch-size", "2",
+                          "--bptt", "5", "--device", "cpu"]) == 0  # fmt: skip
 
 
 def _exit_and_error(fn, argv, capsys) -> tuple[int, str]:

@@ -360,8 +360,8 @@ def lm_flags(corpus: Path) -> list:
 
 
 def lm_rows(run_dir: Path) -> list[list[str]]:
-    """log.csv rows without the timing columns."""
-    with (run_dir / "log.csv").open(newline="") as f:
+    """progress.csv rows without the timing columns."""
+    with (run_dir / "progress.csv").open(newline="") as f:
         return [r[:7] for r in csv.reader(f)]
 
 
@@ -378,7 +378,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path, capsys):
     logged = {  # has the run logged its first update (LM: its first check row)?
         "plastic": lambda d: (d / "progress.csv").exists() and len(rows(d)) >= 1,
         "peer": lambda d: (d / "progress.csv").exists() and len(rows(d)) >= 1,
-        "lm": lambda d: (d / "log.csv").exists() and len(lm_rows(d)) >= 2,
+        "lm": lambda d: (d / "progress.csv").exists() and len(lm_rows(d)) >= 2,
     }
     procs = {
         k: subprocess.Popen(
@@ -422,7 +422,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path, capsys):
     assert m >= 1 and steps == m * 2 * 5
     from bpm_agents.lm.trainer import load_checkpoint as load_lm
 
-    saved = load_lm(runs["lm"] / "last.pt")
+    saved = load_lm(runs["lm"] / "checkpoint.pt")
     k = saved["step"]
     assert saved["epoch"] == 0 and saved["in_epoch"]["steps"] == k and 5 <= k < 1200
     assert "interrupted by SIGTERM" in results["lm"][1]
@@ -437,7 +437,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path, capsys):
     assert f"resuming {runs['lm']} from step {k} (epoch 1, {k} steps into it" in err
     assert [int(r["update"]) for r in rows(runs["plastic"])] == list(range(1, n + 2))
     assert [int(r["update"]) for r in rows(runs["peer"])] == list(range(1, m + 2))
-    after = load_lm(runs["lm"] / "last.pt")
+    after = load_lm(runs["lm"] / "checkpoint.pt")
     assert after["step"] == k + 3 and after["epoch"] == 1 and after["in_epoch"] is None
 
 
@@ -453,7 +453,7 @@ def test_lm_interrupted_mid_epoch_resumes_bit_for_bit(tmp_path, capsys):
     def terminate_after_first_check():
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if (out / "log.csv").exists() and len(lm_rows(out)) >= 2:
+            if (out / "progress.csv").exists() and len(lm_rows(out)) >= 2:
                 os.kill(os.getpid(), signal.SIGTERM)  # handled in the main thread
                 return
             time.sleep(0.001)
@@ -464,11 +464,11 @@ def test_lm_interrupted_mid_epoch_resumes_bit_for_bit(tmp_path, capsys):
     watcher.join()
     from bpm_agents.lm.trainer import load_checkpoint as load_lm
 
-    k = load_lm(out / "last.pt")["in_epoch"]["steps"]
+    k = load_lm(out / "checkpoint.pt")["in_epoch"]["steps"]
     assert 20 <= k < 240
     assert train([*flags, "--out", out, "--resume"]) == 0
     assert lm_rows(out) == lm_rows(tmp_path / "whole")
-    a, b = load_lm(tmp_path / "whole" / "last.pt"), load_lm(out / "last.pt")
+    a, b = load_lm(tmp_path / "whole" / "checkpoint.pt"), load_lm(out / "checkpoint.pt")
     assert a["step"] == b["step"] == 240 and a["valid_ppl"] == b["valid_ppl"]
     assert all(torch.equal(a["model"][key], b["model"][key]) for key in a["model"])
     assert (
@@ -510,15 +510,15 @@ def test_lm_non_finite_loss_stops_with_exit_2_keeping_the_last_good_checkpoint(t
     from bpm_agents.lm.trainer import load_checkpoint as load_lm
     from bpm_agents.lm.trainer import save_checkpoint as save_lm
 
-    payload = load_lm(out / "last.pt")
+    payload = load_lm(out / "checkpoint.pt")
     payload["train_config"]["lr"] = 1e30
-    save_lm(out / "last.pt", payload)
-    good = (out / "last.pt").read_bytes()
+    save_lm(out / "checkpoint.pt", payload)
+    good = (out / "checkpoint.pt").read_bytes()
     capsys.readouterr()
     assert train([*lm_flags(corpus), "--out", out, "--resume", "--epochs", "2"]) == 2
     err = capsys.readouterr().err
-    assert f"the last good checkpoint {out / 'last.pt'} is kept" in err and "Traceback" not in err
-    assert (out / "last.pt").read_bytes() == good
+    assert f"the last good checkpoint {out / 'checkpoint.pt'} is kept" in err and "Traceback" not in err
+    assert (out / "checkpoint.pt").read_bytes() == good
 
 
 # ------------------------------------------------------------------ progress.csv optional cells
@@ -628,7 +628,7 @@ def test_lm_resume_refuses_flags_that_differ_from_the_saved_settings(tmp_path, c
     corpus = write_corpus(tmp_path / "corpus", 40)
     out = tmp_path / "run"
     assert train([*lm_flags(corpus), "--out", out]) == 0
-    saved = (out / "last.pt").read_bytes()
+    saved = (out / "checkpoint.pt").read_bytes()
     capsys.readouterr()
     assert (
         train(
@@ -653,7 +653,7 @@ def test_lm_resume_refuses_flags_that_differ_from_the_saved_settings(tmp_path, c
     assert (
         'these flags differ from them: --variant lstm (saved: "retroactive"); --lr 0.5 (saved: 1.0)' in err
     ), err
-    assert "--bptt" not in err and (out / "last.pt").read_bytes() == saved
+    assert "--bptt" not in err and (out / "checkpoint.pt").read_bytes() == saved
     # the original command plus --resume (same values) continues
     assert train([*lm_flags(corpus), "--out", out, "--resume", "--epochs", "2"]) == 0
     assert f"resuming {out} from step" in capsys.readouterr().err

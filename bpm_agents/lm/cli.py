@@ -25,6 +25,7 @@ from bpm_agents.lm.trainer import (
     PRESETS,
     NonFiniteLossError,
     TrainConfig,
+    checkpoint_path,
     evaluate,
     load_checkpoint,
     model_from_checkpoint,
@@ -60,7 +61,7 @@ def _train_parser(prog: str = "train.py lm") -> tuple[argparse.ArgumentParser, F
         out="run folder (default: runs/lm-<variant>-<preset>-s<seed>)",
         out_required=False,
         updates=None,
-        resume="continue from <out>/last.pt with its saved settings: only --epochs, --max-steps, --device, --threads, --impl and --no-progress apply, and a setting flag whose value differs from the saved one is refused (exit 2) (also from inside an epoch that Ctrl-C or SIGTERM interrupted: both stop after the current step, save last.pt and exit 130)",
+        resume="continue from <out>/checkpoint.pt with its saved settings: only --epochs, --max-steps, --device, --threads, --impl and --no-progress apply, and a setting flag whose value differs from the saved one is refused (exit 2) (also from inside an epoch that Ctrl-C or SIGTERM interrupted: both stop after the current step, save checkpoint.pt and exit 130)",
         checkpoint_every=None,
         tensorboard=None,
     )
@@ -148,8 +149,8 @@ def train_main(argv: list[str], prog: str = "train.py lm") -> int:
         train_cfg = replace(train_cfg, **Flags.kwargs(TrainConfig, given))
         model_cfg = replace(model_cfg, **Flags.kwargs(LMConfig, given))
         out = Path(args.out or f"runs/lm-{model_cfg.variant}-{args.preset}-s{train_cfg.seed}")
-        if args.resume and not (out / "last.pt").exists():
-            raise ValueError(f"--resume: no checkpoint {out / 'last.pt'}")
+        if args.resume and not checkpoint_path(out).exists():
+            raise ValueError(f"--resume: no checkpoint {checkpoint_path(out)}")
 
         corpus = Corpus(args.data)
         model_cfg = replace(model_cfg, vocab_size=len(corpus.vocab))
@@ -190,7 +191,7 @@ def train_main(argv: list[str], prog: str = "train.py lm") -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except NonFiniteLossError as exc:
-        last = out / "last.pt"
+        last = checkpoint_path(out)
         kept = (
             f"the last good checkpoint {last} is kept"
             if last.exists()

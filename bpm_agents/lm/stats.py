@@ -1,6 +1,6 @@
 """Plasticity statistics of a :class:`~bpm_agents.lm.model.LanguageModel`, per plastic layer.
 
-Written to ``log.csv`` at every validation check, so that a modulator that has collapsed to a
+Written to the run's ``progress.csv`` at every validation check, so that a modulator that has collapsed to a
 constant (M(t) near +-1 in every stream, i.e. a fixed-rate Hebbian rule) or traces stuck at the clip
 show up without a debugger. Measured on a prefix of the validation stream with the reference step
 (the fast kernel does not return M or the plastic input), in eval mode, without gradients, from a

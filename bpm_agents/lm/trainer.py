@@ -4,8 +4,8 @@ State (hidden, cell, Hebbian and eligibility traces) is carried, detached, from 
 to the next, and reset to zero at the start of every training epoch and every evaluation pass.
 
 A run folder (:mod:`bpm_agents.runs`, kind ``lm``) holds ``config.json`` (the model and training
-configs under ``config``), ``log.csv`` (one row per epoch and per in-epoch check, with the
-plasticity statistics of :mod:`bpm_agents.lm.stats` per layer), ``last.pt`` (for resume),
+configs under ``config``), ``progress.csv`` (one row per epoch and per in-epoch check, with the
+plasticity statistics of :mod:`bpm_agents.lm.stats` per layer), ``checkpoint.pt`` (for resume),
 ``best.pt`` (lowest validation perplexity) and ``test.json``. Checkpoints are the one format of
 :mod:`bpm_agents.checkpoint` (kind ``lm``; atomic, no pickled code on load).
 """
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,19 +25,30 @@ import torch
 from torch import Tensor
 
 from bpm_agents import checkpoint
-from bpm_agents.checkpoint import CheckpointError, StopOnSignals, atomic_write_text, check_config_dict
+from bpm_agents.checkpoint import CheckpointError, atomic_write_text, check_config_dict
 from bpm_agents.config import opt, rename_keys
-from bpm_agents.lm.corpus import Corpus, Vocabulary, batchify, num_segments, segments
+from bpm_agents.lm.corpus import Corpus, Vocabulary, batchify, num_segments, segment, segments
 from bpm_agents.lm.model import RENAMED_FIELDS, LanguageModel, LMConfig, LSTMState, logits_loss
 from bpm_agents.lm.stats import plasticity_stats, stat_columns
-from bpm_agents.runs import ProgressLog, write_run_config
+from bpm_agents.runs import CHECKPOINT_FILE, PROGRESS_FILE, ProgressLog, run_loop, write_run_config
 
 #: the format of LM checkpoints before the one checkpoint format (still loaded)
 LEGACY_FORMAT = "bpm-lm-1"
 LOSS_REDUCTIONS = ("sum_time", "mean")
 #: the ``algo`` of a language-model run folder (config.json; ``kind`` is ``lm``)
 LM_ALGO = "lm-truncated-bptt"
-LOG_FILE = "log.csv"
+#: the files of LM run folders of earlier versions (still resumed and evaluated)
+LEGACY_CHECKPOINT = "last.pt"
+LEGACY_LOG = "log.csv"
+
+
+def checkpoint_path(run_dir: str | Path) -> Path:
+    """The resume checkpoint of an LM run folder: ``checkpoint.pt`` (``last.pt`` in earlier versions)."""
+    run_dir = Path(run_dir)
+    new, old = run_dir / CHECKPOINT_FILE, run_dir / LEGACY_CHECKPOINT
+    return old if not new.exists() and old.exists() else new
+
+
 #: the largest learning rate the float32 optimizer steps can take (larger ones overflow)
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 #: which parameters get the L2 penalty: every one, all but the plastic ones (alpha, the rates,
@@ -111,7 +122,7 @@ class TrainConfig:
     stats_steps: int = field(
         default=200,
         metadata=opt(
-            "steps of the validation streams the plasticity statistics in log.csv are measured on (0: none)"
+            "steps of the validation streams the plasticity statistics in progress.csv are measured on (0: none)"
         ),
     )
 
@@ -246,77 +257,70 @@ def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[s
     return [{"params": fixed, "weight_decay": config.l2}, {"params": plastic, "weight_decay": 0.0}]
 
 
+def train_step(
+    model: LanguageModel, streams: Tensor, optimizer: torch.optim.Optimizer, config: TrainConfig,
+    cursor: EpochCursor,
+) -> tuple[int, float]:  # fmt: skip
+    """One optimizer step on the epoch's next segment (number ``cursor.steps``) of ``streams`` (B, L).
+
+    The state is carried (detached) from ``cursor.state``, zero at the epoch's first segment;
+    ``cursor`` is advanced. Returns (tokens, mean loss per token) of the segment.
+
+    Raises:
+        NonFiniteLossError: NaN/Inf loss or gradient norm (that step is not applied).
+    """
+    model.train()
+    k = cursor.steps
+    if cursor.state is None:
+        cursor.state = model.initial_state(streams.shape[0], streams.device)
+    inputs, targets = segment(streams, k * config.bptt, config.bptt)
+    state = [s.detach() for s in cursor.state]
+    logits, state = model(inputs, state)
+    loss = logits_loss(logits, targets)
+    value = loss.item()
+    if not math.isfinite(value):
+        raise NonFiniteLossError(f"training loss is {value} at step {k + 1} of the epoch; not applied")
+    objective = loss * targets.shape[1] if config.loss_reduction == "sum_time" else loss
+    optimizer.zero_grad(set_to_none=True)
+    objective.backward()
+    params = [p for p in model.parameters() if p.requires_grad]
+    norm = torch.nn.utils.clip_grad_norm_(params, config.clip)
+    if not torch.isfinite(norm):
+        optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteLossError(f"gradient norm is {norm.item()} at step {k + 1} of the epoch; not applied")
+    optimizer.step()
+    model.project_parameters()
+    cursor.loss_total += value * targets.numel()
+    cursor.count += targets.numel()
+    cursor.steps = k + 1
+    cursor.state = [s.detach() for s in state]
+    return targets.numel(), value
+
+
 def train_epoch(
     model: LanguageModel,
     streams: Tensor,
     optimizer: torch.optim.Optimizer,
     config: TrainConfig,
     max_steps: int | None = None,
-    progress: Callable[[int, float, float], None] | None = None,
-    check: Callable[[int], None] | None = None,
     cursor: EpochCursor | None = None,
-    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[float, int, float]:
-    """One pass over the training streams (B, L), the state reset at its start.
+    """One pass over the training streams (B, L) by :func:`train_step`, the state reset at its start.
 
     Args:
         max_steps: stop after this many optimizer steps (``None``: whole epoch).
-        progress: called after each step with (tokens this step, loss, seconds since start).
-        check: called with the step count every ``config.valid_every`` steps (not after the last).
-        cursor: continue an epoch from this position (its first ``cursor.steps`` segments are
-            skipped, its state carried on); it is updated after every step.
-        should_stop: asked after every step; ``True`` ends the pass there (an interruption).
+        cursor: continue an epoch from this position; it is updated after every step.
     Returns:
         (mean training loss over the epoch so far, optimizer steps taken by this call, tokens
         per second).
-    Raises:
-        NonFiniteLossError: NaN/Inf loss or gradient norm (that step is not applied).
     """
-    model.train()
-    device = streams.device
     cursor = cursor if cursor is not None else EpochCursor()
-    state = cursor.state if cursor.state is not None else model.initial_state(streams.shape[0], device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    tokens, steps = 0, 0
-    start = time.perf_counter()
-    checking = 0.0  # seconds spent in ``check``, left out of the throughput
-    for k, (inputs, targets) in enumerate(segments(streams, config.bptt)):
-        if k < cursor.steps:
-            continue
-        if max_steps is not None and steps >= max_steps:
-            break
-        state = [s.detach() for s in state]
-        logits, state = model(inputs, state)
-        loss = logits_loss(logits, targets)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise NonFiniteLossError(f"training loss is {value} at step {k + 1} of the epoch; not applied")
-        objective = loss * targets.shape[1] if config.loss_reduction == "sum_time" else loss
-        optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        norm = torch.nn.utils.clip_grad_norm_(params, config.clip)
-        if not torch.isfinite(norm):
-            optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLossError(
-                f"gradient norm is {norm.item()} at step {k + 1} of the epoch; not applied"
-            )
-        optimizer.step()
-        model.project_parameters()
-        cursor.loss_total += value * targets.numel()
-        cursor.count += targets.numel()
-        cursor.steps = k + 1
-        cursor.state = [s.detach() for s in state]
-        tokens += targets.numel()
+    per_epoch = num_segments(streams, config.bptt)
+    tokens, steps, start = 0, 0, time.perf_counter()
+    while cursor.steps < per_epoch and (max_steps is None or steps < max_steps):
+        tokens += train_step(model, streams, optimizer, config, cursor)[0]
         steps += 1
-        if progress is not None:
-            progress(targets.numel(), value, time.perf_counter() - start - checking)
-        if check is not None and config.valid_every and cursor.steps % config.valid_every == 0:
-            t = time.perf_counter()
-            check(cursor.steps)
-            checking += time.perf_counter() - t
-        if should_stop is not None and should_stop():
-            break
-    seconds = time.perf_counter() - start - checking
+    seconds = time.perf_counter() - start
     return cursor.loss_total / max(cursor.count, 1), steps, tokens / max(seconds, 1e-9)
 
 
@@ -393,7 +397,7 @@ def run_training(
         model_config, train_config: what to train and how (ignored on resume, where the
             checkpoint's are used except ``epochs`` and ``max_steps``).
         device: where to train.
-        resume: continue from ``out/last.pt``.
+        resume: continue from ``out/checkpoint.pt`` (``last.pt`` of an earlier version).
         progress_bar: show a tqdm bar with tokens/s and running perplexity.
         extra_config: recorded in ``config.json`` (e.g. the command line).
         impl: the plastic step implementation (``auto``, ``fast``, ``reference``; see
@@ -409,10 +413,11 @@ def run_training(
 
 
 class _LMRun:
-    """One language-model run folder being trained: its state, and the steps of an epoch.
+    """One language-model run folder as a :class:`bpm_agents.runs.Job`: one update is one
+    optimizer step on the next BPTT segment; epochs, validations and checkpoints follow from it.
 
-    Built by :func:`run_training`, which documents the arguments. ``train`` runs the epochs;
-    the other methods are what an epoch does at a step, at a check and at its end.
+    Built by :func:`run_training`, which documents the arguments; :func:`bpm_agents.runs.run_loop`
+    drives it (progress bar, Ctrl-C / SIGTERM, the final save).
     """
 
     def __init__(
@@ -432,12 +437,13 @@ class _LMRun:
         self.corpus, self.device, self.impl = corpus, device, impl
         init_gen = torch.Generator().manual_seed(train_config.seed)
         self.drop_gen = torch.Generator(device=device).manual_seed(train_config.seed + 1)
-        self.epoch0, self.step, self.best, self.elapsed0 = 0, 0, math.inf, 0.0
+        #: the last epoch completed (or cut short by max_steps), optimizer steps, best valid ppl
+        self.epoch, self.steps_done, self.best, self.elapsed0 = 0, 0, math.inf, 0.0
         opt_state = None
-        #: set when resuming inside an interrupted epoch
+        #: where the epoch in progress stands; ``None`` between epochs
         self.cursor: EpochCursor | None = None
         if resume:
-            payload = load_checkpoint(out / "last.pt", map_location=device)
+            payload = load_checkpoint(checkpoint_path(out), map_location=device)
             train_config, model = self._restore(payload, train_config, resume_flags)
             opt_state = payload["optimizer"]
         else:
@@ -448,7 +454,7 @@ class _LMRun:
         model.set_dropout_generator(self.drop_gen)
         model.set_impl(impl)
         groups = [g for g in parameter_groups(model, train_config) if g["params"]]
-        self.optimizer = torch.optim.SGD(groups, lr=train_config.lr_at(max(self.epoch0, 1)))
+        self.optimizer = torch.optim.SGD(groups, lr=train_config.lr_at(max(self.epoch, 1)))
         if opt_state is not None:
             self.optimizer.load_state_dict(opt_state)
 
@@ -464,24 +470,34 @@ class _LMRun:
             f"{self.model_config.variant}: hidden {list(self.model_config.hidden_sizes)}, "
             f"{self.n_params:,} parameters, device {device}"
         )
+        if resume and not (out / PROGRESS_FILE).exists() and (out / LEGACY_LOG).exists():
+            os.replace(out / LEGACY_LOG, out / PROGRESS_FILE)  # a folder of an earlier version
         # rows after the checkpoint (checks of an epoch a kill cut short) are dropped on resume; a
         # resumed run keeps its log's columns (a log written before the statistics has none)
-        self.log = ProgressLog(out / LOG_FILE, [*LOG_FIELDS, *stat_columns(len(model.layers))], key="step",
-                               keep_through=self.step if resume else None)  # fmt: skip
+        self.log = ProgressLog(out / PROGRESS_FILE, [*LOG_FIELDS, *stat_columns(len(model.layers))], key="step",
+                               keep_through=self.steps_done if resume else None)  # fmt: skip
         self.train_streams = batchify(corpus.split("train"), train_config.batch_size).to(device)
         self.per_epoch = num_segments(self.train_streams, train_config.bptt)
+        self.target = self._target_steps()
         self.run_start = time.perf_counter()
+        self._saved_at: int | None = self.steps_done if resume else None
+        self.running = {"loss": 0.0, "tokens": 0, "seconds": 0.0}
+        self.epoch_t0 = time.perf_counter()
+        self.lr = train_config.lr_at(self.epoch + 1)  # of the epoch in progress or next
+        if self.cursor is not None:  # resumed inside an epoch: its learning rate
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr
 
     def _restore(
         self, payload: dict[str, Any], given: TrainConfig, resume_flags: dict[str, tuple[str, Any]] | None
     ) -> tuple[TrainConfig, LanguageModel]:
-        """The saved settings and model of ``last.pt``; refuse flags that contradict them."""
-        last = self.out / "last.pt"
+        """The saved settings and model of the checkpoint; refuse flags that contradict them."""
+        path = checkpoint_path(self.out)
         try:
             check_config_dict(TrainConfig, payload.get("train_config"))
             saved = TrainConfig(**payload["train_config"])
         except ValueError as exc:
-            raise CheckpointError(f"{last} holds a bad training config: {exc}") from None
+            raise CheckpointError(f"{path} holds a bad training config: {exc}") from None
         train_config = replace(saved, epochs=given.epochs, max_steps=given.max_steps)
         model, vocab = model_from_checkpoint(payload, self.device)
         saved_values = {**payload["model_config"], **payload["train_config"]}
@@ -494,33 +510,91 @@ class _LMRun:
         ]
         if conflicts:
             raise ValueError(
-                f"--resume keeps the settings saved in {last}, but these flags differ "
+                f"--resume keeps the settings saved in {path}, but these flags differ "
                 f"from them: {'; '.join(conflicts)}. Drop them, or start a new run with another --out"
             )
         if vocab.words != self.corpus.vocab.words:
             raise CheckpointError(
                 "the checkpoint's vocabulary differs from this corpus's training vocabulary"
             )
-        self.epoch0, self.step, self.best = payload["epoch"], payload["step"], payload["best_valid_ppl"]
+        self.epoch, self.steps_done, self.best = payload["epoch"], payload["step"], payload["best_valid_ppl"]
         self.elapsed0 = payload.get("elapsed_s", 0.0)
         self.drop_gen.set_state(payload["dropout_generator"].cpu())
         if payload.get("in_epoch") is not None:
             self.cursor = EpochCursor.from_dict(payload["in_epoch"], self.device)
             _log(
-                f"resuming {self.out} from step {self.step} (epoch {self.epoch0 + 1}, {self.cursor.steps} "
-                f"steps into it; best valid ppl {self.best:.2f})"
+                f"resuming {self.out} from step {self.steps_done} (epoch {self.epoch + 1}, "
+                f"{self.cursor.steps} steps into it; best valid ppl {self.best:.2f})"
             )
         else:
             _log(
-                f"resuming {self.out} from step {self.step} (after epoch {self.epoch0}, best valid ppl {self.best:.2f})"
+                f"resuming {self.out} from step {self.steps_done} (after epoch {self.epoch}, best valid ppl {self.best:.2f})"
             )
         return train_config, model
 
-    # --- what an epoch does
+    def _target_steps(self) -> int:
+        """The run's last step: the remaining epochs (the one in progress finished), capped by max_steps."""
+        cfg = self.train_config
+        if cfg.epochs <= self.epoch:
+            return self.steps_done
+        left_in_current = 0 if self.cursor is None else self.per_epoch - self.cursor.steps
+        full_epochs = cfg.epochs - self.epoch - (self.cursor is not None)
+        target = self.steps_done + left_in_current + full_epochs * self.per_epoch
+        return target if cfg.max_steps is None else min(target, max(cfg.max_steps, self.steps_done))
+
+    # --- the Job
+
+    @property
+    def updates_done(self) -> int:
+        return self.steps_done
 
     def elapsed(self) -> float:
         """Training seconds of the whole run (continued across resumes)."""
         return self.elapsed0 + time.perf_counter() - self.run_start
+
+    def step(self) -> list[dict[str, Any]]:
+        """One optimizer step; the log rows of the validations it led to (a check, the epoch end)."""
+        cfg = self.train_config
+        if self.cursor is None:  # a new epoch begins
+            self.cursor = EpochCursor()
+            self.lr = cfg.lr_at(self.epoch + 1)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr
+            self.running = {"loss": 0.0, "tokens": 0, "seconds": 0.0}
+            self.epoch_t0 = time.perf_counter()
+        t0 = time.perf_counter()
+        tokens, loss = train_step(self.model, self.train_streams, self.optimizer, cfg, self.cursor)
+        self.steps_done += 1
+        run = self.running
+        run["loss"] += loss * tokens
+        run["tokens"] += tokens
+        run["seconds"] += time.perf_counter() - t0  # training time only: validations left out
+        rows = []
+        if cfg.valid_every and self.cursor.steps % cfg.valid_every == 0:
+            rows.append(self.check())
+        if self.cursor.steps >= self.per_epoch or self.steps_done >= self.target:
+            rows.append(self.end_epoch())  # an epoch cut short by max_steps counts as done
+        return rows
+
+    def postfix(self) -> dict[str, str]:
+        run = self.running
+        return {
+            "epoch": str(self.epoch + (self.cursor is not None)),
+            "tok_s": f"{run['tokens'] / max(run['seconds'], 1e-9):.0f}",
+            "ppl": f"{perplexity(run['loss'] / max(run['tokens'], 1)):.1f}",
+        }
+
+    def save(self) -> None:
+        """``checkpoint.pt`` of the state now: inside an epoch with its cursor, else after it."""
+        if self._saved_at == self.steps_done:
+            return  # the epoch end just saved this very state
+        in_epoch = self.cursor if self.cursor is not None and self.cursor.steps > 0 else None
+        save_checkpoint(
+            self.out / CHECKPOINT_FILE, self.payload(self.steps_done, None, self.elapsed(), in_epoch)
+        )
+        self._saved_at = self.steps_done
+
+    # --- what a step leads to
 
     def validate(self, with_test: bool) -> tuple[float, float | None]:
         bs, bptt = self.train_config.eval_batch_size, self.train_config.bptt
@@ -528,140 +602,97 @@ class _LMRun:
         test = evaluate(self.model, self.corpus.split("test"), bs, bptt)[1] if with_test else None
         return valid, test
 
-    def write_row(self, kind: str, at_step: int, train_ppl: float, valid: float, test: float | None,
-                  tok_s: float) -> float:  # fmt: skip
-        """One ``log.csv`` row (with the plasticity statistics); returns the run's elapsed seconds."""
+    def row(self, kind: str, train_ppl: float, valid: float, test: float | None) -> dict[str, Any]:
+        """A log row (with the plasticity statistics) at the current step."""
         cfg = self.train_config
         stats: dict[str, float | None] = {}
         if cfg.stats_steps > 0:
             stats = plasticity_stats(
                 self.model, self.corpus.split("valid"), cfg.eval_batch_size, cfg.stats_steps
             )
-        elapsed = self.elapsed()
-        row = [self.epoch, kind, at_step, f"{self.lr:.6g}", f"{train_ppl:.3f}", f"{valid:.3f}",
-               "" if test is None else f"{test:.3f}", f"{tok_s:.0f}",
-               f"{time.perf_counter() - self.epoch_t0:.1f}", f"{elapsed:.1f}"]  # fmt: skip
-        values = dict(zip(LOG_FIELDS, row))
+        tok_s = self.running["tokens"] / max(self.running["seconds"], 1e-9)
+        values: dict[str, Any] = {
+            "epoch": self.epoch + 1, "kind": kind, "step": self.steps_done, "lr": f"{self.lr:.6g}",
+            "train_ppl": f"{train_ppl:.3f}", "valid_ppl": f"{valid:.3f}",
+            "test_ppl": "" if test is None else f"{test:.3f}", "train_tokens_per_s": f"{tok_s:.0f}",
+            "epoch_s": f"{time.perf_counter() - self.epoch_t0:.1f}", "elapsed_s": f"{self.elapsed():.1f}",
+        }  # fmt: skip
         values.update({k: "" if v is None else f"{v:.6g}" for k, v in stats.items()})
-        self.log.write(values)
-        return elapsed
+        return values
 
     def payload(self, at_step: int, valid: float | None, elapsed: float,
                 in_epoch: EpochCursor | None = None) -> dict[str, Any]:  # fmt: skip
-        """What ``last.pt`` / ``best.pt`` hold after ``at_step`` steps."""
+        """What ``checkpoint.pt`` / ``best.pt`` hold after ``at_step`` steps."""
         return {
             "model_config": self.model_config.to_dict(), "train_config": self.train_config.to_dict(),
             "vocab": self.corpus.vocab.words, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             # the last epoch completed; an interrupted one is resumed from ``in_epoch``
-            "epoch": self.epoch if in_epoch is None else self.epoch - 1,
-            "in_epoch": None if in_epoch is None else in_epoch.to_dict(),
+            "epoch": self.epoch, "in_epoch": None if in_epoch is None else in_epoch.to_dict(),
             "step": at_step, "best_valid_ppl": self.best if valid is None else min(self.best, valid),
             "valid_ppl": valid, "elapsed_s": elapsed, "dropout_generator": self.drop_gen.get_state(),
         }  # fmt: skip
 
-    def on_step(self, tokens: int, loss: float, seconds: float) -> None:
-        running = self.running
-        running["loss"] += loss * tokens
-        running["tokens"] += tokens
-        running["seconds"] = seconds
-        self.bar.update(1)
-        self.bar.set_postfix(
-            tok_s=f"{running['tokens'] / max(seconds, 1e-9):.0f}",
-            ppl=f"{perplexity(running['loss'] / running['tokens']):.1f}", refresh=False,
-        )  # fmt: skip
-
-    def on_check(self, steps_in_epoch: int) -> None:
-        """An in-epoch validation (``valid_every``): a log row, and ``best.pt`` if it improved."""
+    def check(self) -> dict[str, Any]:
+        """An in-epoch validation (``valid_every``): its row, and ``best.pt`` if it improved."""
         assert self.cursor is not None
         valid, test = self.validate(False)
-        train_ppl = perplexity(self.cursor.loss_total / max(self.cursor.count, 1))
-        tok_s = self.running["tokens"] / max(self.running["seconds"], 1e-9)
-        at = self.epoch_step0 + steps_in_epoch
-        elapsed = self.write_row("check", at, train_ppl, valid, test, tok_s)
-        _log(f"check at step {at}: valid ppl {valid:.2f}" + ("" if test is None else f" test ppl {test:.2f}"))
+        values = self.row(
+            "check", perplexity(self.cursor.loss_total / max(self.cursor.count, 1)), valid, test
+        )
+        _log(
+            f"check at step {self.steps_done}: valid ppl {valid:.2f}"
+            + ("" if test is None else f" test ppl {test:.2f}")
+        )
         if valid < self.best:
             self.best = valid
-            save_checkpoint(self.out / "best.pt", self.payload(at, valid, elapsed))
+            save_checkpoint(self.out / "best.pt", self.payload(self.steps_done, valid, self.elapsed()))
+        return values
 
-    def run_epoch(self, epoch: int, left: int | None, stop: StopOnSignals, progress_bar: bool) -> bool:
-        """Train epoch ``epoch`` (at most ``left`` steps), validate and save; False if interrupted."""
-        from tqdm import tqdm  # imported here: only the CLI path needs it
-
+    def end_epoch(self) -> dict[str, Any]:
+        """Validate, log, keep ``best.pt`` and save ``checkpoint.pt``: the epoch is done."""
+        assert self.cursor is not None
         cfg = self.train_config
-        self.epoch = epoch
-        self.cursor = cursor = self.cursor if self.cursor is not None else EpochCursor()
-        self.epoch_step0 = self.step - cursor.steps  # the run's step count at this epoch's start
-        self.lr = cfg.lr_at(epoch)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr
-        tty = sys.stderr.isatty()
-        self.bar = tqdm(
-            total=(self.per_epoch if left is None else min(self.per_epoch, cursor.steps + left)),
-            initial=cursor.steps, desc=f"epoch {epoch}",
-            unit="step", disable=not progress_bar, mininterval=1.0 if tty else 60.0, file=sys.stderr,
-        )  # fmt: skip
-        self.running = {"loss": 0.0, "tokens": 0, "seconds": 0.0}
-        self.epoch_t0 = time.perf_counter()
-        train_loss, steps, tok_s = train_epoch(
-            self.model, self.train_streams, self.optimizer, cfg, left, self.on_step, self.on_check, cursor,
-            lambda: stop.requested,
-        )  # fmt: skip
-        self.bar.close()
-        self.step += steps
-        capped = left is not None and steps >= left
-        last = self.out / "last.pt"
-        if stop.requested and cursor.steps < self.per_epoch and not capped:
-            save_checkpoint(last, self.payload(self.step, None, self.elapsed(), cursor))
-            _log(
-                f"interrupted by {stop.signal_name} at step {self.step} ({cursor.steps} of {self.per_epoch} "
-                f"steps into epoch {epoch}): checkpoint saved to {last}"
-            )
-            return False
-        self.cursor = None
+        train_ppl = perplexity(self.cursor.loss_total / max(self.cursor.count, 1))
         valid_ppl, test_ppl = self.validate(cfg.eval_test_each_epoch)
-        epoch_s = time.perf_counter() - self.epoch_t0
-        elapsed = self.write_row("epoch", self.step, perplexity(train_loss), valid_ppl, test_ppl, tok_s)
+        values = self.row("epoch", train_ppl, valid_ppl, test_ppl)
+        tok_s = self.running["tokens"] / max(self.running["seconds"], 1e-9)
         _log(
-            f"epoch {epoch}: lr {self.lr:.4g} train ppl {perplexity(train_loss):.2f} valid ppl {valid_ppl:.2f}"
+            f"epoch {self.epoch + 1}: lr {self.lr:.4g} train ppl {train_ppl:.2f} valid ppl {valid_ppl:.2f}"
             + ("" if test_ppl is None else f" test ppl {test_ppl:.2f}")
-            + f" ({steps} steps, {tok_s:.0f} tok/s, {epoch_s:.0f} s)"
+            + f" ({self.cursor.steps} steps, {tok_s:.0f} tok/s, {time.perf_counter() - self.epoch_t0:.0f} s)"
         )
-        payload = self.payload(self.step, valid_ppl, elapsed)
+        self.epoch += 1
+        self.cursor = None
+        payload = self.payload(self.steps_done, valid_ppl, self.elapsed())
         if valid_ppl < self.best:
             self.best = valid_ppl
             save_checkpoint(self.out / "best.pt", payload)
-        save_checkpoint(last, payload)
-        if stop.requested:  # the signal came with the epoch's last step: it is saved whole
-            _log(f"interrupted by {stop.signal_name} after epoch {epoch}: checkpoint saved to {last}")
-            return False
-        return True
+        save_checkpoint(self.out / CHECKPOINT_FILE, payload)
+        self._saved_at = self.steps_done
+        return values
 
     # --- the run
 
     def train(self, progress_bar: bool) -> dict[str, Any]:
-        cfg = self.train_config
-        done = self.epoch0  # last epoch completed (or cut short by max_steps)
-        interrupted = False
-        try:
-            with StopOnSignals() as stop:  # Ctrl-C / SIGTERM: stop after the current step and save
-                for epoch in range(self.epoch0 + 1, cfg.epochs + 1):
-                    left = None if cfg.max_steps is None else cfg.max_steps - self.step
-                    if left is not None and left <= 0:
-                        break
-                    done = epoch
-                    if not self.run_epoch(epoch, left, stop, progress_bar):
-                        interrupted = True
-                        break
-        finally:
-            self.log.close()
-        return self.finish(done, interrupted)
+        result = run_loop(self, self.out, self.target, self.log, checkpoint_every=None, progress=progress_bar,
+                          tensorboard=False, unit="step")  # fmt: skip
+        if result.interrupted:
+            where = (
+                f"at step {self.steps_done} ({self.cursor.steps} of {self.per_epoch} steps into epoch {self.epoch + 1})"
+                if self.cursor is not None
+                else f"after epoch {self.epoch}"
+            )
+            _log(
+                f"interrupted by {result.signal_name} {where}: checkpoint saved to {self.out / CHECKPOINT_FILE}"
+            )
+        return self.finish(result.interrupted)
 
-    def finish(self, epochs_done: int, interrupted: bool) -> dict[str, Any]:
+    def finish(self, interrupted: bool) -> dict[str, Any]:
         """The run's summary; after a complete run, the best checkpoint's test perplexity (test.json)."""
         best_path = self.out / "best.pt"
         summary: dict[str, Any] = {"variant": self.model_config.variant, "parameters": self.n_params,
-                                   "epochs": epochs_done, "steps": self.step, "best_valid_ppl": self.best,
+                                   "epochs": self.epoch, "steps": self.steps_done, "best_valid_ppl": self.best,
                                    "elapsed_s": self.elapsed(), "interrupted": interrupted}  # fmt: skip
         if best_path.exists() and not interrupted:
             best_model, _ = model_from_checkpoint(load_checkpoint(best_path, self.device), self.device)
