@@ -31,6 +31,8 @@ import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+from bpm_envs.checks import int_at_least  # noqa: E402
+
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 PROG = "bpm"
@@ -222,17 +224,7 @@ def train_lm_main(argv: list[str], prog: str = f"{PROG} train-lm") -> int:
 
 
 # ====================================================================== bpm evaluate
-def _count(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
-        return value
-
-    return parse
+_count = int_at_least  # argparse type: an integer >= minimum
 
 
 def evaluate_parser(prog: str = f"{PROG} evaluate") -> argparse.ArgumentParser:

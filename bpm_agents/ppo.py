@@ -35,6 +35,7 @@ from torch import Tensor
 
 from bpm_agents.a2c import ENTROPY_MODES, A2CConfig, A2CTrainer, NonFiniteLossError, Rollout
 from bpm_agents.config import opt
+from bpm_envs.checks import require_int
 
 __all__ = ["PPOConfig", "PlasticPPOTrainer", "gae", "ppo_loss", "PPOLossTerms"]
 
@@ -74,8 +75,7 @@ class PPOConfig(A2CConfig):
             raise ValueError(f"clip_range must be a finite number > 0, got {cfg.clip_range!r}")
         if cfg.value_clip is not None and not (math.isfinite(cfg.value_clip) and cfg.value_clip > 0):
             raise ValueError(f"value_clip must be a finite number > 0 or None, got {cfg.value_clip!r}")
-        if isinstance(cfg.n_epochs, bool) or not isinstance(cfg.n_epochs, int) or cfg.n_epochs < 1:
-            raise ValueError(f"n_epochs must be an integer >= 1, got {cfg.n_epochs!r}")
+        require_int("n_epochs", cfg.n_epochs)
         if (
             isinstance(cfg.n_minibatches, bool)
             or not isinstance(cfg.n_minibatches, int)

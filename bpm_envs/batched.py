@@ -27,14 +27,8 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from bpm_envs.checks import require_int
 from bpm_envs.rendering import HumanRendering
-
-
-def require_positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    """Return ``value`` as int, or raise ``ValueError`` naming it and the allowed range."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 class BatchedTask(ABC):
@@ -51,8 +45,8 @@ class BatchedTask(ABC):
     max_abs_reward: float = 1.0
 
     def __init__(self, num_envs: int, episode_length: int) -> None:
-        self.num_envs = require_positive_int("num_envs", num_envs)
-        self.episode_length = require_positive_int("episode_length", episode_length)
+        self.num_envs = require_int("num_envs", num_envs)
+        self.episode_length = require_int("episode_length", episode_length)
         self.t = np.zeros(self.num_envs, dtype=np.int64)
         self.prev_reward = np.zeros(self.num_envs, dtype=np.float32)
         self.prev_action = np.full(self.num_envs, -1, dtype=np.int64)  # -1: no action yet

@@ -62,7 +62,8 @@ from typing import Any
 import numpy as np
 
 from bpm_envs import rendering as R
-from bpm_envs.batched import BatchedSingleEnv, BatchedTask, BatchedVectorEnv, require_positive_int
+from bpm_envs.batched import BatchedSingleEnv, BatchedTask, BatchedVectorEnv
+from bpm_envs.checks import require_int
 
 MIN_TRIAL_LENGTH = 5
 MAX_TRIAL_LENGTH = 8
@@ -93,7 +94,7 @@ class CueRewardTask(BatchedTask):
     ) -> None:
         if not isinstance(fixed_cues, (bool, np.bool_)):
             raise ValueError(f"fixed_cues must be True or False, got {fixed_cues!r}")
-        n_cues = require_positive_int("n_cues", n_cues, minimum=MIN_CUES)
+        n_cues = require_int("n_cues", n_cues, minimum=MIN_CUES)
         if fixed_cues:
             if cue_bits is not None and cue_bits != n_cues:
                 raise ValueError(
@@ -101,13 +102,13 @@ class CueRewardTask(BatchedTask):
                     f"(or be left out), got cue_bits={cue_bits!r}"
                 )
             cue_bits = n_cues
-        cue_bits = require_positive_int("cue_bits", 20 if cue_bits is None else cue_bits)
+        cue_bits = require_int("cue_bits", 20 if cue_bits is None else cue_bits)
         if n_cues > 2**cue_bits:
             raise ValueError(
                 f"n_cues={n_cues} distinct cues need at least that many bit patterns, but "
                 f"cue_bits={cue_bits} gives only {2**cue_bits}; allowed: n_cues <= 2**cue_bits"
             )
-        episode_length = require_positive_int("episode_length", episode_length)
+        episode_length = require_int("episode_length", episode_length)
         self.n_cues = n_cues
         self.cue_bits = cue_bits
         self.fixed_cues = bool(fixed_cues)

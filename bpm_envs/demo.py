@@ -15,17 +15,10 @@ import gymnasium as gym
 import numpy as np
 
 import bpm_envs
+from bpm_envs.checks import int_at_least
 from bpm_envs.rendering import HumanWindow, caption_strip, save_gif, stack_rows
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+_positive_int = int_at_least(1)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from bpm_envs.checks import require_int
+
 Color = tuple[int, int, int]
 
 #: Named colours used by the tasks' frames (RGB). Tests look colours up here.
@@ -80,8 +82,7 @@ def paint_cells(
         raise ValueError(
             f"colors must be an (R, C, 3) uint8 array, got shape {colors.shape} dtype {colors.dtype}"
         )
-    if isinstance(cell_px, bool) or not isinstance(cell_px, (int, np.integer)) or cell_px < 1:
-        raise ValueError(f"cell_px must be an integer >= 1, got {cell_px!r}")
+    cell_px = require_int("cell_px", cell_px)
     if not 0 <= grid_px < cell_px:
         raise ValueError(f"grid_px must be in 0..{cell_px - 1} (cell_px - 1), got {grid_px!r}")
     frame = np.repeat(np.repeat(colors, cell_px, axis=0), cell_px, axis=1)

@@ -20,16 +20,14 @@ import torch
 from bpm_agents.evaluation.agents import make_actor, seeded_torch
 from bpm_agents.evaluation.envs import check_env_id, check_fits, env_of, make_env, window_closed
 from bpm_agents.evaluation.stats import EvaluationResult, correct_by_trial, mean_ci95
+from bpm_envs.checks import require_int
 from bpm_envs.cue_reward import answers_from_infos, is_cue_info
 
 DEFAULT_BATCH_SIZE = 50
 
 
-def check_count(name: str, value: Any, minimum: int) -> int:
-    """Return ``value`` as int, or raise ``ValueError`` naming it unless it is an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+#: ``check_count(name, value, minimum)``: the value as int, or ValueError naming it and the range
+check_count = require_int
 
 
 def evaluate(

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
 import torch
 
 import bpm_envs
 from bpm_agents.checkpoint import DictConfig
 from bpm_agents.config import opt
 from bpm_agents.sb3.adapter import check_bpm_env_id
+from bpm_envs.checks import require_int
 
 ALGOS = ("ppo", "a2c", "recurrent-ppo")
 
@@ -104,9 +104,8 @@ class SB3Config(DictConfig):
         cfg = replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
         cfg = replace(cfg, net_arch=[int(n) for n in cfg.net_arch])
         for name in ("n_envs", "n_steps", "minibatch_size", "n_epochs", "lstm_hidden_size"):
-            value = getattr(cfg, name)
-            if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            if getattr(cfg, name) is not None:
+                require_int(name, getattr(cfg, name))
         if any(n < 1 for n in cfg.net_arch):
             raise ValueError(f"net_arch layer sizes must be >= 1, got {cfg.net_arch}")
         for name in ("gamma", "gae_lambda"):
