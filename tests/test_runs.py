@@ -146,7 +146,8 @@ def test_loop_logs_every_update_and_checkpoints_at_the_interval_and_the_end(tmp_
 def test_loop_stops_after_the_update_a_signal_arrives_in_and_saves(tmp_path):
     job = _CountingJob(stop_at=4)
     log = ProgressLog(tmp_path / "p.csv", ["update", "wall_time", "reward_mean"])
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN under nohup, the default handler in a shell
     result = run_loop(job, tmp_path, 100, log, checkpoint_every=50, progress=False, tensorboard=False)
-    assert (result.updates_done, result.interrupted) == (4, True)
+    assert (result.updates_done, result.interrupted, result.signal_name) == (4, True, "SIGINT")
     assert job.saved == [4] and len(_rows(tmp_path / "p.csv")) == 4
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is restored
