@@ -61,7 +61,7 @@ def run_one(variant: str, flags: str, seed: int, args: argparse.Namespace, run_d
     if (run_dir / "test.json").exists():
         return {"run": str(run_dir), "status": "finished", "seconds": 0.0}
     cmd = [sys.executable, str(ROOT / "train.py"), "lm", "--data", args.data, "--out", str(run_dir),
-           "--threads", "1", "--no-progress"]  # fmt: skip
+           "--threads", "1", "--no-progress", "--device", args.device]  # fmt: skip
     if (run_dir / "checkpoint.pt").exists() or (run_dir / "last.pt").exists():
         cmd += ["--resume", "--epochs", str(args.epochs)]
     else:
@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--workers", type=int, default=2, help="runs at a time (one torch thread each)")
+    p.add_argument("--device", default="cpu", help="train.py lm --device of every run (cpu, cuda, auto)")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
     if args.workers < 1:
