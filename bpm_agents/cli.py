@@ -224,9 +224,6 @@ def train_lm_main(argv: list[str], prog: str = f"{PROG} train-lm") -> int:
 
 
 # ====================================================================== bpm evaluate
-_count = int_at_least  # argparse type: an integer >= minimum
-
-
 def evaluate_parser(prog: str = f"{PROG} evaluate") -> argparse.ArgumentParser:
     """The parser of ``bpm evaluate`` for RL and SB3 run folders."""
     from bpm_agents.config import DefaultsHelpFormatter
@@ -250,20 +247,24 @@ def evaluate_parser(prog: str = f"{PROG} evaluate") -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="run folder written by train (config.json + checkpoint)")
     p.add_argument(
         "--episodes",
-        type=_count(0),
+        type=int_at_least(0),
         default=200,
         help="episodes to evaluate (0: skip the evaluation, e.g. to only plot)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the episodes and of action sampling")
     p.add_argument("--deterministic", action="store_true", help="greedy (argmax) actions instead of sampling")
-    p.add_argument("--batch-size", type=_count(1), default=50, help="episodes run together in lock-step")
+    p.add_argument(
+        "--batch-size", type=int_at_least(1), default=50, help="episodes run together in lock-step"
+    )
     p.add_argument(
         "--json", action="store_true", help="print one JSON object with all results, nothing else on stdout"
     )
     p.add_argument("--render", choices=["human"], default=None, help="show episodes in a pygame-ce window")
-    p.add_argument("--render-episodes", type=_count(1), default=1, help="episodes shown with --render human")
+    p.add_argument(
+        "--render-episodes", type=int_at_least(1), default=1, help="episodes shown with --render human"
+    )
     p.add_argument("--gif", default=None, metavar="PATH", help="save episodes as an animated GIF")
-    p.add_argument("--gif-episodes", type=_count(1), default=1, help="episodes recorded in the GIF")
+    p.add_argument("--gif-episodes", type=int_at_least(1), default=1, help="episodes recorded in the GIF")
     p.add_argument(
         "--plot-modulator",
         default=None,

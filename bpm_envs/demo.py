@@ -18,8 +18,6 @@ import bpm_envs
 from bpm_envs.checks import int_at_least
 from bpm_envs.rendering import HumanWindow, caption_strip, save_gif, stack_rows
 
-_positive_int = int_at_least(1)
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -34,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="environment id (default: %(default)s)",
     )
     parser.add_argument(
-        "--episodes", type=_positive_int, default=1, help="number of episodes (default: %(default)s)"
+        "--episodes", type=int_at_least(1), default=1, help="number of episodes (default: %(default)s)"
     )
     parser.add_argument(
         "--seed",
@@ -57,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--steps",
-        type=_positive_int,
+        type=int_at_least(1),
         default=None,
         metavar="N",
         help="stop each episode after at most N steps (default: the full episode)",

@@ -26,10 +26,6 @@ from bpm_envs.cue_reward import answers_from_infos, is_cue_info
 DEFAULT_BATCH_SIZE = 50
 
 
-#: ``check_count(name, value, minimum)``: the value as int, or ValueError naming it and the range
-check_count = require_int
-
-
 def evaluate(
     agent: Any,
     env_id: str | None = None,
@@ -51,8 +47,8 @@ def evaluate(
         batch_size: episodes run together (the last batch may be smaller).
         max_steps: safety bound on the steps of one batch.
     """
-    episodes = check_count("episodes", episodes, 1)
-    batch_size = check_count("batch_size", batch_size, 1)
+    episodes = require_int("episodes", episodes, 1)
+    batch_size = require_int("batch_size", batch_size, 1)
     env_id, env_kwargs = env_of(agent, env_id, env_kwargs)
     check_env_id(env_id)
     generator = torch.Generator().manual_seed(int(seed))
@@ -204,4 +200,4 @@ def run_episode(
     )
 
 
-__all__ = ["DEFAULT_BATCH_SIZE", "EpisodeTrace", "check_count", "evaluate", "run_episode"]
+__all__ = ["DEFAULT_BATCH_SIZE", "EpisodeTrace", "evaluate", "run_episode"]

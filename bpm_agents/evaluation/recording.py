@@ -14,7 +14,8 @@ import torch
 
 from bpm_agents.evaluation.agents import seeded_torch
 from bpm_agents.evaluation.envs import env_of, render_fps, render_modes
-from bpm_agents.evaluation.episodes import check_count, run_episode
+from bpm_agents.evaluation.episodes import run_episode
+from bpm_envs.checks import require_int
 
 
 def record_gif(
@@ -35,7 +36,7 @@ def record_gif(
     """
     from bpm_envs.rendering import caption_strip, save_gif, stack_rows
 
-    episodes = check_count("episodes", episodes, 1)
+    episodes = require_int("episodes", episodes, 1)
     env_id, env_kwargs = env_of(agent, env_id, env_kwargs)
     generator = torch.Generator().manual_seed(int(seed))
     frames: list[np.ndarray] = []
@@ -78,7 +79,7 @@ def render_episodes(
     """
     from bpm_envs.rendering import HumanWindow
 
-    episodes = check_count("episodes", episodes, 1)
+    episodes = require_int("episodes", episodes, 1)
     env_id, env_kwargs = env_of(agent, env_id, env_kwargs)
     modes, fps = render_modes(env_id, env_kwargs)
     generator = torch.Generator().manual_seed(int(seed))
