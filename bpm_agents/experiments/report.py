@@ -380,6 +380,17 @@ class Report:
                     color=colours.get(c["better"], "k"),
                     label=f"p < {ALPHA}: {c['better']} vs {c['worse']}",
                 )
+                # the legend's colours repeat when two claims share a condition: name each row too
+                ax.annotate(
+                    f"{c['better']} vs {c['worse']}",
+                    (0, y),
+                    xycoords=("axes fraction", "data"),
+                    xytext=(3, 0),
+                    textcoords="offset points",
+                    fontsize=7,
+                    va="center",
+                    color=colours.get(c["better"], "k"),
+                )
             ax.set_ylim(lo - (len(testable) + 1) * 0.05 * span, hi + 0.05 * span)
         ax.set_xlabel("updates")
         ax.set_ylabel(f"episode reward (moving average over {self.window} updates)")
@@ -422,7 +433,7 @@ def build_report(
     if any(m < 1 for m in marks):
         raise ReportError(f"update marks must be >= 1, got {marks}")
     name = experiment.name if experiment else Path(out).name
-    title = f"{name}" + (f" (protocol {protocol})" if protocol else "") + f": {Path(out)}"
+    title = f"{name}" + (f" (protocol {protocol})" if protocol else "") + f": {Path(out).resolve().name}"
     return Report(title, window, batch_size, data, claims, marks, notes)
 
 
