@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import gymnasium as gym
 import numpy as np
@@ -33,6 +33,10 @@ from bpm_agents.checkpoint import DictConfig
 from bpm_agents.config import opt
 from bpm_agents.plasticity import MODULATOR_ACTIVATIONS, RULES, PlasticityConfig
 from bpm_agents.policy import PlasticActorCritic, PolicyConfig
+from bpm_envs.batched import BatchedVectorEnv
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 ENTROPY_MODES = ("sum_squares", "entropy")
 #: implementations of the recurrent step (``A2CConfig.unroll_impl``, flag ``--impl``)
@@ -136,7 +140,7 @@ class A2CConfig(DictConfig):
         ),
     )
 
-    def resolve(self) -> A2CConfig:
+    def resolve(self) -> Self:
         """Fill the ``None`` fields from :data:`TASK_DEFAULTS` and validate everything."""
         if self.rule not in RULES:
             raise ValueError(f"unknown plasticity rule {self.rule!r}; allowed: {', '.join(RULES)}")
@@ -259,6 +263,7 @@ def make_vector_env(config: A2CConfig) -> gym.vector.VectorEnv:
 
 def build_policy(config: A2CConfig, obs_size: int, n_actions: int) -> PlasticActorCritic:
     """The policy of a (resolved) config; weights drawn from a generator seeded by ``config.seed``."""
+    assert config.hidden_size is not None, "build_policy needs a resolved config"
     policy_config = PolicyConfig(obs_size, n_actions, config.hidden_size, config.plasticity())
     with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
         torch.manual_seed(config.seed)
@@ -282,7 +287,7 @@ def collect_rollout(
 
     All episodes start together at ``envs.reset()`` and last the env's ``episode_length`` steps.
     """
-    length = envs.unwrapped.episode_length
+    length = cast(BatchedVectorEnv, envs.unwrapped).episode_length
     obs, info = envs.reset()
     batch = obs.shape[0]
     uniforms = torch.rand(batch, length, generator=generator, dtype=torch.float64)
@@ -326,9 +331,11 @@ class A2CTrainer:
         self.device = torch.device(device)
         self.envs = make_vector_env(self.config)
         self.envs.reset(seed=self.config.seed)
-        obs_size = self.envs.single_observation_space.shape[0]
-        n_actions = int(self.envs.single_action_space.n)
+        # the bpm tasks: a flat Box of observations, Discrete actions
+        obs_size = cast(tuple[int, ...], self.envs.single_observation_space.shape)[0]
+        n_actions = int(cast(gym.spaces.Discrete, self.envs.single_action_space).n)
         self.policy = build_policy(self.config, obs_size, n_actions).to(self.device)
+        assert self.config.lr is not None and self.config.adam_eps is not None  # filled by resolve()
         self.optimizer = torch.optim.Adam(
             self.policy.parameters(), lr=self.config.lr, eps=self.config.adam_eps
         )
@@ -346,6 +353,7 @@ class A2CTrainer:
             state = self.policy.initial_state(obs.shape[0], self.device)
             out = self.policy.unroll(obs, state, impl=self.config.unroll_impl)
         returns = discounted_returns(rollout.rewards.to(self.device), self.config.gamma)
+        assert self.config.entropy_coef is not None  # filled by resolve()
         terms = a2c_loss(
             out.logits,
             out.values,
@@ -384,6 +392,7 @@ class A2CTrainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
+        assert self.config.grad_clip is not None  # filled by resolve()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.grad_clip)
         if not torch.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
@@ -415,12 +424,12 @@ class A2CTrainer:
             "model": self.policy.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "action_rng": self.generator.get_state(),
-            "env_rng": self.envs.unwrapped.get_rng_states(),
+            "env_rng": cast(BatchedVectorEnv, self.envs.unwrapped).get_rng_states(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["action_rng"])
-        self.envs.unwrapped.set_rng_states(state["env_rng"])
+        cast(BatchedVectorEnv, self.envs.unwrapped).set_rng_states(state["env_rng"])
         self.updates_done = int(state["updates_done"])

@@ -9,6 +9,8 @@ modulator reading x(t) (``modulator_input="new"``) or x(t-1) (``"previous"``). T
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
@@ -175,5 +177,6 @@ class PlasticRNN(nn.Module):
             state, m = self.step(inputs[:, t], state)
             hiddens.append(state.hidden)
             modulators.append(m)
-        mods = torch.cat(modulators, dim=1) if modulators[0] is not None else None
+        # every step of a modulated rule returns M, so none is None when the first is not
+        mods = torch.cat(cast(list[Tensor], modulators), dim=1) if modulators[0] is not None else None
         return torch.stack(hiddens, dim=1), mods, state

@@ -386,6 +386,7 @@ class PlasticSynapses(nn.Module):
         if rule == "hebbian":  # eta: a scalar or (n_pre, n_post), broadcast over the batch
             return torch.clamp(hebb + self.eta * product, -c, c), elig, None
         m = self.modulation(modulator_input)
+        assert m is not None  # simple and retroactive are the modulated rules
         if rule == "simple":
             return torch.clamp(hebb + self.rate(m) * product, -c, c), elig, m
         # retroactive: the trace takes the eligibility of the previous steps, then E takes this step

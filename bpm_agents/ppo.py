@@ -85,7 +85,7 @@ class PPOConfig(A2CConfig):
                 f"n_minibatches must be an integer from 1 to batch_size ({cfg.batch_size}), "
                 f"got {cfg.n_minibatches!r}"
             )
-        return cfg  # type: ignore[return-value]
+        return cfg
 
 
 def gae(rewards: Tensor, values: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
@@ -206,6 +206,7 @@ class PlasticPPOTrainer(A2CTrainer):
             NonFiniteLossError: NaN/Inf loss or gradient (that minibatch step is not applied).
         """
         cfg = self.config
+        assert cfg.entropy_coef is not None and cfg.grad_clip is not None  # filled by resolve()
         self.policy.train()
         old_log_probs, old_values = self.score(rollout)
         rewards = rollout.rewards.to(self.device)

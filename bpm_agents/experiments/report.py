@@ -274,24 +274,24 @@ class Report:
         lines += ["  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip() for r in cells]
         lines.append("")
         lines.append(f"claims (two-sided rank-sum test of per-seed smoothed values, p < {ALPHA}):")
-        for c in self.claims:
-            sig = " (significant)" if c["significant_required"] else ""
-            head = f"- {c['claim']}{sig}: "
-            if c["verdict"] == "not testable":
-                lines.append(head + f"NOT TESTABLE: {c['reason']}")
+        for claim in self.claims:
+            sig = " (significant)" if claim["significant_required"] else ""
+            head = f"- {claim['claim']}{sig}: "
+            if claim["verdict"] == "not testable":
+                lines.append(head + f"NOT TESTABLE: {claim['reason']}")
                 continue
-            f = c["final"]
-            limited = " (the shortest common run length)" if c["limited_by_shortest"] else ""
+            f = claim["final"]
+            limited = " (the shortest common run length)" if claim["limited_by_shortest"] else ""
             lines.append(
-                head + ("HOLDS" if c["verdict"] == "holds" else "DOES NOT HOLD") + " at this budget. "
+                head + ("HOLDS" if claim["verdict"] == "holds" else "DOES NOT HOLD") + " at this budget. "
                 f"At update {f['update']}{limited}: median {f['median_better']:.2f} vs {f['median_worse']:.2f}, "
                 f"statistic {f['statistic']:.3f}, p = {f['p']:.4g}; p < {ALPHA} at "
-                f"{100 * c['fraction_p_below_alpha']:.1f}% of updates 1-{c['compared_updates']} "
-                f"({100 * c['fraction_better_significant']:.1f}% with {c['better']} above, "
-                f"{100 * c['fraction_worse_significant']:.1f}% below)"
+                f"{100 * claim['fraction_p_below_alpha']:.1f}% of updates 1-{claim['compared_updates']} "
+                f"({100 * claim['fraction_better_significant']:.1f}% with {claim['better']} above, "
+                f"{100 * claim['fraction_worse_significant']:.1f}% below)"
             )
-            if c["text"]:
-                lines.append(f"  paper: {c['text']}")
+            if claim["text"]:
+                lines.append(f"  paper: {claim['text']}")
         if not self.claims:
             lines.append("- none (no experiment definition: pass --experiment NAME to check its claims)")
         if self.notes:
@@ -312,14 +312,14 @@ class Report:
                 entry.update(q25=r(q[0]), median=r(q[1]), q75=r(q[2]))
             conditions[c.name] = entry
         claims = []
-        for c in self.claims:
-            c = dict(c)
+        for claim in self.claims:
+            claim = dict(claim)
             for key in ("statistic", "p"):
-                if key in c:
-                    c[key + "_per_update"] = [
-                        None if not math.isfinite(v) else float(f"{v:.5g}") for v in c.pop(key)
+                if key in claim:
+                    claim[key + "_per_update"] = [
+                        None if not math.isfinite(v) else float(f"{v:.5g}") for v in claim.pop(key)
                     ]
-            claims.append(c)
+            claims.append(claim)
         return {
             "title": self.title,
             "window": self.window,
@@ -366,9 +366,9 @@ class Report:
             lo, hi = min(lows), max(highs)
             span = (hi - lo) or 1.0
             testable = [c for c in self.claims if c["verdict"] != "not testable"]
-            for i, c in enumerate(testable):
-                sig = np.flatnonzero(c["p"] < ALPHA) + 1
-                step = max(1, len(c["p"]) // 300)  # at most ~300 markers a row
+            for i, claim in enumerate(testable):
+                sig = np.flatnonzero(claim["p"] < ALPHA) + 1
+                step = max(1, len(claim["p"]) // 300)  # at most ~300 markers a row
                 sig = sig[sig % step == 0] if step > 1 else sig
                 y = lo - (i + 1) * 0.05 * span
                 ax.plot(
@@ -377,26 +377,27 @@ class Report:
                     ls="none",
                     marker="|",
                     ms=6,
-                    color=colours.get(c["better"], "k"),
-                    label=f"p < {ALPHA}: {c['better']} vs {c['worse']}",
+                    color=colours.get(claim["better"], "k"),
+                    label=f"p < {ALPHA}: {claim['better']} vs {claim['worse']}",
                 )
                 # the legend's colours repeat when two claims share a condition: name each row too
                 ax.annotate(
-                    f"{c['better']} vs {c['worse']}",
+                    f"{claim['better']} vs {claim['worse']}",
                     (0, y),
                     xycoords=("axes fraction", "data"),
                     xytext=(3, 0),
                     textcoords="offset points",
                     fontsize=7,
                     va="center",
-                    color=colours.get(c["better"], "k"),
+                    color=colours.get(claim["better"], "k"),
                 )
             ax.set_ylim(lo - (len(testable) + 1) * 0.05 * span, hi + 0.05 * span)
         ax.set_xlabel("updates")
         ax.set_ylabel(f"episode reward (moving average over {self.window} updates)")
         if self.batch_size:
             b = self.batch_size
-            top = ax.secondary_xaxis("top", functions=(lambda u: u * b, lambda e: e / b))
+            # matplotlib's stub types the transforms' argument as ArrayLike; they get float arrays
+            top = ax.secondary_xaxis("top", functions=(lambda u: u * b, lambda e: e / b))  # type: ignore[operator]
             top.set_xlabel(f"episodes (updates x {b})")
         ax.set_title(self.title, fontsize=10)
         ax.grid(alpha=0.3)

@@ -891,8 +891,8 @@ def sweep_status(
             for seed in seeds or []:
                 keys[(cond, seed)] = None
     for key in targets:
-        cond, seed = key.rsplit("/seed", 1)
-        keys[(cond, int(seed))] = None
+        cond, seed_text = key.rsplit("/seed", 1)
+        keys[(cond, int(seed_text))] = None
     for cond, seed in discover_runs(out):
         keys[(cond, seed)] = None
     rank = {c: i for i, c in enumerate(order)}

@@ -153,6 +153,7 @@ def train_main(argv: list[str], prog: str = "train.py lm") -> int:
             raise ValueError(f"--resume: no checkpoint {checkpoint_path(out)}")
 
         corpus = Corpus(args.data)
+        assert corpus.train is not None and corpus.valid is not None and corpus.test is not None  # all loaded
         model_cfg = replace(model_cfg, vocab_size=len(corpus.vocab))
         print(
             f"corpus {args.data}: vocab {len(corpus.vocab):,}, tokens train {corpus.train.numel():,} "

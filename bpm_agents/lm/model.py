@@ -24,9 +24,9 @@ Everything is batch-first: tokens (B, T), hidden (B, T, H), traces (B, H, H).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,14 @@ from bpm_agents.plasticity import (
     PlasticSynapses,
     check_grad_scale,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+
+    class _Cells(nn.ModuleList):
+        """What ``LanguageModel.layers`` holds (torch's ModuleList is not generic)."""
+
+        def __iter__(self) -> Iterator[PlasticLSTMCell]: ...
+
 
 VARIANTS = ("lstm", "hebbian", "simple", "retroactive")
 _RULE_OF_VARIANT = {"lstm": "none", "hebbian": "hebbian", "simple": "simple", "retroactive": "retroactive"}
@@ -223,7 +231,12 @@ class PlasticLSTMCell(nn.Module):
             state, m = self.step(inputs[:, t], state)
             hiddens.append(state.hidden)
             mods.append(m)
-        return torch.stack(hiddens, dim=1), None if mods[0] is None else torch.cat(mods, dim=1), state
+        # every step of a modulated rule returns M, so none is None when the first is not
+        return (
+            torch.stack(hiddens, dim=1),
+            None if mods[0] is None else torch.cat(cast("list[Tensor]", mods), dim=1),
+            state,
+        )
 
     def _modulation(self, previous: Tensor, hidden: Tensor) -> Tensor | None:
         """M(t) (B, T) recomputed from the activities (B, T, H) the modulator reads; the fast
@@ -465,8 +478,12 @@ class LanguageModel(nn.Module):
         plasticity = config.plasticity()
         self.embedding = nn.Embedding(config.vocab_size, config.emb_size)
         sizes = (config.emb_size, *config.hidden_sizes)
-        self.layers = nn.ModuleList(
-            PlasticLSTMCell(sizes[k], sizes[k + 1], plasticity, impl) for k in range(len(config.hidden_sizes))
+        self.layers = cast(
+            "_Cells",
+            nn.ModuleList(
+                PlasticLSTMCell(sizes[k], sizes[k + 1], plasticity, impl)
+                for k in range(len(config.hidden_sizes))
+            ),
         )
         self.decoder = nn.Linear(config.hidden_sizes[-1], config.vocab_size)
         if config.tied:

@@ -21,10 +21,15 @@ The M columns are empty for unmodulated variants, all of them for the baseline.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from bpm_agents.lm.corpus import batchify
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bpm_agents.lm.model import LanguageModel
 
 #: per-layer statistics, in log order; columns are ``l<k>_<name>`` with k from 1
 STAT_NAMES = ("alpha_abs", "w_abs", "hebb_at_clip", "plastic_ratio", "m_mean", "m_std_t", "m_saturated")
@@ -69,7 +74,7 @@ def clip_share(hebb: Tensor, clip: float) -> float:
 
 @torch.no_grad()
 def plasticity_stats(
-    model: torch.nn.Module, ids: Tensor, batch_size: int = 10, steps: int = 200
+    model: LanguageModel, ids: Tensor, batch_size: int = 10, steps: int = 200
 ) -> dict[str, float | None]:
     """Per-layer statistics (see the module doc) over the first ``steps`` tokens of ``batch_size``
     streams cut from ``ids``; keys from :func:`stat_columns`, ``None`` where not applicable."""

@@ -206,7 +206,7 @@ class EpochCursor:
     """
 
     steps: int = 0
-    state: list[Tensor] | None = None
+    state: list[LSTMState] | None = None
     loss_total: float = 0.0
     count: int = 0
 

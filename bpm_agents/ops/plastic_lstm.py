@@ -179,6 +179,7 @@ def _call(name: str, meta: dict, tensors: dict[str, Tensor | None]) -> None:
     assert libs is not None
     ptrs = {k: (None if v is None else v.data_ptr()) for k, v in tensors.items()}
     args = _Args(**meta, **ptrs)
+    assert tensors["drive"] is not None
     getattr(libs[tensors["drive"].dtype], name)(ctypes.byref(args))
 
 
@@ -200,6 +201,7 @@ def _run_forward(
     """Outputs (hs, cT, hebbT, eligT) and, when ``save``, what the backward needs (no traces: the
     backward recomputes them)."""
     B, T, H = meta["B"], meta["T"], meta["H"]
+    assert inputs["drive"] is not None
     dt = inputs["drive"].dtype
     rule = meta["rule"]
     elig = rule == 3
@@ -223,7 +225,7 @@ class _SegmentFunction(torch.autograd.Function):
     """(drive, h0, c0, hebb0, elig0, W, A, eta, eta_e, w_M, b_M, v, u) -> (hs, c_T, hebb_T, elig_T)."""
 
     @staticmethod
-    def forward(ctx, meta, drive, h0, c0, hebb0, elig0, W, A, eta, ee, wm, bm, fv, fu):  # type: ignore[override]
+    def forward(ctx, meta, drive, h0, c0, hebb0, elig0, W, A, eta, ee, wm, bm, fv, fu):
         inputs = dict(drive=drive, h0=h0, c0=c0, hebb0=hebb0, elig0=elig0, W=W, A=A, wm=wm, fv=fv, fu=fu)
         out, saved = _run_forward(meta, inputs, save=True)
         ctx.set_materialize_grads(False)  # an output nothing depends on sends None: no zero fill
@@ -236,7 +238,7 @@ class _SegmentFunction(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g_hs, g_cT, g_hebbT, g_eligT):  # type: ignore[override]
+    def backward(ctx, g_hs, g_cT, g_hebbT, g_eligT):
         meta = ctx.meta
         B, T, H, rule = meta["B"], meta["T"], meta["H"], meta["rule"]
         h0, c0, hebb0, elig0, W, A, wm, fv, fu, hs, *rest = ctx.saved_tensors
@@ -343,7 +345,9 @@ def _check_state(cell: PlasticLSTMCell, drive: Tensor, state: LSTMState) -> None
         raise ValueError(f"state.elig must have shape ({B}, {H}, {H}), got {tuple(state.elig.shape)}")
 
 
-def sequence(cell: PlasticLSTMCell, drive: Tensor, state: LSTMState) -> tuple[Tensor, tuple[Tensor, ...]]:
+def sequence(
+    cell: PlasticLSTMCell, drive: Tensor, state: LSTMState
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]:
     """A segment on the fast path; same contract and numbers (to rounding) as the reference.
 
     Args:

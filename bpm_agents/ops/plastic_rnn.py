@@ -46,9 +46,10 @@ before sleeping (default 50 us).
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -58,7 +59,13 @@ from bpm_agents.kernel_build import CppKernel
 from bpm_agents.plasticity import KernelParams, KernelStatic, PlasticState, fast_kernel_unsupported
 
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import TypeAlias
+
     from bpm_agents.networks import PlasticRNN
+
+    _Opt: TypeAlias = "Tensor | None"
+    #: (w, A, eta, eta_e, w_M, b_M, v, u), as :func:`_weights` returns them
+    _Weights: TypeAlias = "tuple[Tensor, _Opt, _Opt, _Opt, _Opt, _Opt, _Opt, _Opt]"
 
 __all__ = [
     "supports",
@@ -236,7 +243,7 @@ def _meta(static: KernelStatic, T: int, k: int | None, starts: Tensor | None) ->
     }
 
 
-def _weights(net: PlasticRNN) -> tuple:
+def _weights(net: PlasticRNN) -> _Weights:
     """(w, A, eta, eta_e, w_M, b_M, v, u) in the kernel's order; None where the rule has none."""
     p: KernelParams = net.synapses.kernel_params()
     A = p.alpha.contiguous() if p.alpha is not None else None
@@ -250,7 +257,7 @@ class _SequenceFunction(torch.autograd.Function):
     """The fused sequence: (drive_in, h0, H0, E0, w, A, eta, eta_e, w_M, b_M, v, u) -> (x, M, H_T, E_T)."""
 
     @staticmethod
-    def forward(ctx, meta, drive_in, h0, H0, E0, w, A, eta, ee, wm, bm, fv, fu):  # type: ignore[override]
+    def forward(ctx, meta, drive_in, h0, H0, E0, w, A, eta, ee, wm, bm, fv, fu):
         out = _run_forward(meta, drive_in, h0, H0, E0, w, A, eta, ee, wm, bm, fv, fu, save=True)
         x, pre, m, H, E, ckH, ckE = out
         _save_for_backward(ctx, meta, x, pre, m, ckH, ckE, w, A, eta, ee, wm, bm, fv, fu)
@@ -259,7 +266,7 @@ class _SequenceFunction(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, gx, gm, gH_T, gE_T, _gpre):  # type: ignore[override]
+    def backward(ctx, gx, gm, gH_T, gE_T, _gpre):
         return _backward(ctx, gx, gm, gH_T, gE_T)
 
 
@@ -304,6 +311,7 @@ def _backward(ctx, gx, gm, gH_T, gE_T) -> tuple:
     )
     gdrive = torch.empty(B, T, N, dtype=dtype)
     da = torch.zeros(B, T, dtype=dtype) if modulated else None
+    dR: Tensor | None
     if meta["fanout"]:
         dR = torch.zeros(B, T, N, dtype=dtype)
     else:
@@ -354,15 +362,18 @@ def _backward(ctx, gx, gm, gH_T, gE_T) -> tuple:
     need = ctx.needs_input_grad
     flat_pre = pre.reshape(B * T, N)
     g_w = flat_pre.t() @ gdrive.reshape(B * T, N) if need[5] else None
-    g_A = dA.sum(0) if (plastic and need[6]) else None
-    g_eta = dR.sum().reshape(()) if (rule == "hebbian" and need[7]) else None
-    g_ee = dee.sum().reshape(()) if (elig and need[8]) else None
+    # dA and dR exist for the plastic rules, dee for the eligibility one, da for the modulated ones
+    g_A = cast(Tensor, dA).sum(0) if (plastic and need[6]) else None
+    g_eta = cast(Tensor, dR).sum().reshape(()) if (rule == "hebbian" and need[7]) else None
+    g_ee = cast(Tensor, dee).sum().reshape(()) if (elig and need[8]) else None
     g_wm = g_bm = g_fv = g_fu = None
     if modulated:
+        assert da is not None
         flat_da = da.reshape(B * T)
         g_wm = x.reshape(B * T, N).t() @ flat_da if need[9] else None
         g_bm = flat_da.sum().reshape(1) if need[10] else None
         if meta["fanout"]:
+            assert dR is not None
             g_fv = torch.einsum("btn,bt->n", dR, m) if need[11] else None
             g_fu = dR.sum((0, 1)) if need[12] else None
     return (
@@ -540,7 +551,7 @@ class ActingRecord:
 
     def select(self, index: Tensor) -> ActingRecord:
         """The record of the batch elements ``index`` (a 1-d index tensor), e.g. a minibatch."""
-        pick = lambda t: None if t is None else t[index].contiguous()  # noqa: E731
+        pick: Callable[[Tensor | None], Any] = lambda t: None if t is None else t[index].contiguous()  # noqa: E731
         return ActingRecord(
             pick(self.x),
             pick(self.pre),
@@ -729,13 +740,13 @@ class _RecordedFunction(torch.autograd.Function):
     backward is :func:`_backward`, exactly as for :class:`_SequenceFunction`."""
 
     @staticmethod
-    def forward(ctx, meta, drive_in, h0, H0, E0, w, A, eta, ee, wm, bm, fv, fu, x, pre, m, ckH, ckE):  # type: ignore[override]
+    def forward(ctx, meta, drive_in, h0, H0, E0, w, A, eta, ee, wm, bm, fv, fu, x, pre, m, ckH, ckE):
         _save_for_backward(ctx, meta, x, pre, m, ckH, ckE, w, A, eta, ee, wm, bm, fv, fu)
         return x.clone(), m.clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, gx, gm):  # type: ignore[override]
+    def backward(ctx, gx, gm):
         return (*_backward(ctx, gx, gm, None, None), None, None, None, None, None)
 
 

@@ -7,7 +7,7 @@ and reproduces SB3's ``DummyVecEnv`` exactly (see :mod:`bpm_agents.sb3`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -16,6 +16,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
 import bpm_envs  # noqa: F401  (registers the bpm/ environments)
 from bpm_agents.checkpoint import CheckpointError
+from bpm_envs.batched import BatchedVectorEnv
 
 
 def check_bpm_env_id(env_id: str) -> None:
@@ -48,12 +49,16 @@ class NativeVecEnv(VecEnv):
         task_info: bool = False,
     ) -> None:
         check_bpm_env_id(env_id)
-        self.native = gym.make_vec(
-            env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", **(env_kwargs or {})
+        # the vector entry point of a bpm/ id is its BatchedVectorEnv, unwrapped
+        self.native = cast(
+            BatchedVectorEnv,
+            gym.make_vec(
+                env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", **(env_kwargs or {})
+            ),
         )
         self.task_info = task_info
         self.render_mode = None
-        self._record = None
+        self._record: dict[str, Any] | None = None
         super().__init__(
             self.native.num_envs,
             self.native.single_observation_space,
@@ -69,13 +74,11 @@ class NativeVecEnv(VecEnv):
         self._reset_options()
         return obs
 
-    def _begin_record(self, seeds: list[int] | None) -> None:
+    def _begin_record(self, seeds: list[int | None] | None) -> None:
         """Remember how the episode about to start is drawn, and its actions from here on."""
         rngs = None if seeds is not None or self.native._rngs is None else self.native.get_rng_states()
         replayable = seeds is not None or rngs is not None
-        self._record: dict[str, Any] | None = (
-            {"seeds": seeds, "rng_states": rngs, "actions": []} if replayable else None
-        )
+        self._record = {"seeds": seeds, "rng_states": rngs, "actions": []} if replayable else None
 
     def episode_record(self) -> dict[str, Any] | None:
         """How to rebuild the envs' current state exactly: the seeds or generator states that
@@ -103,6 +106,7 @@ class NativeVecEnv(VecEnv):
         if seeds is None:
             self.native.set_rng_states(rngs)
         self._begin_record(seeds)
+        assert self._record is not None  # seeded, or the generator states were just set
         obs, _ = self.native.reset(seed=seeds)
         self._reset_seeds()
         total = np.zeros(self.num_envs, dtype=np.float64)
@@ -146,7 +150,7 @@ class NativeVecEnv(VecEnv):
 
     @property
     def episode_length(self) -> int:
-        return int(self.native.unwrapped.episode_length)
+        return int(cast(BatchedVectorEnv, self.native.unwrapped).episode_length)
 
     # SB3 asks a few attributes of its envs; the native env is one object, so every index
     # sees the same value.

@@ -14,7 +14,7 @@ import random
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -70,7 +70,8 @@ def capture_resume_state(model: BaseAlgorithm, venv: VecEnv) -> dict[str, Any]:
     running episodes plus the actions since (:meth:`NativeVecEnv.episode_record`), replayed on
     resume. The rollout buffer is refilled from scratch at every update, so it is not needed.
     """
-    keys, pos, has_gauss, cached = np.random.get_state()[1:]
+    # numpy's stubs allow a dict (a non-MT19937 generator); the global one is MT19937: the legacy tuple
+    keys, pos, has_gauss, cached = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())[1:]
     py_version, py_state, py_gauss = random.getstate()
     lstm = getattr(model, "_last_lstm_states", None)
     return {
@@ -130,7 +131,8 @@ def restore_resume_state(
             from sb3_contrib.common.recurrent.type_aliases import RNNStates
 
             t = [x.to(model.device) for x in state["lstm_states"]]
-            model._last_lstm_states = RNNStates((t[0], t[1]), (t[2], t[3]))
+            # RecurrentPPO's attribute; SB3's BaseAlgorithm stub does not declare it
+            model._last_lstm_states = RNNStates((t[0], t[1]), (t[2], t[3]))  # type: ignore[attr-defined]
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])

@@ -102,7 +102,9 @@ class SB3Config(DictConfig):
             if defaults[name] is None and getattr(self, name) is not None:
                 raise ValueError(f"{name} does not apply to algo {self.algo!r}")
         cfg = replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+        assert cfg.net_arch is not None  # every algo has a default
         cfg = replace(cfg, net_arch=[int(n) for n in cfg.net_arch])
+        assert cfg.net_arch is not None  # (replace() loses the narrowing)
         for name in ("n_envs", "n_steps", "minibatch_size", "n_epochs", "lstm_hidden_size"):
             if getattr(cfg, name) is not None:
                 require_int(name, getattr(cfg, name))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
@@ -16,7 +18,7 @@ def build_model(config: SB3Config, env: VecEnv, device: str | torch.device = "cp
     SB3 seeds Python's, numpy's and torch's *global* generators (``set_random_seed``); that is
     how SB3 samples actions, so a run is reproducible only as a whole process.
     """
-    common = dict(
+    common: dict[str, Any] = dict(
         learning_rate=config.learning_rate,
         n_steps=config.n_steps,
         gamma=config.gamma,
@@ -28,9 +30,13 @@ def build_model(config: SB3Config, env: VecEnv, device: str | torch.device = "cp
         device=device,
         verbose=0,
     )
+    assert config.net_arch is not None, "resolve() the config first"
     arch = list(config.net_arch)
     if config.algo == "ppo":
         from stable_baselines3 import PPO
+
+        assert config.minibatch_size is not None and config.n_epochs is not None  # filled by resolve()
+        assert config.clip_range is not None
 
         return PPO(
             "MlpPolicy",

@@ -107,8 +107,11 @@ class _PeerJob:
 
     def step(self) -> dict[str, float]:
         model = self.model
-        model.learn(
-            self.config.steps_per_update, callback=self.stats, log_interval=None, reset_num_timesteps=False
+        model.learn(  # SB3 types log_interval as int, but its learn() takes None (no logging)
+            self.config.steps_per_update,
+            callback=self.stats,
+            log_interval=None,  # type: ignore[arg-type]
+            reset_num_timesteps=False,
         )
         returns = self.stats.pop_returns()
         self.episodes += len(returns)
