@@ -238,14 +238,22 @@ def a2c_loss(
     advantage = returns - values
     policy = -(taken * advantage.detach()).mean()
     value = value_coef * advantage.pow(2).mean()
-    probs = log_probs.exp()
-    if entropy_mode == "sum_squares":
-        entropy = entropy_coef * probs.pow(2).sum(-1).mean()
-    elif entropy_mode == "entropy":
-        entropy = entropy_coef * (probs * log_probs).sum(-1).mean()  # = -coef * H
-    else:
-        raise ValueError(f"unknown entropy mode {entropy_mode!r}; allowed: {', '.join(ENTROPY_MODES)}")
+    entropy = entropy_term(log_probs, entropy_coef, entropy_mode)
     return LossTerms(policy + value + entropy, policy, value, entropy)
+
+
+def entropy_term(log_probs: Tensor, coef: float, mode: str) -> Tensor:
+    """The action-distribution term of the loss (to be minimised), averaged over batch and time.
+
+    ``sum_squares`` is the paper's penalty ``coef * sum_a pi(a)^2``; ``entropy`` is the usual
+    bonus, ``-coef * H(pi)``. ``log_probs``: (..., A) log-softmax of the logits.
+    """
+    probs = log_probs.exp()
+    if mode == "sum_squares":
+        return coef * probs.pow(2).sum(-1).mean()
+    if mode == "entropy":
+        return coef * (probs * log_probs).sum(-1).mean()  # = -coef * H
+    raise ValueError(f"unknown entropy mode {mode!r}; allowed: {', '.join(ENTROPY_MODES)}")
 
 
 def make_vector_env(config: A2CConfig) -> gym.vector.VectorEnv:

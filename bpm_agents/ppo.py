@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from bpm_agents.a2c import ENTROPY_MODES, A2CConfig, A2CTrainer, NonFiniteLossError, Rollout
+from bpm_agents.a2c import A2CConfig, A2CTrainer, NonFiniteLossError, Rollout, entropy_term
 from bpm_agents.config import opt
 from bpm_envs.checks import require_int
 
@@ -154,13 +154,7 @@ def ppo_loss(
         clipped = old_values + (values - old_values).clamp(-value_clip, value_clip)
         error = torch.max(error, (clipped - returns).pow(2))
     value = value_coef * error.mean()
-    probs = log_probs.exp()
-    if entropy_mode == "sum_squares":
-        entropy = entropy_coef * probs.pow(2).sum(-1).mean()
-    elif entropy_mode == "entropy":
-        entropy = entropy_coef * (probs * log_probs).sum(-1).mean()  # = -coef * H
-    else:
-        raise ValueError(f"unknown entropy mode {entropy_mode!r}; allowed: {', '.join(ENTROPY_MODES)}")
+    entropy = entropy_term(log_probs, entropy_coef, entropy_mode)
     with torch.no_grad():
         clip_fraction = ((ratio - 1).abs() > clip_range).float().mean()
         approx_kl = ((ratio - 1) - log_ratio).mean()  # the low-variance estimator of KL(old || new)
