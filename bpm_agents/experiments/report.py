@@ -371,13 +371,14 @@ class Report:
                 step = max(1, len(claim["p"]) // 300)  # at most ~300 markers a row
                 sig = sig[sig % step == 0] if step > 1 else sig
                 y = lo - (i + 1) * 0.05 * span
+                colour = colours.get(claim["better"], "k")
                 ax.plot(
                     sig,
                     np.full(len(sig), y),
                     ls="none",
                     marker="|",
                     ms=6,
-                    color=colours.get(claim["better"], "k"),
+                    color=colour,
                     label=f"p < {ALPHA}: {claim['better']} vs {claim['worse']}",
                 )
                 # the legend's colours repeat when two claims share a condition: name each row too
@@ -389,7 +390,7 @@ class Report:
                     textcoords="offset points",
                     fontsize=7,
                     va="center",
-                    color=colours.get(claim["better"], "k"),
+                    color=colour,
                 )
             ax.set_ylim(lo - (len(testable) + 1) * 0.05 * span, hi + 0.05 * span)
         ax.set_xlabel("updates")

@@ -102,14 +102,15 @@ class SB3Config(DictConfig):
             if defaults[name] is None and getattr(self, name) is not None:
                 raise ValueError(f"{name} does not apply to algo {self.algo!r}")
         cfg = replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
-        assert cfg.net_arch is not None  # every algo has a default
-        cfg = replace(cfg, net_arch=[int(n) for n in cfg.net_arch])
-        assert cfg.net_arch is not None  # (replace() loses the narrowing)
+        arch = cfg.net_arch
+        assert arch is not None  # every algo has a default
+        arch = [int(n) for n in arch]
+        cfg = replace(cfg, net_arch=arch)
         for name in ("n_envs", "n_steps", "minibatch_size", "n_epochs", "lstm_hidden_size"):
             if getattr(cfg, name) is not None:
                 require_int(name, getattr(cfg, name))
-        if any(n < 1 for n in cfg.net_arch):
-            raise ValueError(f"net_arch layer sizes must be >= 1, got {cfg.net_arch}")
+        if any(n < 1 for n in arch):
+            raise ValueError(f"net_arch layer sizes must be >= 1, got {arch}")
         for name in ("gamma", "gae_lambda"):
             if not 0 <= getattr(cfg, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(cfg, name)!r}")
