@@ -354,8 +354,10 @@ def main(argv: list[str] | None = None) -> int:
             if task not in meta["lstm"]:
                 target = plastic_params(TASKS[task])
                 meta["lstm"][task] = [matched_lstm_width(TASKS[task], target), target]
-    command = "python benchmarks/same_budget.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    meta.update(command=command, budgets=budgets, seeds=args.seeds, workers=args.workers, smooth=args.smooth,
+    if not (args.report_only and "command" in meta):  # a rebuilt report keeps the command that trained
+        command = "python benchmarks/same_budget.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        meta.update(command=command, workers=args.workers)
+    meta.update(budgets=budgets, seeds=args.seeds, smooth=args.smooth,
                 machine=f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, Python "
                         f"{platform.python_version()}")  # fmt: skip
     meta_path.write_text(json.dumps(meta, indent=2))
