@@ -38,6 +38,7 @@ import json
 import os
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -150,28 +151,28 @@ def report(out: Path, grids: dict[str, list[str]], seeds: list[int], final: bool
     if not final:
         lines += ["", "Chosen per variant (lowest mean best-validation perplexity over its seeds, among points "
                   "where every seed has finished the same number of epochs):", ""]  # fmt: skip
-    for variant, pts in results.items():
-        if final:
-            break
-        scored = []
-        for name, p in pts.items():
-            done = [r for r in p["runs"].values() if r is not None]
-            if len(done) == len(seeds) and len({r["epochs"] for r in done}) == 1:
-                scored.append(
-                    (sum(r["best_valid"] for r in done) / len(done), done[0]["epochs"], name, p["flags"])
+        for variant, pts in results.items():
+            scored = []
+            for name, p in pts.items():
+                done = [r for r in p["runs"].values() if r is not None]
+                if len(done) == len(seeds) and len({r["epochs"] for r in done}) == 1:
+                    scored.append(
+                        (sum(r["best_valid"] for r in done) / len(done), done[0]["epochs"], name, p["flags"])
+                    )
+            if scored:
+                top_epochs = max(e for _, e, _, _ in scored)
+                best = min(x for x in scored if x[1] == top_epochs)
+                chosen[variant] = {
+                    "point": best[2],
+                    "flags": best[3],
+                    "mean_best_valid": best[0],
+                    "epochs": best[1],
+                }
+                lines.append(
+                    f"- {variant}: `{best[3]}` (mean best valid ppl {best[0]:.2f} at {best[1]} epochs)"
                 )
-        if scored:
-            top_epochs = max(e for _, e, _, _ in scored)
-            best = min(x for x in scored if x[1] == top_epochs)
-            chosen[variant] = {
-                "point": best[2],
-                "flags": best[3],
-                "mean_best_valid": best[0],
-                "epochs": best[1],
-            }
-            lines.append(f"- {variant}: `{best[3]}` (mean best valid ppl {best[0]:.2f} at {best[1]} epochs)")
-        else:
-            lines.append(f"- {variant}: no grid point finished yet")
+            else:
+                lines.append(f"- {variant}: no grid point finished yet")
     comparison: dict[str, Any] = {}
     if final:
         lines += ["", "| model | params | test ppl per seed | mean +- sd over seeds | paper (mean of 16) |",
@@ -183,13 +184,11 @@ def report(out: Path, grids: dict[str, list[str]], seeds: list[int], final: bool
             per_seed = " / ".join(
                 "-" if r is None or r["test"] is None else f"{r['test']:.2f}" for r in every
             )
-            mean = sum(tests) / len(tests) if tests else None
-            sd = (sum((t - mean) ** 2 for t in tests) / (len(tests) - 1)) ** 0.5 if len(tests) > 1 else None
-            summary = (
-                f"{mean:.2f}" if mean is not None and len(tests) == len(every) else "(not all seeds done)"
-            )
-            if sd is not None and len(tests) == len(every):
-                summary += f" +- {sd:.2f}"
+            mean = statistics.mean(tests) if tests else None
+            sd = statistics.stdev(tests) if len(tests) > 1 else None  # sample sd (n - 1)
+            summary = "(not all seeds done)"
+            if mean is not None and len(tests) == len(every):
+                summary = f"{mean:.2f}" + ("" if sd is None else f" +- {sd:.2f}")
             params_s = f"{params:,}" if params else "-"
             lines.append(
                 f"| `{variant}` | {params_s} | {per_seed} | {summary} | {PAPER_TEST_PPL[variant]:.2f} |"
