@@ -45,8 +45,21 @@ def test_grid_chooses_the_lowest_mean_best_validation_per_variant(tmp_path: Path
     text = lm_grid.report(tmp_path, {"lstm": [a, b], "simple": [a, b]}, [0, 1])
     chosen = json.loads((tmp_path / "grid.json").read_text())["chosen"]
     # lstm's a has seeds at 3 and 2 epochs, so only b (124 mean) counts
-    assert chosen["lstm"] == {"point": "l2=1e-4", "flags": b, "mean_best_valid": 124.0, "epochs": 2}
+    assert chosen["lstm"] == {
+        "point": "l2=1e-4",
+        "flags": b,
+        "mean_best_valid": 124.0,
+        "epochs": 2,
+        "complete": False,
+    }
     assert chosen["simple"]["flags"] == a and chosen["simple"]["mean_best_valid"] == 128.0
+    # neither grid is complete (a point not comparable, a seed missing): the choice is provisional only
+    assert not chosen["lstm"]["complete"] and not chosen["simple"]["complete"]
+    assert "- simple: `--l2 1e-6` (mean best valid ppl 128.00 at 2 epochs; provisional: 1 of 2 points" in text
+    fake_run(tmp_path / "simple/l2=1e-4/seed1", [150, 131], 129)
+    lm_grid.report(tmp_path, {"lstm": [a, b], "simple": [a, b]}, [0, 1])
+    chosen = json.loads((tmp_path / "grid.json").read_text())["chosen"]
+    assert chosen["simple"]["complete"] and chosen["simple"]["flags"] == a and not chosen["lstm"]["complete"]
     assert "| simple | `--l2 1e-4` | 1 | 0 | | | |" in text
     assert "l1 0.50, l2 0.50" in text
 
@@ -54,7 +67,10 @@ def test_grid_chooses_the_lowest_mean_best_validation_per_variant(tmp_path: Path
 def test_chosen_runs_each_variant_at_its_own_point_and_reports_mean_and_sd(tmp_path: Path):
     grid_json = tmp_path / "grid" / "grid.json"
     grid_json.parent.mkdir()
-    chosen = {"lstm": {"flags": "--l2 1e-4"}, "simple": {"flags": "--l2 1e-6"}}
+    chosen = {
+        "lstm": {"flags": "--l2 1e-4", "complete": True},
+        "simple": {"flags": "--l2 1e-6", "complete": True},
+    }
     grid_json.write_text(json.dumps({"chosen": chosen}))
     final = tmp_path / "final"
     fake_run(final / "lstm/l2=1e-4/seed0", [110], 104.0, params=4651600)
@@ -71,13 +87,21 @@ def test_chosen_runs_each_variant_at_its_own_point_and_reports_mean_and_sd(tmp_p
     assert comparison["lstm"]["test_ppl"] == [104.0, 106.0] and comparison["lstm"]["paper"] == 104.26
 
 
-def test_chosen_without_a_finished_point_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+def test_chosen_without_a_finished_grid_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     grid_json = tmp_path / "grid.json"
-    grid_json.write_text(json.dumps({"chosen": {"lstm": {"flags": "--l2 1e-4"}}}))
+    chosen = {
+        "lstm": {"flags": "--l2 1e-4", "complete": True},
+        "simple": {"flags": "--l2 1e-6", "complete": False},
+    }
+    grid_json.write_text(json.dumps({"chosen": chosen}))
     base = ["--data", "unused", "--out", str(tmp_path / "o"), "--report-only"]
     with pytest.raises(SystemExit) as e:
         lm_grid.main([*base, "--chosen", str(grid_json), "--variants", "lstm", "hebbian"])
     assert e.value.code == 2 and "no finished grid point for hebbian" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        lm_grid.main([*base, "--chosen", str(grid_json), "--variants", "lstm", "simple"])
+    assert e.value.code == 2 and "the grid of simple is not finished" in capsys.readouterr().err
+    assert lm_grid.main([*base, "--chosen", str(grid_json), "--variants", "lstm"]) == 0
     with pytest.raises(SystemExit) as e:
         lm_grid.main([*base, "--chosen", str(tmp_path / "missing.json")])
     assert e.value.code == 2 and "missing.json" in capsys.readouterr().err
