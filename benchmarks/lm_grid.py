@@ -152,9 +152,10 @@ def report(out: Path, grids: dict[str, list[str]], seeds: list[int], final: bool
         lines += ["", "Chosen per variant (lowest mean best-validation perplexity over its seeds, among points "
                   "where every seed has finished the same number of epochs):", ""]  # fmt: skip
         for variant, pts in results.items():
-            scored = []
+            scored, finished = [], 0
             for name, p in pts.items():
                 done = [r for r in p["runs"].values() if r is not None]
+                finished += all(r is not None and r["test"] is not None for r in p["runs"].values())
                 if len(done) == len(seeds) and len({r["epochs"] for r in done}) == 1:
                     scored.append(
                         (sum(r["best_valid"] for r in done) / len(done), done[0]["epochs"], name, p["flags"])
@@ -163,7 +164,9 @@ def report(out: Path, grids: dict[str, list[str]], seeds: list[int], final: bool
                 top_epochs = max(e for _, e, _, _ in scored)
                 best = min(x for x in scored if x[1] == top_epochs)
                 # a choice among some of the points only is shown, but --chosen refuses it
-                complete = len(scored) == len(pts) and all(e == top_epochs for _, e, _, _ in scored)
+                # finished = every seed has its test.json, i.e. has run all its epochs
+                comparable = sum(e == top_epochs for _, e, _, _ in scored)
+                complete = finished == comparable == len(pts)
                 chosen[variant] = {
                     "point": best[2],
                     "flags": best[3],
@@ -172,7 +175,9 @@ def report(out: Path, grids: dict[str, list[str]], seeds: list[int], final: bool
                     "complete": complete,
                 }
                 provisional = (
-                    "" if complete else f"; provisional: {len(scored)} of {len(pts)} points comparable"
+                    ""
+                    if complete
+                    else f"; provisional: {finished} of {len(pts)} points finished, {comparable} comparable"
                 )
                 lines.append(
                     f"- {variant}: `{best[3]}` (mean best valid ppl {best[0]:.2f} at {best[1]} epochs{provisional})"

@@ -55,11 +55,23 @@ def test_grid_chooses_the_lowest_mean_best_validation_per_variant(tmp_path: Path
     assert chosen["simple"]["flags"] == a and chosen["simple"]["mean_best_valid"] == 128.0
     # neither grid is complete (a point not comparable, a seed missing): the choice is provisional only
     assert not chosen["lstm"]["complete"] and not chosen["simple"]["complete"]
-    assert "- simple: `--l2 1e-6` (mean best valid ppl 128.00 at 2 epochs; provisional: 1 of 2 points" in text
+    assert (
+        "- simple: `--l2 1e-6` (mean best valid ppl 128.00 at 2 epochs; provisional: 1 of 2 points finished, 1 comparable"
+        in text
+    )
     fake_run(tmp_path / "simple/l2=1e-4/seed1", [150, 131], 129)
     lm_grid.report(tmp_path, {"lstm": [a, b], "simple": [a, b]}, [0, 1])
     chosen = json.loads((tmp_path / "grid.json").read_text())["chosen"]
     assert chosen["simple"]["complete"] and chosen["simple"]["flags"] == a and not chosen["lstm"]["complete"]
+    # every point at the same epochs, but one still running (no test.json): not finished
+    fake_run(tmp_path / "hebbian/l2=1e-6/seed0", [150, 127], 125)
+    fake_run(tmp_path / "hebbian/l2=1e-4/seed0", [150, 126], None)
+    running = lm_grid.report(tmp_path, {"hebbian": [a, b]}, [0])
+    assert not json.loads((tmp_path / "grid.json").read_text())["chosen"]["hebbian"]["complete"]
+    assert (
+        "- hebbian: `--l2 1e-4` (mean best valid ppl 126.00 at 2 epochs; provisional: 1 of 2 points finished, 2 comparable)"
+        in running
+    )
     assert "| simple | `--l2 1e-4` | 1 | 0 | | | |" in text
     assert "l1 0.50, l2 0.50" in text
 
