@@ -103,13 +103,16 @@ def read_run(run_dir: Path) -> dict[str, Any] | None:
     valid = [float(r["valid_ppl"]) for r in rows]
     last = rows[-1]
     saturation = {k: float(v) for k, v in last.items() if k.endswith("m_saturated") and v not in ("", None)}
-    test = None
+    best_valid, test = min(valid), None
     if (run_dir / "test.json").is_file():
-        test = json.loads((run_dir / "test.json").read_text()).get("test_ppl")
+        done = json.loads((run_dir / "test.json").read_text())
+        test = done.get("test_ppl")
+        # progress.csv rounds; the finished run's own record keeps full precision
+        best_valid = done.get("best_valid_ppl", best_valid)
     params = None
     if (run_dir / "config.json").is_file():
         params = json.loads((run_dir / "config.json").read_text()).get("parameters")
-    return {"epochs": len(rows), "best_valid": min(valid), "test": test, "saturation": saturation,
+    return {"epochs": len(rows), "best_valid": best_valid, "test": test, "saturation": saturation,
             "parameters": params}  # fmt: skip
 
 

@@ -26,6 +26,16 @@ def fake_run(folder: Path, valid: list[float], test: float | None, params: int =
         (folder / "test.json").write_text(json.dumps({"test_ppl": test}))
 
 
+def test_best_validation_comes_from_test_json_at_full_precision(tmp_path: Path):
+    # progress.csv keeps 3 decimals; a finished run's test.json has the exact best validation
+    fake_run(tmp_path / "run", [150.0, 110.015], 106.6)
+    done = json.loads((tmp_path / "run" / "test.json").read_text())
+    (tmp_path / "run" / "test.json").write_text(json.dumps({**done, "best_valid_ppl": 110.0146}))
+    assert lm_grid.read_run(tmp_path / "run")["best_valid"] == 110.0146
+    fake_run(tmp_path / "running", [150.0, 110.015], None)
+    assert lm_grid.read_run(tmp_path / "running")["best_valid"] == 110.015
+
+
 def test_point_name_is_a_folder_name():
     assert lm_grid.point_name("--l2 1e-4 --decay-start 4") == "l2=1e-4_decay-start=4"
     assert lm_grid.point_name("--tied") == "tied"
