@@ -374,6 +374,30 @@ def load_experiment_file(path: str | Path) -> Experiment:
 
 CUE = "bpm/CueReward-v0"
 MAZE = "bpm/PlasticMaze-v0"
+_MAZE_CONDITIONS = (
+    Condition("simple-N100", "simple", 100),
+    Condition("retroactive-N100", "retroactive", 100),
+    Condition("hebbian-N101", "hebbian", 101),
+    Condition("none-N139", "none", 139),
+    Condition("none-N100", "none", 100),
+)
+_MAZE_CLAIMS = (
+    Claim(
+        "simple-N100",
+        "hebbian-N101",
+        ">",
+        True,
+        "modulated > non-modulated plasticity, rank-sum p < 0.05 over much of training",
+    ),
+    Claim("retroactive-N100", "hebbian-N101", ">", False, "modulated > non-modulated plasticity"),
+    Claim(
+        "simple-N100",
+        "none-N139",
+        ">",
+        False,
+        "modulated plasticity > the parameter-matched plain RNN",
+    ),
+)
 _CUE_CONDITIONS = tuple(Condition(f"{r}-N200", r, 200) for r in ("none", "hebbian", "simple", "retroactive"))
 
 BUILTIN: dict[str, Experiment] = {
@@ -448,30 +472,19 @@ BUILTIN: dict[str, Experiment] = {
                 "Paper Fig. 2: the grid maze; modulated N=100, hebbian N=101 and rnn N=139 match "
                 "parameter counts (~22.5k), rnn N=100 matches the size."
             ),
-            conditions=(
-                Condition("simple-N100", "simple", 100),
-                Condition("retroactive-N100", "retroactive", 100),
-                Condition("hebbian-N101", "hebbian", 101),
-                Condition("none-N139", "none", 139),
-                Condition("none-N100", "none", 100),
+            conditions=_MAZE_CONDITIONS,
+            claims=_MAZE_CLAIMS,
+        ),
+        Experiment(
+            name="fig2-release",
+            env_id=MAZE,
+            env_kwargs={"size": 11},
+            description=(
+                "Paper Fig. 2 on the original release's maze: a 13x13 array (11x11 interior, 24 "
+                "pillars), fig2's conditions and claims."
             ),
-            claims=(
-                Claim(
-                    "simple-N100",
-                    "hebbian-N101",
-                    ">",
-                    True,
-                    "modulated > non-modulated plasticity, rank-sum p < 0.05 over much of training",
-                ),
-                Claim("retroactive-N100", "hebbian-N101", ">", False, "modulated > non-modulated plasticity"),
-                Claim(
-                    "simple-N100",
-                    "none-N139",
-                    ">",
-                    False,
-                    "modulated plasticity > the parameter-matched plain RNN",
-                ),
-            ),
+            conditions=_MAZE_CONDITIONS,
+            claims=_MAZE_CLAIMS,
         ),
     )
 }
