@@ -40,6 +40,7 @@ from bpm_agents.experiments.definitions import Claim
 from bpm_agents.experiments.report import ConditionData, moving_average, table_marks
 from bpm_agents.experiments.runner import ray_available
 from bpm_agents.training import CSV_FIELDS, load_trainer, train
+from bpm_envs.maze import build_walls
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_OVERRIDES = {"batch_size": 2, "unroll_impl": "reference"}
@@ -88,7 +89,7 @@ def sweep(exp, out, updates, seeds=(0,), **kw):
 
 
 def test_builtin_experiments_are_the_papers():
-    assert list(BUILTIN) == ["fig1", "a5", "fig2"]
+    assert list(BUILTIN) == ["fig1", "a5", "fig2", "fig2-release"]
     cue = ["none-N200", "hebbian-N200", "simple-N200", "retroactive-N200"]
     assert [c.name for c in BUILTIN["fig1"].conditions] == cue
     assert [c.name for c in BUILTIN["a5"].conditions] == cue
@@ -105,6 +106,14 @@ def test_builtin_experiments_are_the_papers():
         "retroactive-N100 > hebbian-N101",
         "simple-N100 > none-N139",
     }
+    # the original release's Fig. 2 maze: a 13x13 array, an 11x11 interior with 24 pillars
+    release = BUILTIN["fig2-release"]
+    assert release.env_kwargs == {"size": 11} and release.env_id == BUILTIN["fig2"].env_id
+    assert release.conditions == BUILTIN["fig2"].conditions and release.claims == BUILTIN["fig2"].claims
+    walls = build_walls(release.env_kwargs["size"])
+    assert walls.shape == (13, 13) and int(walls[1:-1, 1:-1].sum()) == 24
+    assert release.levels == {"random walk": 5.367, "oracle": 269.53}
+    assert BUILTIN["fig2"].levels == {"random walk": 7.747, "oracle": 324.42}
     for exp in BUILTIN.values():
         assert exp.protocols == {"paper": {}, "ppo": {"algo": "plastic-ppo"}}
         assert experiment_from_dict(json.loads(json.dumps(exp.to_dict()))) == exp
@@ -182,6 +191,20 @@ def test_paper_protocol_equals_the_train_py_config():
                     seed=3,
                 ).resolve()
             )
+
+
+def test_levels_are_validated_and_shown_by_the_report(tmp_path):
+    d = two_condition_experiment().to_dict()
+    with pytest.raises(ExperimentError, match="field 'levels' must be an object of name -> finite number"):
+        experiment_from_dict({**d, "levels": {"chance": "zero"}})
+    exp = experiment_from_dict({**d, "levels": {"chance": 0.5}})
+    assert exp.levels == {"chance": 0.5}
+    for seed in range(2):
+        fake_run(tmp_path, "simple-N8", seed, np.full(20, 1.0))
+        fake_run(tmp_path, "hebbian-N8", seed, np.zeros(20))
+    rep = build_report(tmp_path, exp, window=5)
+    assert "reference levels (mean episode reward): chance 0.5" in rep.text()
+    assert rep.to_json()["levels"] == {"chance": 0.5}
 
 
 @pytest.mark.parametrize(
@@ -653,3 +676,45 @@ def test_report_compares_unequal_runs_up_to_the_shortest(tmp_path):
     assert "At update 120 (the shortest common run length)" in text
     write_report(rep, tmp_path / "r")  # the figure draws curves of unequal lengths
     assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_paired_signed_rank_and_the_smallest_reachable_p():
+    # 5 seeds, better above worse in every seed: the exact two-sided signed-rank p is 2 / 2**5
+    a = ConditionData("a", [0, 1, 2, 3, 4], [np.full(4, 10.0 + i) for i in range(5)])
+    b = ConditionData("b", [0, 1, 2, 3, 4], [np.full(4, float(i)) for i in range(5)])
+    res = check_claim(Claim("a", "b", ">", True), a, b)
+    assert res["paired"]["p_final"] == pytest.approx(0.0625)
+    assert res["paired"]["direction_final"] == 1 and res["paired"]["seeds"] == [0, 1, 2, 3, 4]
+    assert res["smallest_p"]["signed_rank"] == pytest.approx(0.0625)
+    assert res["smallest_p"]["rank_sum"] == pytest.approx(0.009023, abs=1e-5)  # the 5 vs 5 value above
+    # 3 vs 3: the rank-sum test reaches 0.0495 only under complete separation; signed-rank 0.25
+    low = check_claim(
+        Claim("a", "b", ">", True), *(ConditionData(c.name, c.seeds[:3], c.curves[:3]) for c in (a, b))
+    )["smallest_p"]
+    assert low["rank_sum"] == pytest.approx(0.04953, abs=1e-5) and low["signed_rank"] == pytest.approx(0.25)
+    # pairs by seed id, not by position: seed 4 of "a" has no partner and is left out
+    c = ConditionData("c", [4, 3, 2, 1, 0], [np.full(4, float(i) - 1) for i in (4, 3, 2, 1, 0)])
+    res = check_claim(Claim("b", "c", ">", False), b, c)
+    assert res["paired"]["seeds"] == [0, 1, 2, 3, 4] and res["paired"]["direction_final"] == 1
+    # identical curves: every difference is 0, p = 1 and no direction
+    same = check_claim(Claim("a", "a", ">", False), a, a)["paired"]
+    assert same["p_final"] == 1.0 and same["direction_final"] == 0
+
+
+def test_significant_ranges_keep_every_update_and_its_direction(tmp_path):
+    from bpm_agents.experiments.report import format_ranges, significant_ranges
+
+    mask = np.zeros(20, bool)
+    mask[[0, 4, 5, 6, 19]] = True
+    assert significant_ranges(mask) == [(1, 1), (5, 7), (20, 20)]
+    assert format_ranges(significant_ranges(mask)) == "1, 5-7, 20"
+    assert format_ranges(significant_ranges(mask), limit=1) == "1 and 2 more runs"
+    # 'a' above 'b' over updates 1-30, below over 61-90 (5 seeds each, no noise)
+    up = np.r_[np.full(30, 5.0), np.zeros(30), np.full(30, -5.0)]
+    for seed in range(5):
+        fake_run(tmp_path, "simple-N8", seed, up + seed * 0.01)
+        fake_run(tmp_path, "hebbian-N8", seed, np.zeros(90) + seed * 0.01)
+    claim = build_report(tmp_path, two_condition_experiment(), window=1).claims[0]
+    assert claim["better_significant_ranges"] == [(1, 30)]
+    assert claim["worse_significant_ranges"] == [(61, 90)]
+    assert claim["fraction_worse_significant"] == pytest.approx(30 / 90)

@@ -292,3 +292,22 @@ def test_bad_options_raise_value_error_naming_the_value(options, pattern):
         gym.make(ENV_ID, **options)
     with pytest.raises(ValueError, match=pattern):
         gym.make_vec(ENV_ID, num_envs=2, **options)
+
+
+@pytest.mark.parametrize("size", [9, 11])
+def test_reference_levels_match_the_experiments_constants(size):
+    """The random walk and the shortest-path oracle, measured afresh, agree with MAZE_LEVELS."""
+    from bpm_agents.experiments.definitions import MAZE_LEVELS
+    from bpm_envs.maze import build_walls
+    from bpm_envs.maze_levels import distances, play
+
+    walls = build_walls(size)
+    dist = distances(walls)
+    centre = (size + 2) // 2 * (size + 2) + (size + 2) // 2
+    assert dist[centre, centre] == 0 and dist[centre, centre + 1] == 1
+    assert dist[centre, size + 2 + 1] == size - 1  # to the first interior cell: (size-1)/2 up and left
+    assert (dist[walls.ravel()] == -1).all()
+    for policy, key, tol in (("random", "random walk", 0.12), ("oracle", "oracle", 0.8)):
+        r = play(policy, 4000, seed=size, size=size)
+        stderr = r.std(ddof=1) / np.sqrt(len(r))
+        assert abs(r.mean() - MAZE_LEVELS[size][key]) < max(4 * stderr, tol), (policy, r.mean(), stderr)

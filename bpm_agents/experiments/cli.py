@@ -50,7 +50,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "that does not fit (nothing started); 130 interrupted (rerun to continue)",
     )
     r.add_argument(
-        "experiment", help="a built-in experiment (fig1, a5, fig2) or a path to a .json definition"
+        "experiment",
+        help="a built-in experiment (fig1, a5, fig2, fig2-release) or a path to a .json definition",
     )
     r.add_argument("--seeds", default="0-4", help="seeds of every condition, e.g. 0-4 or 0,2,5-7")
     r.add_argument(

@@ -24,6 +24,7 @@ one.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -108,6 +109,8 @@ class Experiment:
     )
     claims: tuple[Claim, ...] = ()
     description: str = ""
+    #: reference scores of the task (e.g. "random walk", "oracle"), mean episode reward, measured
+    levels: dict[str, float] = field(default_factory=dict)
 
     def condition(self, name: str) -> Condition:
         for c in self.conditions:
@@ -147,6 +150,7 @@ class Experiment:
                 }
                 for c in self.claims
             ],
+            "levels": dict(self.levels),
         }
 
 
@@ -256,7 +260,9 @@ def experiment_from_dict(d: Any, source: str = "experiment") -> Experiment:
     if not isinstance(d, dict):
         raise ExperimentError(f"{source}: an experiment must be a JSON object, got {type(d).__name__}")
     _check_keys(
-        d, {"name", "description", "env_id", "env_kwargs", "conditions", "protocols", "claims"}, source
+        d,
+        {"name", "description", "env_id", "env_kwargs", "conditions", "protocols", "claims", "levels"},
+        source,
     )
     name = _check_name(_require(d, "name", str, source), f"{source}: field 'name'")
     where = f"{source} (experiment {name!r})"
@@ -338,7 +344,24 @@ def experiment_from_dict(d: Any, source: str = "experiment") -> Experiment:
             raise ExperimentError(f"{kw}: text must be a string, got {text!r}")
         claims.append(Claim(better, worse, relation, significant, text))
 
-    exp = Experiment(name, env_id, tuple(conditions), dict(env_kwargs), protocols, tuple(claims), description)
+    levels = d.get("levels", {})
+    if not isinstance(levels, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in levels.values()
+    ):
+        raise ExperimentError(
+            f"{where}: field 'levels' must be an object of name -> finite number (a reference "
+            f'episode reward, e.g. {{"random walk": 7.75}}), got {levels!r}'
+        )
+    exp = Experiment(
+        name,
+        env_id,
+        tuple(conditions),
+        dict(env_kwargs),
+        protocols,
+        tuple(claims),
+        description,
+        {str(k): float(v) for k, v in levels.items()},
+    )
     _check_resolves(exp)
     return exp
 
@@ -374,6 +397,12 @@ def load_experiment_file(path: str | Path) -> Experiment:
 
 CUE = "bpm/CueReward-v0"
 MAZE = "bpm/PlasticMaze-v0"
+#: per maze size, benchmarks/maze_levels.py's means over 100,000 episodes (stderr: random walk
+#: 0.03, oracle 0.2); the oracle knows the reward cell from the first step
+MAZE_LEVELS = {
+    9: {"random walk": 7.747, "oracle": 324.42},
+    11: {"random walk": 5.367, "oracle": 269.53},
+}
 _MAZE_CONDITIONS = (
     Condition("simple-N100", "simple", 100),
     Condition("retroactive-N100", "retroactive", 100),
@@ -474,6 +503,7 @@ BUILTIN: dict[str, Experiment] = {
             ),
             conditions=_MAZE_CONDITIONS,
             claims=_MAZE_CLAIMS,
+            levels=MAZE_LEVELS[9],
         ),
         Experiment(
             name="fig2-release",
@@ -485,6 +515,7 @@ BUILTIN: dict[str, Experiment] = {
             ),
             conditions=_MAZE_CONDITIONS,
             claims=_MAZE_CLAIMS,
+            levels=MAZE_LEVELS[11],
         ),
     )
 }

@@ -6,6 +6,13 @@ values of two conditions are compared by the two-sided Wilcoxon rank-sum test
 (``scipy.stats.ranksums``). Runs of unequal length are compared up to the shortest common update,
 and the report says so.
 
+Seed k gives every condition the same episodes and sampling uniforms, so the conditions' curves are
+paired by seed. Beside the paper's (unpaired) rank-sum test the report gives the paired two-sided
+Wilcoxon signed-rank test over the seeds both conditions have (``scipy.stats.wilcoxon``, exact
+null distribution at these sizes), and for each test the smallest p it can reach with the seed
+counts at hand (its value under complete separation): with 5 seeds a side the rank-sum test reaches
+0.009, the signed-rank test only 0.0625, so "not significant" can be a matter of seed count.
+
 A claim ``better > worse`` holds at this budget when, at the final common update, the median of
 ``better`` is above that of ``worse`` (and p < 0.05 if the claim asks for significance); a claim
 ``better >= worse`` holds when ``worse`` is significantly above ``better`` at no more than 5% of
@@ -137,6 +144,56 @@ def _ranksums(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.atleast_1d(res.statistic), np.atleast_1d(res.pvalue)
 
 
+def _signed_rank(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column, the paired signed-rank test of ``a - b``: (direction, p).
+
+    ``direction`` is +1 where the differences' signed ranks favour ``a``, -1 where they favour
+    ``b``, 0 where every difference is 0 (p = 1 there: the two sides are identical).
+    """
+    import warnings
+
+    from scipy.stats import rankdata, wilcoxon
+
+    d = a - b
+    nonzero = np.any(d != 0, axis=0)
+    p = np.ones(d.shape[1])
+    direction = np.zeros(d.shape[1])
+    if nonzero.any():
+        dz = d[:, nonzero]
+        ranks = rankdata(np.abs(dz), axis=0) * (dz != 0)
+        direction[nonzero] = np.sign((ranks * np.sign(dz)).sum(axis=0))
+        with warnings.catch_warnings():  # columns with some zero differences use the normal approximation
+            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            p[nonzero] = np.atleast_1d(wilcoxon(dz, axis=0).pvalue)
+    return direction, p
+
+
+def smallest_p(n_a: int, n_b: int, paired: int) -> dict[str, float]:
+    """The smallest two-sided p each test can give at these seed counts (complete separation)."""
+    from scipy.stats import ranksums, wilcoxon
+
+    a, b = np.arange(n_a, dtype=float) + n_b, np.arange(n_b, dtype=float)
+    out = {"rank_sum": float(ranksums(a, b).pvalue)}
+    out["signed_rank"] = float(wilcoxon(np.arange(1.0, paired + 1)).pvalue) if paired >= 1 else math.nan
+    return out
+
+
+def significant_ranges(mask: np.ndarray) -> list[tuple[int, int]]:
+    """The runs of True in ``mask`` as 1-based inclusive (first, last) update pairs."""
+    m = np.concatenate([[False], np.asarray(mask, bool), [False]])
+    edges = np.flatnonzero(m[1:] != m[:-1])
+    return [(int(s) + 1, int(e)) for s, e in zip(edges[::2], edges[1::2])]
+
+
+def format_ranges(ranges: list[tuple[int, int]], limit: int = 8) -> str:
+    """``12-40, 55, 60-61`` (the first ``limit`` runs, then how many more)."""
+    if not ranges:
+        return "none"
+    text = ", ".join(f"{s}" if s == e else f"{s}-{e}" for s, e in ranges[:limit])
+    return text + (f" and {len(ranges) - limit} more runs" if len(ranges) > limit else "")
+
+
 def check_claim(claim: Claim, a: ConditionData, b: ConditionData, alpha: float = ALPHA) -> dict[str, Any]:
     """Test one claim on two conditions' smoothed curves; returns the verdict and the statistics.
 
@@ -161,6 +218,13 @@ def check_claim(claim: Claim, a: ConditionData, b: ConditionData, alpha: float =
         )
         return res
     stat, p = _ranksums(a.matrix(updates), b.matrix(updates))
+    shared = sorted(set(a.seeds) & set(b.seeds))
+    ia, ib = [a.seeds.index(k) for k in shared], [b.seeds.index(k) for k in shared]
+    if len(shared) >= 2:
+        direction, p_paired = _signed_rank(a.matrix(updates)[ia], b.matrix(updates)[ib])
+    else:
+        direction, p_paired = np.zeros(updates), np.full(updates, math.nan)
+    paired_sig = p_paired < alpha
     med_a = float(np.median(a.matrix(updates)[:, -1]))
     med_b = float(np.median(b.matrix(updates)[:, -1]))
     sig = p < alpha
@@ -182,11 +246,24 @@ def check_claim(claim: Claim, a: ConditionData, b: ConditionData, alpha: float =
             "statistic": float(stat[-1]),
             "p": float(p[-1]),
         },
+        smallest_p=smallest_p(len(a.curves), len(b.curves), len(shared)),
+        better_significant_ranges=significant_ranges(better_sig),
+        worse_significant_ranges=significant_ranges(worse_sig),
+        paired={
+            "seeds": shared,
+            "p_final": float(p_paired[-1]),
+            "direction_final": int(direction[-1]),
+            "fraction_better_significant": float((paired_sig & (direction > 0)).mean()),
+            "fraction_worse_significant": float((paired_sig & (direction < 0)).mean()),
+            "better_significant_ranges": significant_ranges(paired_sig & (direction > 0)),
+            "worse_significant_ranges": significant_ranges(paired_sig & (direction < 0)),
+        },
         fraction_p_below_alpha=float(sig.mean()),
         fraction_better_significant=float(better_sig.mean()),
         fraction_worse_significant=float(worse_sig.mean()),
         statistic=stat,
         p=p,
+        p_paired=p_paired,
     )
     return res
 
@@ -222,6 +299,7 @@ class Report:
     claims: list[dict[str, Any]]
     marks: list[int]
     notes: list[str]
+    levels: dict[str, float] = field(default_factory=dict)
 
     def table(self) -> dict[str, list[dict[str, Any]]]:
         rows: dict[str, list[dict[str, Any]]] = {}
@@ -247,6 +325,11 @@ class Report:
             f"moving average over {self.window} updates"
             + (f"; one update = {self.batch_size} episodes" if self.batch_size else ""),
         ]
+        if self.levels:
+            lines.append(
+                "reference levels (mean episode reward): "
+                + ", ".join(f"{k} {v:g}" for k, v in self.levels.items())
+            )
         lines.append("")
         lines.append(
             "runs: "
@@ -290,6 +373,25 @@ class Report:
                 f"({100 * claim['fraction_better_significant']:.1f}% with {claim['better']} above, "
                 f"{100 * claim['fraction_worse_significant']:.1f}% below)"
             )
+            lines.append(
+                f"  rank-sum p < {ALPHA} with {claim['better']} above at updates "
+                f"{format_ranges([tuple(r) for r in claim['better_significant_ranges']])}; below at "
+                f"{format_ranges([tuple(r) for r in claim['worse_significant_ranges']])}"
+            )
+            pr, low = claim["paired"], claim["smallest_p"]
+            if len(pr["seeds"]) >= 2:
+                lines.append(
+                    f"  paired signed-rank test over {len(pr['seeds'])} shared seeds: p = {pr['p_final']:.4g} "
+                    f"at update {f['update']}; p < {ALPHA} at "
+                    f"{100 * pr['fraction_better_significant']:.1f}% of updates with {claim['better']} above, "
+                    f"{100 * pr['fraction_worse_significant']:.1f}% below"
+                )
+            else:
+                lines.append("  paired signed-rank test: fewer than 2 shared seeds")
+            lines.append(
+                f"  smallest p reachable at these seed counts: rank-sum {low['rank_sum']:.4g}, "
+                f"signed-rank {low['signed_rank']:.4g}"
+            )
             if claim["text"]:
                 lines.append(f"  paper: {claim['text']}")
         if not self.claims:
@@ -314,7 +416,7 @@ class Report:
         claims = []
         for claim in self.claims:
             claim = dict(claim)
-            for key in ("statistic", "p"):
+            for key in ("statistic", "p", "p_paired"):
                 if key in claim:
                     claim[key + "_per_update"] = [
                         None if not math.isfinite(v) else float(f"{v:.5g}") for v in claim.pop(key)
@@ -329,6 +431,7 @@ class Report:
             "table": self.table(),
             "claims": claims,
             "notes": self.notes,
+            "levels": self.levels,
         }
 
     def curves_csv(self) -> str:
@@ -347,7 +450,7 @@ class Report:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=(9, 5.5), layout="constrained")
+        fig = Figure(figsize=(11, 5.5), layout="constrained")
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
         lows, highs = [], []
@@ -360,31 +463,34 @@ class Report:
             (line,) = ax.plot(x, q[1], lw=1.5, label=f"{c.name} (n={len(c.curves)})")
             colours[c.name] = line.get_color()
             ax.fill_between(x, q[0], q[2], color=line.get_color(), alpha=0.2, lw=0)
-            lows.append(q[0].min())
-            highs.append(q[2].max())
+            # the first updates average fewer than `window` values and swing widely: they do not
+            # set the y-range when the run is longer than the window
+            start = self.window if c.common > self.window else 0
+            lows.append(q[0][start:].min())
+            highs.append(q[2][start:].max())
         if lows:
             lo, hi = min(lows), max(highs)
             span = (hi - lo) or 1.0
             testable = [c for c in self.claims if c["verdict"] != "not testable"]
+            row = 0.06 * span
             for i, claim in enumerate(testable):
-                sig = np.flatnonzero(claim["p"] < ALPHA) + 1
-                step = max(1, len(claim["p"]) // 300)  # at most ~300 markers a row
-                sig = sig[sig % step == 0] if step > 1 else sig
-                y = lo - (i + 1) * 0.05 * span
+                # every significant update, as bars over runs of consecutive updates; the upper
+                # half of a row is "better above", the lower half (black) the opposite direction
+                y = lo - (i + 1) * row
                 colour = colours.get(claim["better"], "k")
-                ax.plot(
-                    sig,
-                    np.full(len(sig), y),
-                    ls="none",
-                    marker="|",
-                    ms=6,
-                    color=colour,
-                    label=f"p < {ALPHA}: {claim['better']} vs {claim['worse']}",
-                )
-                # the legend's colours repeat when two claims share a condition: name each row too
+                up = [(s - 0.5, e - s + 1) for s, e in claim["better_significant_ranges"]]
+                down = [(s - 0.5, e - s + 1) for s, e in claim["worse_significant_ranges"]]
+                ax.broken_barh(up, (y, 0.4 * row), color=colour, lw=0)
+                ax.broken_barh(down, (y - 0.4 * row, 0.4 * row), color="k", lw=0)
+                # a bar of one update is thinner than a pixel: a tick at each run's start shows it
+                for ranges, dy, tick in ((up, 0.2, colour), (down, -0.2, "k")):
+                    starts = [s + 0.5 for s, _ in ranges]
+                    ax.plot(
+                        starts, np.full(len(starts), y + dy * row), ls="none", marker="|", ms=5, color=tick
+                    )
                 ax.annotate(
-                    f"{claim['better']} vs {claim['worse']}",
-                    (0, y),
+                    f"p < {ALPHA}: {claim['better']} above / below (black) {claim['worse']}",
+                    (0, y + 0.5 * row),
                     xycoords=("axes fraction", "data"),
                     xytext=(3, 0),
                     textcoords="offset points",
@@ -392,7 +498,22 @@ class Report:
                     va="center",
                     color=colour,
                 )
-            ax.set_ylim(lo - (len(testable) + 1) * 0.05 * span, hi + 0.05 * span)
+            ax.set_ylim(lo - (len(testable) + 0.8) * row, hi + 0.05 * span)
+            # reference levels as dotted lines; a level outside the data's range (an oracle far
+            # above every curve) is named in the text only, it does not squash the curves
+            for k, v in self.levels.items():
+                if lo <= v <= hi + 0.05 * span:
+                    ax.axhline(v, ls=":", lw=1, color="0.4")
+                    ax.annotate(
+                        k,
+                        (1, v),
+                        xycoords=("axes fraction", "data"),
+                        xytext=(-3, 2),
+                        textcoords="offset points",
+                        fontsize=7,
+                        ha="right",
+                        color="0.4",
+                    )
         ax.set_xlabel("updates")
         ax.set_ylabel(f"episode reward (moving average over {self.window} updates)")
         if self.batch_size:
@@ -402,7 +523,7 @@ class Report:
             top.set_xlabel(f"episodes (updates x {b})")
         ax.set_title(self.title, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         fig.savefig(path, dpi=120)
 
 
@@ -436,7 +557,8 @@ def build_report(
         raise ReportError(f"update marks must be >= 1, got {marks}")
     name = experiment.name if experiment else Path(out).name
     title = f"{name}" + (f" (protocol {protocol})" if protocol else "") + f": {Path(out).resolve().name}"
-    return Report(title, window, batch_size, data, claims, marks, notes)
+    levels = dict(experiment.levels) if experiment else {}
+    return Report(title, window, batch_size, data, claims, marks, notes, levels)
 
 
 def write_report(report: Report, prefix: str | Path) -> list[Path]:
@@ -463,6 +585,8 @@ __all__ = [
     "check_claim",
     "load_sweep",
     "moving_average",
+    "significant_ranges",
+    "smallest_p",
     "table_marks",
     "write_report",
 ]
