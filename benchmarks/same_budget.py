@@ -17,7 +17,9 @@ Everything is read back from the folders' ``progress.csv`` (``env_steps``, ``wal
 - curves of the per-update reward (moving average over ``--smooth`` updates), median and
   inter-quartile band across seeds, against env steps and against wall-clock seconds;
 - the final reward (mean over the last 10% of the budget) with a 95% t-interval across seeds;
-- when each learner first reached each threshold (env steps and seconds of the seed median);
+- when each learner reached each threshold: the first grid point (of 100 over the budget) from which
+  the seed median stays at or above it for ``--hold`` points (or to the end of the budget), in env
+  steps and seconds, and how many seeds reached it by the same rule;
 - seconds per update (median) and env steps per second.
 
 Wall-clock is only comparable between runs that shared the machine the same way: the report says
@@ -47,13 +49,12 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/peers.py
 
 TASKS = {"maze": "bpm/PlasticMaze-v0", "cue": "bpm/CueReward-v0"}
 LEARNERS = ("plastic-a2c", "plastic-ppo", "ppo", "recurrent-ppo")
 RULE = "simple"
 SB3_ENVS = 8
-#: reward thresholds whose first crossing is reported (maze: random walk 7.7; cue: chance 0)
+#: reward thresholds whose first held crossing is reported (maze: random walk 7.75; cue: chance 0)
 THRESHOLDS = {"maze": (15.0, 30.0, 45.0, 60.0), "cue": (0.5, 1.0, 2.0, 5.0)}
 FINAL_WINDOW = 0.1
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -93,6 +94,25 @@ def sb3_config(learner: str, env_id: str, seed: int, lstm_hidden: int | None = N
     ).resolve()  # fmt: skip
 
 
+def random_level(task: str) -> float:
+    """The uniform-random policy's expected episode reward: the maze's measured level
+    (``benchmarks/maze_levels.py``, 100,000 episodes), the cue task's exact 0 (every graded answer is
+    +1 or -1 with probability 1/2)."""
+    from bpm_agents.experiments.definitions import MAZE_LEVELS
+
+    return MAZE_LEVELS[9]["random walk"] if task == "maze" else 0.0
+
+
+def lstm_policy_params(env_id: str, width: int) -> int:
+    """Parameters of the RecurrentPPO policy with an LSTM of ``width`` units."""
+    from bpm_agents.sb3 import build_model, count_parameters, make_sb3_vec_env
+
+    venv = make_sb3_vec_env(env_id, 1, 0)
+    n = count_parameters(build_model(sb3_config("recurrent-ppo", env_id, 0, width), venv))
+    venv.close()
+    return n
+
+
 def plastic_params(env_id: str) -> int:
     from bpm_agents.a2c import A2CConfig, A2CTrainer
 
@@ -102,13 +122,9 @@ def plastic_params(env_id: str) -> int:
 
 def matched_lstm_width(env_id: str, target: int) -> int:
     """The RecurrentPPO LSTM width whose policy's parameter count is closest to ``target``."""
-    from bpm_agents.sb3 import build_model, count_parameters, make_sb3_vec_env
 
     def count(h: int) -> int:
-        venv = make_sb3_vec_env(env_id, 1, 0)
-        n = count_parameters(build_model(sb3_config("recurrent-ppo", env_id, 0, h), venv))
-        venv.close()
-        return n
+        return lstm_policy_params(env_id, h)
 
     lo, hi = 1, 512
     while lo < hi:  # the first width with count >= target
@@ -200,8 +216,18 @@ def interval(values: list[float]) -> tuple[float, float]:
     return float(v.mean()), float(T95.get(len(v) - 1, 1.96) * v.std(ddof=1) / math.sqrt(len(v)))
 
 
+def first_held(values: np.ndarray, threshold: float, hold: int) -> int | None:
+    """The first index from which ``values`` stay >= ``threshold`` for ``hold`` points (or to the
+    end, where fewer remain); None if there is none. NaN counts as below."""
+    above = np.nan_to_num(values, nan=-math.inf) >= threshold
+    for i in np.nonzero(above)[0]:
+        if above[i : i + hold].all():
+            return int(i)
+    return None
+
+
 def summarise(out: Path, tasks: list[str], learners: list[str], seeds: list[int], budgets: dict[str, int],
-              smooth_k: int) -> dict[str, Any]:  # fmt: skip
+              smooth_k: int, hold: int = 10) -> dict[str, Any]:  # fmt: skip
     summary: dict[str, Any] = {}
     for task in tasks:
         budget = budgets[task]
@@ -214,7 +240,8 @@ def summarise(out: Path, tasks: list[str], learners: list[str], seeds: list[int]
                 continue
             sm = {s: smooth(c["reward"], smooth_k) for s, c in curves.items()}
             by_steps = np.asarray([on_grid(c["steps"], sm[s], grid) for s, c in curves.items()])
-            wall_max = max(float(c["wall"][-1]) for c in curves.values())
+            # the wall-clock median stops where the shortest seed ends, so every point is over all seeds
+            wall_max = min(float(c["wall"][-1]) for c in curves.values())
             wgrid = np.linspace(wall_max / 100, wall_max, 100)
             by_wall = np.asarray([on_grid(c["wall"], sm[s], wgrid) for s, c in curves.items()])
             finals, reached_steps = [], []
@@ -235,9 +262,12 @@ def summarise(out: Path, tasks: list[str], learners: list[str], seeds: list[int]
                 )
             crossings = {}
             for th in THRESHOLDS[task]:
-                hit = np.nonzero(med >= th)[0]
-                crossings[str(th)] = None if len(hit) == 0 else {"env_steps": float(grid[hit[0]]),
-                                                                  "seconds": float(walls_on_grid[hit[0]])}  # fmt: skip
+                i = first_held(med, th, hold)
+                seeds_reached = sum(first_held(row, th, hold) is not None for row in by_steps)
+                crossings[str(th)] = {"env_steps": None if i is None else float(grid[i]),
+                                      "points_held": 0 if i is None else min(hold, len(grid) - i),
+                                      "seconds": None if i is None else float(walls_on_grid[i]),
+                                      "seeds_reached": seeds_reached}  # fmt: skip
             sec_per_update = [
                 float(np.median(np.diff(np.concatenate([[0.0], c["wall"]])))) for c in curves.values()
             ]
@@ -256,11 +286,12 @@ def summarise(out: Path, tasks: list[str], learners: list[str], seeds: list[int]
 
 
 def plot(summary: dict[str, Any], randoms: dict[str, float], budgets: dict[str, int], path: Path) -> None:
+    """Median / IQR curves against env steps and wall-clock (each cut at its shortest seed's end)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     tasks = list(summary)
-    fig = Figure(figsize=(12, 4 * len(tasks)))
+    fig = Figure(figsize=(14, 4 * len(tasks)))
     FigureCanvasAgg(fig)
     for row, task in enumerate(tasks):
         for colno, (x, med, q1, q3, label) in enumerate(
@@ -273,10 +304,11 @@ def plot(summary: dict[str, Any], randoms: dict[str, float], budgets: dict[str, 
                 ax.fill_between(s[x], s[q1], s[q3], color=line.get_color(), alpha=0.2)
             if task in randoms:
                 ax.axhline(randoms[task], color="gray", ls="--", label="uniform random")
-            ax.set_xlabel(label)
+            ax.set_xlabel(label if colno == 0 else label + ", to the shortest seed's end")
             ax.set_ylabel("episode reward (median, IQR band)")
             ax.set_title(f"{TASKS[task]}, {budgets[task]:,} env steps per run")
-            ax.legend(fontsize=8)
+            if colno == 1:  # one legend per row, outside the axes, off the data
+                ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -285,10 +317,16 @@ def markdown(summary: dict[str, Any], randoms: dict[str, float], meta: dict[str,
     lines = ["# Same-budget comparison of learners (generated by benchmarks/same_budget.py)", "",
              f"Command: `{meta['command']}`", "",
              f"Budgets (env steps per run): {meta['budgets']}; seeds {meta['seeds']}; {meta['workers']} runs at a "
-             f"time, one torch thread each; {meta['machine']}. RecurrentPPO LSTM widths: {meta['lstm']}.", "",
+             f"time, one torch thread each; {meta['machine']}.", "",
+             "RecurrentPPO's LSTM is sized to our plastic agent's parameter count: "
+             + "; ".join(f"{t}: width {w}, {n:,} policy parameters against the plastic agent's {target:,}"
+                         for t, (w, target, n) in meta["lstm_params"].items()) + ".", "",
              "Final: mean training-episode reward over the last 10% of the budget, mean over seeds ± 95% t "
-             "half-width (only runs that reached the budget). Reached: the first point where the seed "
-             f"median of the {meta['smooth']}-update moving average is at or above the threshold.", ""]  # fmt: skip
+             "half-width (only runs that reached the budget). Reached: the first of 100 evenly spaced "
+             f"points of the budget from which the seed median of the {meta['smooth']}-update moving "
+             f"average stays at or above the threshold for {meta['hold']} points ({meta['hold']}% of the "
+             "budget) or to its end, with the seconds of the seed median there; k/n: the seeds whose own "
+             "curve reaches it by the same rule.", ""]  # fmt: skip
     for task, per in summary.items():
         ths = THRESHOLDS[task]
         lines += [f"## {TASKS[task]} (uniform random: {randoms.get(task, math.nan):.2f})", "",
@@ -299,11 +337,14 @@ def markdown(summary: dict[str, Any], randoms: dict[str, float], meta: dict[str,
             cross = []
             for t in ths:
                 c = s["crossings"][str(t)]
+                k = f"{c['seeds_reached']}/{len(s['seeds'])} seeds"
                 cross.append(
-                    "not reached"
-                    if c is None
-                    else f"{c['env_steps'] / 1e6:.2f}M steps, {c['seconds'] / 60:.0f} min"
+                    f"not reached ({k})"
+                    if c["env_steps"] is None
+                    else f"{c['env_steps'] / 1e6:.2f}M steps, {c['seconds'] / 60:.0f} min ({k})"
                 )
+                if c["env_steps"] is not None and c["points_held"] < meta["hold"]:
+                    cross[-1] += f", held over the last {c['points_held']} points only"
             done = ", ".join(f"{x / 1e6:.2f}M" for x in s["env_steps_done"])
             lines.append(f"| {learner} | {len(s['seeds'])} | {done} | {s['final_mean']:.2f} ± {s['final_ci95']:.2f} | "
                          f"{s['seconds_per_update']:.2f} | {s['env_steps_per_s']:.0f} | " + " | ".join(cross) + " |")  # fmt: skip
@@ -331,6 +372,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--workers", type=int, default=2, help="runs at a time (one torch thread each)")
     p.add_argument("--smooth", type=int, default=20, help="moving-average window of the curves, in updates")
+    p.add_argument(
+        "--hold",
+        type=int,
+        default=10,
+        help="grid points (of 100 over the budget) a threshold must hold to count as reached",
+    )
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from the folders")
     args = p.parse_args(argv)
     budgets = {"maze": args.budget_maze, "cue": args.budget_cue}
@@ -341,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
                 p.error(
                     f"--budget-{task} {budgets[task]} is not a multiple of {learner}'s {per} env steps per update"
                 )
+    if not 1 <= args.hold <= 100:
+        p.error(f"--hold must be in 1..100, got {args.hold}")
     if args.workers < 1:
         p.error(f"--workers must be >= 1, got {args.workers}")
     out = Path(args.out)
@@ -354,10 +403,13 @@ def main(argv: list[str] | None = None) -> int:
             if task not in meta["lstm"]:
                 target = plastic_params(TASKS[task])
                 meta["lstm"][task] = [matched_lstm_width(TASKS[task], target), target]
+    meta["lstm_params"] = {
+        t: [w, target, lstm_policy_params(TASKS[t], w)] for t, (w, target) in meta["lstm"].items()
+    }
     if not (args.report_only and "command" in meta):  # a rebuilt report keeps the command that trained
         command = "python benchmarks/same_budget.py " + " ".join(sys.argv[1:] if argv is None else argv)
         meta.update(command=command, workers=args.workers)
-    meta.update(budgets=budgets, seeds=args.seeds, smooth=args.smooth,
+    meta.update(budgets=budgets, seeds=args.seeds, smooth=args.smooth, hold=args.hold,
                 machine=f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, Python "
                         f"{platform.python_version()}")  # fmt: skip
     meta_path.write_text(json.dumps(meta, indent=2))
@@ -380,10 +432,8 @@ def main(argv: list[str] | None = None) -> int:
                 print("interrupted: rerun the same command to continue", file=sys.stderr)
                 pool.shutdown(cancel_futures=True)
                 return 130
-    from peers import run_random  # the uniform-random policy, as in the small-budget peers benchmark
-
-    randoms = {t: float(np.mean([run_random(TASKS[t], s) for s in args.seeds])) for t in args.tasks}
-    summary = summarise(out, args.tasks, args.learners, args.seeds, budgets, args.smooth)
+    randoms = {t: random_level(t) for t in args.tasks}
+    summary = summarise(out, args.tasks, args.learners, args.seeds, budgets, args.smooth, args.hold)
     (results / "same_budget.json").write_text(
         json.dumps({"meta": meta, "random": randoms, "summary": summary})
     )
