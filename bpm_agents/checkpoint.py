@@ -15,6 +15,7 @@ import signal
 import tempfile
 import types
 import typing
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import asdict
@@ -147,6 +148,62 @@ class StopOnSignals:
             signal.signal(sig, previous)
 
 
+class OutputError(ValueError):
+    """An output path that cannot be written (a file in the way, read-only, no permission)."""
+
+
+def _probe(folder: Path, what: str, target: Path) -> None:
+    """Create ``folder`` if needed and write then delete a scratch file in it."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise OutputError(f"cannot write {what} {target}: {existing} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, scratch = tempfile.mkstemp(dir=folder, prefix=".bpm-write-test.")
+        os.close(fd)
+        os.unlink(scratch)
+    except OSError as exc:
+        blocker = f" ({exc.filename})" if exc.filename and Path(exc.filename) != target else ""
+        raise OutputError(f"cannot write {what} {target}: {exc.strerror or exc}{blocker}") from None
+
+
+def writable_dir(path: str | os.PathLike[str], what: str = "--out") -> Path:
+    """Check, before any work, that ``path`` is (or can be made) a folder the user may write in.
+
+    The folder is created if missing. Raises :class:`OutputError` naming ``what`` (the flag),
+    the path and the reason: a regular file in the way, a read-only filesystem, no permission.
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"cannot write {what} {out}: it is a file, not a folder")
+    _probe(out, what, out)
+    return out
+
+
+def writable_file(path: str | os.PathLike[str], what: str) -> Path:
+    """Check, before any work, that the file ``path`` can be written (its folder is created if
+    missing; the file itself is not). Raises :class:`OutputError` naming ``what`` and the reason."""
+    out = Path(path)
+    if out.is_dir():
+        raise OutputError(f"cannot write {what} {out}: it is a folder, not a file")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise OutputError(f"cannot write {what} {out}: the file is not writable")
+    _probe(out.parent, what, out)
+    return out
+
+
+def not_a_folder(path: str | os.PathLike[str]) -> str:
+    """Why ``path`` is not a folder, in words: "is a file, not a folder" or "does not exist"."""
+    return "is a file, not a folder" if Path(path).exists() else "does not exist"
+
+
+def umask_mode(mode: int = 0o666) -> int:
+    """``mode`` as the process's umask leaves it (what ``open()`` would give a new file)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
 class CheckpointError(ValueError):
     """A checkpoint or run folder that cannot be used, with a message for the user (a bad input)."""
 
@@ -157,6 +214,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, umask_mode())  # mkstemp's 0600 would hide shared results from the group
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
@@ -230,7 +288,10 @@ def load_checkpoint(
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # a raw pickle makes torch warn about its protocol before failing; our error says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for bad bytes; all mean "unusable"
         raise CheckpointError(f"{path} is not a readable checkpoint: {load_failure(path, exc)}") from None
     if isinstance(data, dict) and data.get("format") in legacy_formats:

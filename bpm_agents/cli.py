@@ -208,10 +208,7 @@ def train_main(argv: list[str], prog: str = f"{PROG} train") -> int:
             f"nothing to do: run already has {result.updates_done} updates (asked for --updates {args.updates})"
         )
         return 0
-    status = "interrupted, checkpoint saved" if result.interrupted else "done"
-    print(
-        f"{status}: {result.updates_done} updates, recent mean episode reward {result.recent_reward:.3f}, run folder {args.out}"
-    )
+    print(result.summary(args.out))
     return EXIT_INTERRUPTED if result.interrupted else 0
 
 
@@ -301,8 +298,15 @@ def _evaluate_policy(args: argparse.Namespace, prog: str) -> int:
     def note(message: str) -> None:
         print(f"{prog}: {message}", file=sys.stderr)
 
+    from bpm_agents.checkpoint import writable_file
+
     results: dict = {"run_dir": args.run_dir}
     try:
+        # outputs are checked before the evaluation runs, not after it
+        if args.gif:
+            writable_file(args.gif, "--gif")
+        if args.plot_modulator:
+            writable_file(args.plot_modulator, "--plot-modulator")
         agent = ev.load_agent(args.run_dir, args.device)
         results["env_id"] = agent.env_id
         results["algo"] = getattr(agent, "algo", None)
@@ -371,6 +375,10 @@ def demo_main(argv: list[str], prog: str = f"{PROG} demo") -> int:
     if isinstance(args, int):
         return args
     try:
+        if args.gif is not None:
+            from bpm_agents.checkpoint import writable_file
+
+            writable_file(args.gif, "--gif")  # before the episodes run, not after
         demo.run(args.env, args.episodes, args.seed, args.render, args.gif, args.steps)
     except (ValueError, OSError) as exc:
         return _error(prog, str(exc))
@@ -421,7 +429,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if command not in HANDLERS:
         build_parser().print_usage(sys.stderr)
         return _error(PROG, f"unknown command {command!r}; allowed: {', '.join(HANDLERS)}")
-    return HANDLERS[command](rest, prog=prog or f"{PROG} {command}")
+    prog = prog or f"{PROG} {command}"
+    try:
+        return HANDLERS[command](rest, prog=prog)
+    except OSError as exc:  # a disk that fills or goes read-only mid-run: the user's to fix, not a bug
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _error(prog, f"{exc.strerror or exc}{where}")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from bpm_agents.checkpoint import CheckpointError, StopOnSignals, atomic_write_json, atomic_write_text
+from bpm_agents.checkpoint import (
+    CheckpointError,
+    StopOnSignals,
+    atomic_write_json,
+    atomic_write_text,
+    not_a_folder,
+)
 
 SCHEMA = "backpropamine-gym/run/v1"
 CONFIG_FILE = "config.json"
@@ -129,7 +135,7 @@ def read_run_meta(run_dir: str | Path) -> RunMeta:
     run_dir = Path(run_dir)
     path = run_dir / CONFIG_FILE
     if not run_dir.is_dir():
-        raise CheckpointError(f"run folder {run_dir} does not exist")
+        raise CheckpointError(f"run folder {run_dir} {not_a_folder(run_dir)}")
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a run folder: {CONFIG_FILE} is missing")
     try:
@@ -316,6 +322,16 @@ class RunResult:
     nothing_to_do: bool = False
     #: the signal that stopped it (``SIGINT``, ``SIGTERM``), if one did
     signal_name: str | None = None
+
+    def summary(self, run_dir: str | Path) -> str:
+        """The command line's last line: how it ended, updates, recent reward, the folder."""
+        status = "interrupted, checkpoint saved" if self.interrupted else "done"
+        reward = (
+            f"recent mean episode reward {self.recent_reward:.3f}"
+            if math.isfinite(self.recent_reward)
+            else "no episode finished in this call"
+        )
+        return f"{status}: {self.updates_done} updates, {reward}, run folder {run_dir}"
 
 
 def check_loop_args(updates: int, checkpoint_every: int) -> None:

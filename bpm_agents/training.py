@@ -17,7 +17,13 @@ from typing import Any, cast
 import torch
 
 from bpm_agents.a2c import A2CConfig, A2CTrainer
-from bpm_agents.checkpoint import CheckpointError, StopOnSignals, load_checkpoint, save_checkpoint
+from bpm_agents.checkpoint import (
+    CheckpointError,
+    StopOnSignals,
+    load_checkpoint,
+    save_checkpoint,
+    writable_dir,
+)
 from bpm_agents.runs import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -208,12 +214,13 @@ def train(
         info(f"resuming {run_dir} from update {trainer.updates_done}")
         if trainer.updates_done >= updates:
             return RunResult(trainer.updates_done, False, math.nan, nothing_to_do=True)
+        writable_dir(run_dir, "--out")
     else:
         refuse_existing(run_dir)
         assert config is not None
         algo = algo_of(config)
         trainer = trainer_classes()[algo][1](config, device)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        writable_dir(run_dir, "--out")
         write_run_config(run_dir, "rl", algo, trainer.config.to_dict(), command=command)
     job = _TrainerJob(trainer, run_dir)
     log = ProgressLog(

@@ -16,6 +16,7 @@ one-hot (zeros at t=0), t/T]``.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar, cast
@@ -166,6 +167,23 @@ class BatchedTask(ABC):
         return arr
 
 
+def make_task(task_cls: type[BatchedTask], num_envs: int, options: dict[str, Any]) -> BatchedTask:
+    """``task_cls(num_envs, **options)``; an option the task does not take is a ``TypeError``
+    that lists the ones it does (Python's own message names only the first bad keyword)."""
+    allowed = [
+        name
+        for name, p in inspect.signature(task_cls.__init__).parameters.items()
+        if name not in ("self", "num_envs") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    unknown = [k for k in options if k not in allowed]
+    if unknown:
+        raise TypeError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} of "
+            f"{task_cls.__name__}; allowed: {', '.join(allowed)}"
+        )
+    return task_cls(num_envs=num_envs, **options)
+
+
 class BatchedSingleEnv(HumanRendering, gym.Env):
     """A single Gymnasium env that is the batch of one of a :class:`BatchedTask`.
 
@@ -183,7 +201,7 @@ class BatchedSingleEnv(HumanRendering, gym.Env):
                 f"{[None, *self.metadata['render_modes']]}"
             )
         self.render_mode = render_mode
-        self.task = self.task_cls(num_envs=1, **task_options)
+        self.task = make_task(self.task_cls, 1, task_options)
         self.observation_space = self.task.single_observation_space()
         self.action_space = spaces.Discrete(self.task.n_actions)
         self._episode_over = True
@@ -263,7 +281,7 @@ class BatchedVectorEnv(VectorEnv):
                 f"render_mode={render_mode!r} is not supported by the vector env; allowed: "
                 f"{[None, *self.metadata['render_modes']]}"
             )
-        self.task = self.task_cls(num_envs=num_envs, **task_options)
+        self.task = make_task(self.task_cls, num_envs, task_options)
         self.num_envs = self.task.num_envs
         self.render_mode = render_mode
         self.single_observation_space = self.task.single_observation_space()

@@ -83,12 +83,16 @@ def run(
         else None
     )
     frames: list[np.ndarray] = []
+    # the caption's "step k/T": the episode's length, or --steps if that cuts it shorter
+    spec_limit = env.spec.max_episode_steps if env.spec is not None else None
+    limits = [n for n in (getattr(env.unwrapped, "episode_length", None), spec_limit, steps) if n]
+    of_limit = f"/{min(limits)}" if limits else ""
 
     def record(episode: int, step: int, total: float) -> None:
         # render_mode is "rgb_array" whenever record runs, so render() gives one RGB array
         frame = cast(np.ndarray, env.render())
         if gif is not None:  # the GIF's frames get a caption: episode, step, reward so far
-            text = f"episode {episode + 1}/{episodes}   step {step}   reward so far {total:+g}"
+            text = f"episode {episode + 1}/{episodes}   step {step}{of_limit}   reward so far {total:+g}"
             frames.append(stack_rows(frame, caption_strip(frame.shape[1], text)))
         if window is not None:
             window.show(frame)

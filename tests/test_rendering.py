@@ -236,7 +236,7 @@ def test_demo_runs_an_episode_and_writes_a_gif(tmp_path, capsys):
     # each frame is captioned: episode, step, reward so far
     from bpm_envs.rendering import caption_strip
 
-    caption = caption_strip(last.shape[1], f"episode 2/2   step 30   reward so far {totals[1]:+g}")
+    caption = caption_strip(last.shape[1], f"episode 2/2   step 30/30   reward so far {totals[1]:+g}")
     np.testing.assert_array_equal(last[-18:], caption)
     # same seed, same totals
     assert demo.main(["--episodes", "2", "--seed", "1", "--steps", "30"]) == totals

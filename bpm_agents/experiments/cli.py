@@ -142,13 +142,14 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         return int(exc.code or 0)
     # Idle OpenMP threads spin on a shared CPU; must be set before torch loads (kept if set)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from bpm_agents.checkpoint import OutputError
     from bpm_agents.experiments.definitions import ExperimentError
     from bpm_agents.experiments.report import ReportError
     from bpm_agents.experiments.runner import SweepError
 
     try:
         return {"run": _run, "status": _status, "report": _report, "list": _list}[args.command](args, prog)
-    except (ExperimentError, SweepError, ReportError) as exc:
+    except (ExperimentError, SweepError, ReportError, OutputError) as exc:
         print(f"{prog} {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:  # e.g. a read-only or full --out: the user's to fix, not a bug
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
 
 
 def _run(args: argparse.Namespace, prog: str) -> int:
+    from bpm_agents.checkpoint import writable_dir
     from bpm_agents.devices import resolve_device
     from bpm_agents.experiments.definitions import get_experiment
     from bpm_agents.experiments.runner import SweepError, parse_seeds, plan_sweep, ray_available, run_sweep
@@ -182,6 +184,7 @@ def _run(args: argparse.Namespace, prog: str) -> int:
             extra = f" (from update {r.updates_done})" if r.action == "resume" else ""
             print(f"{r.action:9s} {r.run_dir}{extra}")
         return 0
+    writable_dir(args.out, "--out")
     command = " ".join(shlex.quote(a) for a in [prog, *args.argv])  # recorded in sweep.json
     result = run_sweep(
         experiment,
@@ -238,6 +241,7 @@ def _status(args: argparse.Namespace, prog: str) -> int:
 
 
 def _report(args: argparse.Namespace, prog: str) -> int:
+    from bpm_agents.checkpoint import not_a_folder, writable_file
     from bpm_agents.experiments.definitions import experiment_from_dict, get_experiment
     from bpm_agents.experiments.report import ReportError, build_report, write_report
     from bpm_agents.experiments.runner import read_manifest
@@ -250,6 +254,10 @@ def _report(args: argparse.Namespace, prog: str) -> int:
             marks = [int(m) for m in args.marks.split(",")]
         except ValueError:
             raise ReportError(f"--marks must be comma-separated integers, got {args.marks!r}") from None
+    if not Path(args.dir).is_dir():
+        raise ReportError(f"sweep folder {args.dir} {not_a_folder(args.dir)}")
+    prefix = Path(args.out) if args.out else Path(args.dir) / "report"
+    writable_file(prefix.with_name(prefix.name + ".txt"), "--out")  # before the report is built
     manifest = read_manifest(args.dir) if Path(args.dir).is_dir() else None
     protocol = manifest.get("protocol") if manifest else None
     if args.experiment:
@@ -259,7 +267,7 @@ def _report(args: argparse.Namespace, prog: str) -> int:
     else:
         experiment = None
     report = build_report(args.dir, experiment, window=args.window, marks=marks, protocol=protocol)
-    paths = write_report(report, args.out or Path(args.dir) / "report")
+    paths = write_report(report, prefix)
     print(report.text(), end="")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from bpm_agents.checkpoint import not_a_folder
 from bpm_agents.experiments.definitions import Claim, Experiment
 from bpm_agents.experiments.runner import discover_runs, read_rewards, run_dir_of
 
@@ -90,7 +91,7 @@ def load_sweep(
     """
     out = Path(out)
     if not out.is_dir():
-        raise ReportError(f"sweep folder {out} does not exist")
+        raise ReportError(f"sweep folder {out} {not_a_folder(out)}")
     found = discover_runs(out)
     names = [c.name for c in experiment.conditions] if experiment else sorted({c for c, _ in found})
     if not found:

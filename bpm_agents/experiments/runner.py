@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from bpm_agents.checkpoint import not_a_folder
 from bpm_agents.experiments.definitions import Experiment, resolve_run_config
 from bpm_agents.training import algo_of
 
@@ -879,7 +880,7 @@ def sweep_status(
 
     out = Path(out)
     if not out.is_dir():
-        raise SweepError(f"sweep folder {out} does not exist")
+        raise SweepError(f"sweep folder {out} {not_a_folder(out)}")
     manifest = read_manifest(out) or {}
     targets: dict[str, int] = dict(manifest.get("targets", {}))
     failures: dict[str, Any] = manifest.get("failures", {})

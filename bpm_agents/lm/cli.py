@@ -189,7 +189,7 @@ def train_main(argv: list[str], prog: str = "train.py lm") -> int:
             impl=args.impl, resume_flags=_resume_flags(flags, given) if args.resume else None,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except NonFiniteLossError as exc:
         last = checkpoint_path(out)
@@ -198,7 +198,7 @@ def train_main(argv: list[str], prog: str = "train.py lm") -> int:
             if last.exists()
             else "no checkpoint had been saved yet"
         )
-        print(f"stopped: {exc}; {kept}. Try a smaller --lr or --grad-clip.", file=sys.stderr)
+        print(f"{prog}: stopped: {exc}; {kept}. Try a smaller --lr or --grad-clip.", file=sys.stderr)
         return EXIT_USAGE
     if summary.get("interrupted"):
         print(
@@ -226,7 +226,7 @@ def evaluate_main(argv: list[str], prog: str = "evaluate.py lm") -> int:
         corpus = Corpus(args.data, splits=(args.split,), vocab=vocab)
         loss, ppl = evaluate(model, corpus.split(args.split), args.batch_size, args.bptt)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     result = {
         "checkpoint": str(path), "variant": model.config.variant, "split": args.split,

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from bpm_agents import checkpoint
-from bpm_agents.checkpoint import CheckpointError, atomic_write_text, check_config_dict
+from bpm_agents.checkpoint import CheckpointError, atomic_write_text, check_config_dict, writable_dir
 from bpm_agents.config import opt, rename_keys
 from bpm_agents.lm.corpus import Corpus, Vocabulary, batchify, num_segments, segment, segments
 from bpm_agents.lm.model import RENAMED_FIELDS, LanguageModel, LMConfig, LSTMState, logits_loss
@@ -432,8 +432,7 @@ class _LMRun:
         impl: str,
         resume_flags: dict[str, tuple[str, Any]] | None,
     ) -> None:
-        self.out = out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        self.out = out = writable_dir(out, "--out")
         self.corpus, self.device, self.impl = corpus, device, impl
         init_gen = torch.Generator().manual_seed(train_config.seed)
         self.drop_gen = torch.Generator(device=device).manual_seed(train_config.seed + 1)

@@ -116,11 +116,7 @@ def train_main(argv: list[str], prog: str = "bpm train") -> int:
             f"nothing to do: run already has {result.updates_done} updates (asked for --updates {args.updates})"
         )
         return 0
-    status = "interrupted, checkpoint saved" if result.interrupted else "done"
-    print(
-        f"{status}: {result.updates_done} updates, recent mean episode reward "
-        f"{result.recent_reward:.3f}, run folder {args.out}"
-    )
+    print(result.summary(args.out))
     return 130 if result.interrupted else 0
 
 

@@ -13,6 +13,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnv
 
+from bpm_agents.checkpoint import writable_dir
 from bpm_agents.runs import (
     CHECKPOINT_FILE,
     PROGRESS_FIELDS,
@@ -161,6 +162,7 @@ def train(
         info(f"resuming {run_dir} from update {updates_done}")
         if updates_done >= updates:
             return RunResult(updates_done, False, math.nan, nothing_to_do=True)
+        writable_dir(run_dir, "--out")
         if saved.resume is not None and saved.resume.get("num_timesteps") == saved.num_timesteps:
             venv = make_sb3_vec_env(config.env_id, config.n_envs, config.seed, config.env_kwargs)
             config, model, _ = _load(run_dir, device, venv)
@@ -181,7 +183,7 @@ def train(
         config = config.resolve()
         venv = make_sb3_vec_env(config.env_id, config.n_envs, config.seed, config.env_kwargs)
         model = build_model(config, venv, device)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        writable_dir(run_dir, "--out")
         write_run_config(run_dir, "sb3", config.algo, _config_body(config), command=command)
         save_model(model, run_dir / CHECKPOINT_FILE, capture_resume_state(model, venv))  # update 0
         updates_done = 0
