@@ -15,7 +15,8 @@ One update:
 
        -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A) + value_coef * (V - R)^2 + entropy term
 
-   with A normalised per minibatch (``normalize_advantage``), the value error optionally clipped
+   with A normalised per minibatch or once over the rollout (``normalize_advantage``,
+   ``advantage_scope``), the value error optionally clipped
    around V_old (``value_clip``), the entropy term ``-entropy_coef * H(pi)`` (default) or the
    paper's ``entropy_coef * sum_a pi(a)^2``, Adam and a gradient-norm clip.
 
@@ -36,6 +37,9 @@ from torch import Tensor
 from bpm_agents.a2c import A2CConfig, A2CTrainer, NonFiniteLossError, Rollout, entropy_term
 from bpm_agents.config import opt
 from bpm_envs.checks import require_int
+
+#: what ``normalize_advantage`` normalises over
+ADVANTAGE_SCOPES = ("minibatch", "rollout")
 
 __all__ = ["PPOConfig", "PlasticPPOTrainer", "gae", "ppo_loss", "PPOLossTerms"]
 
@@ -65,7 +69,15 @@ class PPOConfig(A2CConfig):
     n_minibatches: int = field(
         default=3, metadata=opt("minibatches of whole episodes per epoch", flag="minibatches")
     )
-    normalize_advantage: bool = field(default=True, metadata=opt("normalise advantages per minibatch"))
+    normalize_advantage: bool = field(default=True, metadata=opt("normalise advantages (mean 0, std 1)"))
+    advantage_scope: str = field(
+        default="minibatch",
+        metadata=opt(
+            "what the advantages are normalised over: each minibatch, or the whole rollout once "
+            "(better for small minibatches of sparse-reward episodes)",
+            choices=ADVANTAGE_SCOPES,
+        ),
+    )
 
     def resolve(self) -> PPOConfig:
         cfg = super().resolve()
@@ -76,6 +88,10 @@ class PPOConfig(A2CConfig):
         if cfg.value_clip is not None and not (math.isfinite(cfg.value_clip) and cfg.value_clip > 0):
             raise ValueError(f"value_clip must be a finite number > 0 or None, got {cfg.value_clip!r}")
         require_int("n_epochs", cfg.n_epochs)
+        if cfg.advantage_scope not in ADVANTAGE_SCOPES:
+            raise ValueError(
+                f"advantage_scope must be one of {', '.join(ADVANTAGE_SCOPES)}, got {cfg.advantage_scope!r}"
+            )
         if (
             isinstance(cfg.n_minibatches, bool)
             or not isinstance(cfg.n_minibatches, int)
@@ -106,6 +122,11 @@ def gae(rewards: Tensor, values: Tensor, gamma: float, lam: float) -> tuple[Tens
         adv[:, t] = running
         next_value = values[:, t]
     return adv, adv + values
+
+
+def normalized(x: Tensor) -> Tensor:
+    """``x`` shifted and scaled to mean 0 and (unbiased) std 1; only shifted if it has one element."""
+    return (x - x.mean()) / (x.std(unbiased=True) + 1e-8) if x.numel() > 1 else x - x.mean()
 
 
 class PPOLossTerms(NamedTuple):
@@ -142,9 +163,7 @@ def ppo_loss(
     """
     log_probs = torch.log_softmax(logits, dim=-1)
     taken = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    adv = advantages
-    if normalize_advantage:
-        adv = (adv - adv.mean()) / (adv.std(unbiased=True) + 1e-8) if adv.numel() > 1 else adv - adv.mean()
+    adv = normalized(advantages) if normalize_advantage else advantages
     log_ratio = taken - old_log_probs
     ratio = log_ratio.exp()
     surrogate = torch.min(ratio * adv, ratio.clamp(1 - clip_range, 1 + clip_range) * adv)
@@ -205,6 +224,9 @@ class PlasticPPOTrainer(A2CTrainer):
         old_log_probs, old_values = self.score(rollout)
         rewards = rollout.rewards.to(self.device)
         advantages, returns = gae(rewards, old_values, cfg.gamma, cfg.gae_lambda)
+        per_minibatch = cfg.normalize_advantage and cfg.advantage_scope == "minibatch"
+        if cfg.normalize_advantage and not per_minibatch:
+            advantages = normalized(advantages)
         obs, actions = rollout.obs.to(self.device), rollout.actions.to(self.device)
         B = obs.shape[0]
         sums: dict[str, float] = {}
@@ -233,7 +255,7 @@ class PlasticPPOTrainer(A2CTrainer):
                     cfg.value_coef,
                     cfg.entropy_coef,
                     cfg.entropy_mode,
-                    cfg.normalize_advantage,
+                    per_minibatch,
                 )
                 if not torch.isfinite(terms.total):
                     raise NonFiniteLossError(

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bpm_agents.a2c import discounted_returns
-from bpm_agents.ppo import PlasticPPOTrainer, PPOConfig, gae, ppo_loss
+from bpm_agents.ppo import PlasticPPOTrainer, PPOConfig, gae, normalized, ppo_loss
 from bpm_agents.training import load_trainer, train
 
 TINY = dict(
@@ -141,6 +141,7 @@ def test_resume_is_bit_for_bit(tmp_path):
         (dict(n_epochs=0), "n_epochs must be an integer >= 1, got 0"),
         (dict(n_minibatches=5), r"n_minibatches must be an integer from 1 to batch_size \(4\), got 5"),
         (dict(value_clip=0.0), "value_clip must be a finite number > 0 or None, got 0.0"),
+        (dict(advantage_scope="batch"), "advantage_scope must be one of minibatch, rollout, got 'batch'"),
     ],
 )
 def test_bad_settings_are_refused_with_the_value(bad, match):
@@ -214,3 +215,25 @@ def test_command_line_trains_resumes_and_evaluates_plastic_ppo(tmp_path):
     )
     assert r.returncode == 2 and "clip_range must be a finite number > 0, got -1.0" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_normalized_has_mean_zero_and_unit_std():
+    x = torch.tensor([1.0, 2.0, 3.0, 6.0])  # mean 3, unbiased std sqrt(14/3)
+    torch.testing.assert_close(normalized(x), (x - 3.0) / (math.sqrt(14 / 3) + 1e-8))
+    assert torch.equal(normalized(torch.tensor([5.0])), torch.tensor([0.0]))
+
+
+def _parameters_after_one_update(**overrides) -> list[torch.Tensor]:
+    trainer = PlasticPPOTrainer(PPOConfig(**{**TINY, **overrides}))
+    trainer.update()
+    return [p.detach().clone() for p in trainer.policy.parameters()]
+
+
+def test_advantage_scope_rollout_normalises_once_over_the_whole_rollout():
+    # one minibatch is the whole rollout: both scopes normalise the same advantages
+    one = [_parameters_after_one_update(n_minibatches=1, advantage_scope=s) for s in ("minibatch", "rollout")]
+    for p, q in zip(*one):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+    # one episode per minibatch: per-minibatch statistics differ from the rollout's
+    four = [_parameters_after_one_update(n_minibatches=4, advantage_scope=s) for s in ("minibatch", "rollout")]
+    assert max((p - q).abs().max().item() for p, q in zip(*four)) > 1e-4
