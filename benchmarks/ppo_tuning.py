@@ -55,7 +55,9 @@ def run_one(out: Path, name: str, seed: int, budget: int) -> None:
         argv.append("--resume")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     print(f"{name} seed {seed}: {' '.join(argv[3:])}", flush=True)
-    subprocess.run(argv, check=True, env=env)
+    done = subprocess.run(argv, env=env)
+    if done.returncode:  # e.g. a diverged run (exit 2): report it and go on with the grid
+        print(f"{name} seed {seed}: stopped with exit code {done.returncode}", flush=True)
 
 
 def summarize(out: Path, budget: int) -> list[dict]:

@@ -235,5 +235,7 @@ def test_advantage_scope_rollout_normalises_once_over_the_whole_rollout():
     for p, q in zip(*one):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
     # one episode per minibatch: per-minibatch statistics differ from the rollout's
-    four = [_parameters_after_one_update(n_minibatches=4, advantage_scope=s) for s in ("minibatch", "rollout")]
+    four = [
+        _parameters_after_one_update(n_minibatches=4, advantage_scope=s) for s in ("minibatch", "rollout")
+    ]
     assert max((p - q).abs().max().item() for p, q in zip(*four)) > 1e-4
