@@ -678,6 +678,29 @@ def test_report_compares_unequal_runs_up_to_the_shortest(tmp_path):
     assert main(["report", str(tmp_path / "missing")]) == 2
 
 
+def test_report_seeds_keeps_only_those_runs(tmp_path, capsys):
+    # seed 2 is short (120 updates); with --seeds 0-1 the claim is compared over all 300
+    out = tmp_path / "s"
+    for seed in range(3):
+        fake_run(out, "simple-N8", seed, np.full(300 if seed < 2 else 120, 5.0 + seed))
+        fake_run(out, "hebbian-N8", seed, np.full(300, float(seed)))
+    exp = two_condition_experiment(significant=False)
+    rep = build_report(out, exp, window=10, seeds=[0, 1])
+    assert rep.claims[0]["compared_updates"] == 300 and not rep.claims[0]["limited_by_shortest"]
+    assert [c.seeds for c in rep.conditions] == [[0, 1], [0, 1]]
+    assert rep.notes[0] == "seeds 0, 1 only"
+    exp_file = tmp_path / "exp.json"
+    exp_file.write_text(json.dumps(exp.to_dict()))
+    args = ["report", str(out), "--experiment", str(exp_file), "--out", str(tmp_path / "r")]
+    assert main([*args, "--seeds", "0-1"]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["conditions"]["simple-N8"]["seeds"] == [0, 1]
+    capsys.readouterr()
+    assert main([*args, "--seeds", "7"]) == 2
+    assert "holds no run folders of seeds 7" in capsys.readouterr().err
+    assert main([*args, "--seeds", "1-0"]) == 2
+    assert "bad seed list '1-0'" in capsys.readouterr().err
+
+
 def test_paired_signed_rank_and_the_smallest_reachable_p():
     # 5 seeds, better above worse in every seed: the exact two-sided signed-rank p is 2 / 2**5
     a = ConditionData("a", [0, 1, 2, 3, 4], [np.full(4, 10.0 + i) for i in range(5)])

@@ -125,6 +125,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     rep.add_argument(
         "--marks", default=None, help="comma-separated updates of the table (default: about 6 round ones)"
     )
+    rep.add_argument(
+        "--seeds", default=None, help="only these seeds' runs, e.g. 0-1 or 0,2,5-7 (default: every seed)"
+    )
 
     ls = sub.add_parser("list", help="the built-in experiments, or one of them as JSON")
     ls.add_argument("name", nargs="?", default=None, help="print this experiment's definition as JSON")
@@ -244,8 +247,9 @@ def _report(args: argparse.Namespace, prog: str) -> int:
     from bpm_agents.checkpoint import not_a_folder, writable_file
     from bpm_agents.experiments.definitions import experiment_from_dict, get_experiment
     from bpm_agents.experiments.report import ReportError, build_report, write_report
-    from bpm_agents.experiments.runner import read_manifest
+    from bpm_agents.experiments.runner import parse_seeds, read_manifest
 
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     if args.window < 1:
         raise ReportError(f"--window must be >= 1, got {args.window}")
     marks = None
@@ -266,7 +270,9 @@ def _report(args: argparse.Namespace, prog: str) -> int:
         experiment = experiment_from_dict(manifest["experiment"], source=str(Path(args.dir) / "sweep.json"))
     else:
         experiment = None
-    report = build_report(args.dir, experiment, window=args.window, marks=marks, protocol=protocol)
+    report = build_report(
+        args.dir, experiment, window=args.window, marks=marks, protocol=protocol, seeds=seeds
+    )
     paths = write_report(report, prefix)
     print(report.text(), end="")
     print("wrote " + ", ".join(str(p) for p in paths))

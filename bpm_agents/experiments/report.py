@@ -82,21 +82,26 @@ class ConditionData:
 
 
 def load_sweep(
-    out: str | Path, experiment: Experiment | None, window: int
+    out: str | Path, experiment: Experiment | None, window: int, seeds: list[int] | None = None
 ) -> tuple[list[ConditionData], list[str]]:
     """Read every run folder of ``out``: per condition, the smoothed reward curve of each seed.
 
     Conditions are the experiment's (in its order, including those without runs) or, without an
-    experiment, every ``<condition>/seed<k>`` folder found. Returns the data and notes (warnings).
+    experiment, every ``<condition>/seed<k>`` folder found; ``seeds``, if given, keeps only those
+    seeds' folders. Returns the data and notes (warnings).
     """
     out = Path(out)
     if not out.is_dir():
         raise ReportError(f"sweep folder {out} {not_a_folder(out)}")
     found = discover_runs(out)
+    if seeds is not None:
+        found = [(c, k) for c, k in found if k in set(seeds)]
+        if not found:
+            raise ReportError(f"{out} holds no run folders of seeds {', '.join(map(str, seeds))}")
     names = [c.name for c in experiment.conditions] if experiment else sorted({c for c, _ in found})
     if not found:
         raise ReportError(f"{out} holds no run folders (<condition>/seed<k>/config.json)")
-    notes: list[str] = []
+    notes: list[str] = [f"seeds {', '.join(map(str, seeds))} only"] if seeds is not None else []
     data = []
     for name in names:
         cond = ConditionData(name)
@@ -534,9 +539,11 @@ def build_report(
     window: int = 100,
     marks: list[int] | None = None,
     protocol: str | None = None,
+    seeds: list[int] | None = None,
 ) -> Report:
-    """Read the run folders of ``out`` and compute the report (nothing is written)."""
-    data, notes = load_sweep(out, experiment, window)
+    """Read the run folders of ``out`` (only ``seeds``' if given) and compute the report (nothing
+    is written)."""
+    data, notes = load_sweep(out, experiment, window, seeds)
     batch = {b for c in data for b in c.batch_sizes}
     batch_size = next(iter(batch)) if len(batch) == 1 else None
     if len(batch) > 1:
