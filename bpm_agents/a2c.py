@@ -126,6 +126,13 @@ class A2CConfig(DictConfig):
     eta_e_init: float | None = field(
         default=None, metadata=opt("initial eligibility rate", default="per task: cue 0.1, maze 0.01")
     )
+    detach_value: bool = field(
+        default=False,
+        metadata=opt(
+            "the value head reads the hidden state through a stop-gradient: the value loss trains "
+            "the value head only, and the network learns from the policy loss alone"
+        ),
+    )
     seed: int = field(default=0, metadata=opt("seed of weights, environments and action sampling"))
     unroll_impl: str = field(
         default="auto",
@@ -272,7 +279,9 @@ def make_vector_env(config: A2CConfig) -> gym.vector.VectorEnv:
 def build_policy(config: A2CConfig, obs_size: int, n_actions: int) -> PlasticActorCritic:
     """The policy of a (resolved) config; weights drawn from a generator seeded by ``config.seed``."""
     assert config.hidden_size is not None, "build_policy needs a resolved config"
-    policy_config = PolicyConfig(obs_size, n_actions, config.hidden_size, config.plasticity())
+    policy_config = PolicyConfig(
+        obs_size, n_actions, config.hidden_size, config.plasticity(), detach_value=config.detach_value
+    )
     with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
         torch.manual_seed(config.seed)
         return PlasticActorCritic(policy_config)

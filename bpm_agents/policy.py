@@ -22,12 +22,16 @@ from bpm_agents.plasticity import PlasticityConfig, PlasticState
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """Everything needed to rebuild a policy: sizes and the plasticity rule."""
+    """Everything needed to rebuild a policy: sizes, the plasticity rule, and whether the value
+    head reads the hidden state through a stop-gradient (``detach_value``: the value loss then
+    trains the value head only, as a separate critic would, and the network learns from the
+    policy loss alone)."""
 
     obs_size: int
     n_actions: int
     hidden_size: int
     plasticity: PlasticityConfig = field(default_factory=PlasticityConfig)
+    detach_value: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,15 +141,15 @@ class PlasticActorCritic(nn.Module):
         """Zero hidden activity and traces for ``batch_size`` new episodes."""
         return self.core.initial_state(batch_size, device)
 
+    def heads(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """Policy logits (..., A) and values (...) of hidden activities (..., N)."""
+        value_input = hidden.detach() if self.config.detach_value else hidden
+        return self.policy_head(hidden), self.value_head(value_input).squeeze(-1)
+
     def step(self, obs: Tensor, state: PlasticState, impl: str = "auto") -> StepOutput:
         """Act on one observation per element: obs (B, D); ``impl`` as in :meth:`PlasticRNN.step`."""
         state, m = self.core.step(obs, state, impl=impl)
-        return StepOutput(
-            self.policy_head(state.hidden),
-            self.value_head(state.hidden).squeeze(-1),
-            None if m is None else m.squeeze(-1),
-            state,
-        )
+        return StepOutput(*self.heads(state.hidden), None if m is None else m.squeeze(-1), state)
 
     def unroll(
         self,
@@ -156,7 +160,7 @@ class PlasticActorCritic(nn.Module):
     ) -> UnrollOutput:
         """Replay a sequence obs (B, T, D); ``episode_starts`` (B, T) bool zeroes the state there."""
         hidden, mods, state = self.core.unroll(obs, state, episode_starts, impl=impl)
-        return UnrollOutput(self.policy_head(hidden), self.value_head(hidden).squeeze(-1), mods, state)
+        return UnrollOutput(*self.heads(hidden), mods, state)
 
     @torch.no_grad()
     def episode_actor(self, batch: int, length: int, uniforms: Tensor, impl: str = "auto") -> EpisodeActor:
@@ -197,12 +201,7 @@ class PlasticActorCritic(nn.Module):
         from bpm_agents.ops import plastic_rnn
 
         hidden, mods = plastic_rnn.unroll_recorded(self.core, obs, record)
-        return UnrollOutput(
-            self.policy_head(hidden),
-            self.value_head(hidden).squeeze(-1),
-            mods,
-            None,  # type: ignore[arg-type]
-        )
+        return UnrollOutput(*self.heads(hidden), mods, None)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ SB3-style acting
     @torch.no_grad()

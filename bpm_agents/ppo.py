@@ -11,7 +11,11 @@ One update:
    into ``n_minibatches`` minibatches of whole episodes. A minibatch is replayed from the episode
    start with the current parameters and full backpropagation through time, so Hebbian traces are
    never stored per step; the very first minibatch, while the parameters are still those of
-   acting, reuses the acting record (only its backward runs). Loss per minibatch::
+   acting, reuses the acting record (only its backward runs). With ``minibatch_unit="steps"`` an
+   epoch shuffles the B * T (episode, step) pairs instead, and each minibatch replays all B
+   episodes and takes the loss on its pairs only: minibatches that mix every episode, as
+   feed-forward PPO's do, still with whole-episode backpropagation, at B / n_minibatches times
+   the replay work. Loss per minibatch::
 
        -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A) + value_coef * (V - R)^2 + entropy term
 
@@ -29,17 +33,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor
 
 from bpm_agents.a2c import A2CConfig, A2CTrainer, NonFiniteLossError, Rollout, entropy_term
 from bpm_agents.config import opt
+from bpm_envs.batched import BatchedVectorEnv
 from bpm_envs.checks import require_int
 
 #: what ``normalize_advantage`` normalises over
 ADVANTAGE_SCOPES = ("minibatch", "rollout")
+#: what a minibatch is made of (``PPOConfig.minibatch_unit``)
+MINIBATCH_UNITS = ("episodes", "steps")
 
 __all__ = ["PPOConfig", "PlasticPPOTrainer", "gae", "ppo_loss", "PPOLossTerms"]
 
@@ -67,7 +74,16 @@ class PPOConfig(A2CConfig):
     )
     n_epochs: int = field(default=4, metadata=opt("epochs over each rollout", aliases=["ppo_epochs"]))
     n_minibatches: int = field(
-        default=3, metadata=opt("minibatches of whole episodes per epoch", flag="minibatches")
+        default=3, metadata=opt("minibatches per epoch (of whole episodes, or of steps)", flag="minibatches")
+    )
+    minibatch_unit: str = field(
+        default="episodes",
+        metadata=opt(
+            "what a minibatch is drawn from: whole episodes, or random (episode, step) pairs of the "
+            "rollout (each minibatch then replays every episode from its start and takes the loss "
+            "on its steps only: n_minibatches replays per epoch)",
+            choices=MINIBATCH_UNITS,
+        ),
     )
     normalize_advantage: bool = field(default=True, metadata=opt("normalise advantages (mean 0, std 1)"))
     advantage_scope: str = field(
@@ -92,15 +108,20 @@ class PPOConfig(A2CConfig):
             raise ValueError(
                 f"advantage_scope must be one of {', '.join(ADVANTAGE_SCOPES)}, got {cfg.advantage_scope!r}"
             )
+        if cfg.minibatch_unit not in MINIBATCH_UNITS:
+            raise ValueError(
+                f"minibatch_unit must be one of {', '.join(MINIBATCH_UNITS)}, got {cfg.minibatch_unit!r}"
+            )
+        # with steps the upper bound is B * T, checked by the trainer (T is the env's)
+        most = cfg.batch_size if cfg.minibatch_unit == "episodes" else None
         if (
             isinstance(cfg.n_minibatches, bool)
             or not isinstance(cfg.n_minibatches, int)
-            or not 1 <= cfg.n_minibatches <= cfg.batch_size
+            or cfg.n_minibatches < 1
+            or (most is not None and cfg.n_minibatches > most)
         ):
-            raise ValueError(
-                f"n_minibatches must be an integer from 1 to batch_size ({cfg.batch_size}), "
-                f"got {cfg.n_minibatches!r}"
-            )
+            allowed = f"from 1 to batch_size ({most})" if most is not None else ">= 1"
+            raise ValueError(f"n_minibatches must be an integer {allowed}, got {cfg.n_minibatches!r}")
         return cfg
 
 
@@ -180,6 +201,11 @@ def ppo_loss(
     return PPOLossTerms(policy + value + entropy, policy, value, entropy, clip_fraction, approx_kl)
 
 
+def _steps_of(x: Tensor, flat_idx: Tensor) -> Tensor:
+    """The (episode, step) pairs ``flat_idx`` (K,) of x (B, T, ...) as one row: (1, K, ...)."""
+    return x.flatten(0, 1)[flat_idx].unsqueeze(0)
+
+
 class PlasticPPOTrainer(A2CTrainer):
     """A2CTrainer's env, policy, optimizer and generators, with PPO's ``learn``.
 
@@ -192,6 +218,12 @@ class PlasticPPOTrainer(A2CTrainer):
         if not isinstance(config, PPOConfig):
             raise TypeError(f"PlasticPPOTrainer needs a PPOConfig, got {type(config).__name__}")
         super().__init__(config, device)
+        steps = self.config.batch_size * cast(BatchedVectorEnv, self.envs.unwrapped).episode_length
+        if self.config.minibatch_unit == "steps" and self.config.n_minibatches > steps:
+            raise ValueError(
+                f"n_minibatches must be at most batch_size * episode length ({steps}) with "
+                f"minibatch_unit 'steps', got {self.config.n_minibatches}"
+            )
         # its own stream, so the minibatch order does not shift the action draws
         self.minibatch_generator = torch.Generator().manual_seed(self.config.seed + 1_000_003)
         self.last_stats: dict[str, float] = {}
@@ -203,7 +235,7 @@ class PlasticPPOTrainer(A2CTrainer):
         record = rollout.record
         if record is not None and self.config.unroll_impl != "reference" and record.matches(self.policy.core):
             hidden = record.x  # the activities acting computed: no second forward
-            logits, values = self.policy.policy_head(hidden), self.policy.value_head(hidden).squeeze(-1)
+            logits, values = self.policy.heads(hidden)
         else:
             out = self.policy.unroll(
                 obs, self.policy.initial_state(obs.shape[0], self.device), impl=self.config.unroll_impl
@@ -228,28 +260,43 @@ class PlasticPPOTrainer(A2CTrainer):
         if cfg.normalize_advantage and not per_minibatch:
             advantages = normalized(advantages)
         obs, actions = rollout.obs.to(self.device), rollout.actions.to(self.device)
-        B = obs.shape[0]
+        B, T = actions.shape
         sums: dict[str, float] = {}
         n_steps = 0
         grad_norm = torch.tensor(0.0)
         record = rollout.record if cfg.unroll_impl != "reference" else None
+        everyone = torch.arange(B)
         for _ in range(cfg.n_epochs):
-            order = torch.randperm(B, generator=self.minibatch_generator)
+            if cfg.minibatch_unit == "episodes":
+                order = torch.randperm(B, generator=self.minibatch_generator)
+            else:
+                order = torch.randperm(B * T, generator=self.minibatch_generator)
             for idx in torch.tensor_split(order, cfg.n_minibatches):
+                every = cfg.minibatch_unit == "steps"  # each minibatch replays every episode
+                episodes = everyone if every else idx
                 if record is not None and record.matches(self.policy.core):
-                    out = self.policy.unroll_recorded(obs[idx], record.select(idx))
+                    out = self.policy.unroll_recorded(obs[episodes], record if every else record.select(idx))
                 else:
                     out = self.policy.unroll(
-                        obs[idx], self.policy.initial_state(len(idx), self.device), impl=cfg.unroll_impl
+                        obs[episodes],
+                        self.policy.initial_state(len(episodes), self.device),
+                        impl=cfg.unroll_impl,
                     )
+                batch = (actions, old_log_probs, advantages, returns, old_values)
+                if cfg.minibatch_unit == "episodes":
+                    logits, values = out.logits, out.values
+                    act, old_lp, adv, ret, old_v = (x[idx] for x in batch)
+                else:  # the loss on this minibatch's (episode, step) pairs only, as one (1, K) row
+                    logits, values = _steps_of(out.logits, idx), _steps_of(out.values, idx)
+                    act, old_lp, adv, ret, old_v = (_steps_of(x, idx) for x in batch)
                 terms = ppo_loss(
-                    out.logits,
-                    out.values,
-                    actions[idx],
-                    old_log_probs[idx],
-                    advantages[idx],
-                    returns[idx],
-                    old_values[idx],
+                    logits,
+                    values,
+                    act,
+                    old_lp,
+                    adv,
+                    ret,
+                    old_v,
                     cfg.clip_range,
                     cfg.value_clip,
                     cfg.value_coef,

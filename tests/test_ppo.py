@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from bpm_agents import ppo
 from bpm_agents.a2c import discounted_returns
 from bpm_agents.ppo import PlasticPPOTrainer, PPOConfig, gae, normalized, ppo_loss
 from bpm_agents.training import load_trainer, train
@@ -148,6 +149,8 @@ def test_resume_is_bit_for_bit(tmp_path):
         (dict(n_minibatches=5), r"n_minibatches must be an integer from 1 to batch_size \(4\), got 5"),
         (dict(value_clip=0.0), "value_clip must be a finite number > 0 or None, got 0.0"),
         (dict(advantage_scope="batch"), "advantage_scope must be one of minibatch, rollout, got 'batch'"),
+        (dict(minibatch_unit="step"), "minibatch_unit must be one of episodes, steps, got 'step'"),
+        (dict(minibatch_unit="steps", n_minibatches=0), "n_minibatches must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_settings_are_refused_with_the_value(bad, match):
@@ -245,3 +248,76 @@ def test_advantage_scope_rollout_normalises_once_over_the_whole_rollout():
         _parameters_after_one_update(n_minibatches=4, advantage_scope=s) for s in ("minibatch", "rollout")
     ]
     assert max((p - q).abs().max().item() for p, q in zip(*four)) > 1e-4
+
+
+def test_step_minibatches_of_the_whole_rollout_take_the_full_batch_step():
+    # one minibatch of all B * T pairs (in shuffled order) is the same mean loss as one of all episodes
+    whole = [_parameters_after_one_update(n_minibatches=1, minibatch_unit=u) for u in ("episodes", "steps")]
+    for p, q in zip(*whole):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+
+
+def test_step_minibatches_partition_each_epoch_and_replay_every_episode(monkeypatch):
+    trainer = PlasticPPOTrainer(PPOConfig(**{**TINY, "minibatch_unit": "steps", "n_minibatches": 7}))
+    rollout = trainer.collect()
+    B, T = rollout.actions.shape  # 4 x 15: 60 pairs in minibatches of 8 or 9
+    seen: list[torch.Tensor] = []
+    picked: dict[int, torch.Tensor] = {}  # the pair indices of each minibatch
+    replayed: list[int] = []
+    real_loss, real_unroll, real_steps_of = ppo.ppo_loss, trainer.policy.unroll, ppo._steps_of
+
+    def spy_loss(logits, values, actions, *rest, **kw):
+        seen.append(actions)
+        return real_loss(logits, values, actions, *rest, **kw)
+
+    def spy_steps_of(x, idx):
+        picked[len(seen)] = idx
+        return real_steps_of(x, idx)
+
+    def spy_unroll(obs, *args, **kw):
+        replayed.append(obs.shape[0])
+        return real_unroll(obs, *args, **kw)
+
+    monkeypatch.setattr(ppo, "ppo_loss", spy_loss)
+    monkeypatch.setattr(ppo, "_steps_of", spy_steps_of)
+    monkeypatch.setattr(trainer.policy, "unroll", spy_unroll)
+    trainer.learn(rollout)
+    assert len(seen) == 2 * 7 and [a.shape for a in seen[:7]] == [(1, 9)] * 4 + [(1, 8)] * 3
+    # the first minibatch reuses the acting record; every later one replays all B episodes
+    assert replayed == [B] * (2 * 7 - 1)
+    for epoch in (range(7), range(7, 14)):  # each epoch uses each (episode, step) pair once
+        assert torch.equal(torch.cat([picked[k] for k in epoch]).sort().values, torch.arange(B * T))
+    for k, actions in enumerate(seen):  # and the loss sees those pairs' data
+        assert torch.equal(actions[0], rollout.actions.reshape(-1)[picked[k]])
+
+
+def test_step_minibatches_are_bounded_by_the_rollout_and_resume_bit_for_bit(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"n_minibatches must be at most batch_size \* episode length \(60\)"
+    ):
+        PlasticPPOTrainer(PPOConfig(**{**TINY, "minibatch_unit": "steps", "n_minibatches": 61}))
+    cfg = PPOConfig(**{**TINY, "minibatch_unit": "steps", "n_minibatches": 5, "detach_value": True})
+    train(cfg, tmp_path / "straight", 3, progress=False, tensorboard=False)
+    train(cfg, tmp_path / "resumed", 1, progress=False, tensorboard=False)
+    train(None, tmp_path / "resumed", 3, resume=True, progress=False, tensorboard=False)
+    a, b = load_trainer(tmp_path / "straight"), load_trainer(tmp_path / "resumed")
+    assert a.policy.config.detach_value and b.policy.config.detach_value
+    for p, q in zip(a.policy.parameters(), b.policy.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_detach_value_keeps_the_values_and_stops_their_gradient_at_the_head():
+    plain = PlasticPPOTrainer(PPOConfig(**TINY)).policy
+    detached = PlasticPPOTrainer(PPOConfig(**{**TINY, "detach_value": True})).policy
+    obs = torch.randn(3, 5, plain.config.obs_size, generator=torch.Generator().manual_seed(1))
+    outs = [pol.unroll(obs, pol.initial_state(3), impl="reference") for pol in (plain, detached)]
+    assert torch.equal(outs[0].values, outs[1].values) and torch.equal(outs[0].logits, outs[1].logits)
+    for pol, out in zip((plain, detached), outs):
+        pol.zero_grad()
+        out.values.sum().backward()
+        assert pol.value_head.weight.grad is not None and pol.value_head.weight.grad.abs().sum() > 0
+        core = [q.grad for q in pol.core.parameters()]
+        if pol is detached:
+            assert all(g is None for g in core) and pol.policy_head.weight.grad is None
+        else:
+            assert any(g is not None and g.abs().sum() > 0 for g in core)
