@@ -36,7 +36,7 @@ from bpm_agents.experiments import (
     write_report,
 )
 from bpm_agents.experiments.cli import main
-from bpm_agents.experiments.definitions import Claim
+from bpm_agents.experiments.definitions import PPO_TUNED, Claim
 from bpm_agents.experiments.report import ConditionData, moving_average, table_marks
 from bpm_agents.experiments.runner import ray_available
 from bpm_agents.training import CSV_FIELDS, load_trainer, train
@@ -115,15 +115,16 @@ def test_builtin_experiments_are_the_papers():
     assert release.levels == {"random walk": 5.367, "oracle": 269.53}
     assert BUILTIN["fig2"].levels == {"random walk": 7.747, "oracle": 324.42}
     for exp in BUILTIN.values():
-        assert exp.protocols == {"paper": {}, "ppo": {"algo": "plastic-ppo"}}
+        assert exp.protocols == {"paper": {}, "ppo": {"algo": "plastic-ppo"}, "ppo-tuned": PPO_TUNED}
         assert experiment_from_dict(json.loads(json.dumps(exp.to_dict()))) == exp
 
 
-def test_ppo_protocol_gives_every_condition_the_same_ppo_settings():
+@pytest.mark.parametrize("protocol", ["ppo", "ppo-tuned"])
+def test_ppo_protocols_give_every_condition_the_same_ppo_settings(protocol):
     from bpm_agents.ppo import PPOConfig
 
     for exp in BUILTIN.values():
-        configs = [resolve_run_config(exp, c.name, "ppo", seed=1) for c in exp.conditions]
+        configs = [resolve_run_config(exp, c.name, protocol, seed=1) for c in exp.conditions]
         assert all(type(cfg) is PPOConfig for cfg in configs)
         learner = {k: v for k, v in configs[0].to_dict().items() if k not in ("rule", "hidden_size")}
         for cfg, cond in zip(configs, exp.conditions):
@@ -131,6 +132,10 @@ def test_ppo_protocol_gives_every_condition_the_same_ppo_settings():
             assert {k: v for k, v in cfg.to_dict().items() if k not in ("rule", "hidden_size")} == learner
         default = PPOConfig(env_id=exp.env_id, rule="simple", env_kwargs=exp.env_kwargs, seed=1).resolve()
         assert (configs[0].lr, configs[0].gamma) == (default.lr, default.gamma)
+        if protocol == "ppo-tuned":
+            tuned = {k: getattr(configs[0], k) for k in PPO_TUNED if k != "algo"}
+            assert tuned == {k: v for k, v in PPO_TUNED.items() if k != "algo"}
+            assert configs[0].minibatch_unit == "steps" and configs[0].detach_value
 
 
 def test_a_ppo_protocol_sweep_writes_plastic_ppo_folders(tmp_path):

@@ -45,9 +45,27 @@ DEFAULT_PROTOCOL = "paper"
 #: the protocol key that names the learner (not a config field)
 ALGO_KEY = "algo"
 DEFAULT_ALGO = "plastic-a2c"
-#: the built-in protocols of every built-in experiment: the paper's A2C, and plastic PPO at its
-#: defaults (issue 16's fast protocol), each applied identically to every condition
-BUILTIN_PROTOCOLS: dict[str, dict[str, Any]] = {DEFAULT_PROTOCOL: {}, "ppo": {ALGO_KEY: "plastic-ppo"}}
+#: issue 29's tuned plastic PPO, chosen on the maze with the ``simple`` rule on tuning seeds
+#: 100-102 (``benchmarks/experiments/ppo_tuning.json``, ``benchmarks/results/ppo_tuning/``):
+#: 10 episodes per update, minibatches of random (episode, step) pairs that each replay every
+#: episode, the value head on the detached hidden state, advantages normalised over the rollout
+PPO_TUNED: dict[str, Any] = {
+    ALGO_KEY: "plastic-ppo",
+    "batch_size": 10,
+    "n_epochs": 5,
+    "n_minibatches": 10,
+    "minibatch_unit": "steps",
+    "detach_value": True,
+    "advantage_scope": "rollout",
+}
+#: the built-in protocols of every built-in experiment: the paper's A2C, plastic PPO at its
+#: defaults (issue 16's fast protocol) and tuned (issue 29), each applied identically to every
+#: condition
+BUILTIN_PROTOCOLS: dict[str, dict[str, Any]] = {
+    DEFAULT_PROTOCOL: {},
+    "ppo": {ALGO_KEY: "plastic-ppo"},
+    "ppo-tuned": PPO_TUNED,
+}
 
 
 def _trainer_classes() -> dict[str, Any]:
