@@ -265,30 +265,29 @@ class PlasticPPOTrainer(A2CTrainer):
         n_steps = 0
         grad_norm = torch.tensor(0.0)
         record = rollout.record if cfg.unroll_impl != "reference" else None
+        by_steps = cfg.minibatch_unit == "steps"  # then every minibatch replays all B episodes
         everyone = torch.arange(B)
+        batch = (actions, old_log_probs, advantages, returns, old_values)
         for _ in range(cfg.n_epochs):
-            if cfg.minibatch_unit == "episodes":
-                order = torch.randperm(B, generator=self.minibatch_generator)
-            else:
-                order = torch.randperm(B * T, generator=self.minibatch_generator)
+            order = torch.randperm(B * T if by_steps else B, generator=self.minibatch_generator)
             for idx in torch.tensor_split(order, cfg.n_minibatches):
-                every = cfg.minibatch_unit == "steps"  # each minibatch replays every episode
-                episodes = everyone if every else idx
+                episodes = everyone if by_steps else idx
                 if record is not None and record.matches(self.policy.core):
-                    out = self.policy.unroll_recorded(obs[episodes], record if every else record.select(idx))
+                    out = self.policy.unroll_recorded(
+                        obs[episodes], record if by_steps else record.select(idx)
+                    )
                 else:
                     out = self.policy.unroll(
                         obs[episodes],
                         self.policy.initial_state(len(episodes), self.device),
                         impl=cfg.unroll_impl,
                     )
-                batch = (actions, old_log_probs, advantages, returns, old_values)
-                if cfg.minibatch_unit == "episodes":
-                    logits, values = out.logits, out.values
-                    act, old_lp, adv, ret, old_v = (x[idx] for x in batch)
-                else:  # the loss on this minibatch's (episode, step) pairs only, as one (1, K) row
+                if by_steps:  # the loss on this minibatch's (episode, step) pairs only, as one (1, K) row
                     logits, values = _steps_of(out.logits, idx), _steps_of(out.values, idx)
                     act, old_lp, adv, ret, old_v = (_steps_of(x, idx) for x in batch)
+                else:
+                    logits, values = out.logits, out.values
+                    act, old_lp, adv, ret, old_v = (x[idx] for x in batch)
                 terms = ppo_loss(
                     logits,
                     values,
