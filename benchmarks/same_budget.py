@@ -44,7 +44,6 @@ import platform
 import sys
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -149,13 +148,17 @@ def steps_per_update(learner: str, env_id: str) -> int:
 # ---------------------------------------------------------------- one run (in a worker)
 
 
-def run_one(
-    task: str, learner: str, seed: int, budget: int, run_dir: str, lstm: int | None
-) -> dict[str, Any]:
-    """Train (or continue) one run folder to ``budget`` env steps; return how it ended."""
+def run_one(job: dict[str, Any]) -> dict[str, Any]:
+    """Train (or continue) one run folder to its budget of env steps; return how it ended.
+
+    ``job``: ``task``, ``learner``, ``seed``, ``budget`` (env steps), ``run_dir``, ``lstm`` (the
+    RecurrentPPO width or None) and ``condition`` (for the pool's reports)."""
     import torch
 
     torch.set_num_threads(1)
+    task, learner, seed, budget, run_dir, lstm = (
+        job[k] for k in ("task", "learner", "seed", "budget", "run_dir", "lstm")
+    )
     env_id = TASKS[task]
     updates = budget // steps_per_update(learner, env_id)
     resume = (Path(run_dir) / "config.json").exists()
@@ -174,8 +177,30 @@ def run_one(
         result = sb3.train(
             config, run_dir, updates, resume=resume, checkpoint_every=10, progress=False, tensorboard=False
         )
-    return {"task": task, "learner": learner, "seed": seed, "updates": result.updates_done, "target": updates,
-            "interrupted": result.interrupted, "seconds": time.perf_counter() - start}  # fmt: skip
+    return {"condition": job["condition"], "seed": seed, "updates_done": result.updates_done, "target": updates,
+            "status": "interrupted" if result.interrupted else "done", "message": "",
+            "seconds": time.perf_counter() - start}  # fmt: skip
+
+
+class _Log:
+    """The pool's progress sink: one line per message on stdout."""
+
+    def tick(self) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        print(text, flush=True)
+
+
+def _record(outcome: dict[str, Any]) -> None:
+    line = f"{outcome['condition']:22s} seed {outcome['seed']}: {outcome['status']}"
+    if "target" in outcome:
+        line += (
+            f", {outcome['updates_done']}/{outcome['target']} updates ({outcome['seconds']:.0f} s this call)"
+        )
+    print(line + (f" ({outcome['message']})" if outcome.get("message") else ""), flush=True)
+    if outcome.get("traceback"):
+        print(outcome["traceback"], file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- the report
@@ -429,22 +454,18 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.report_only:
         # seed-major: every learner gets seed 0 before any gets seed 1, so a stopped comparison is balanced
-        jobs = [(t, lr, s) for s in args.seeds for t in args.tasks for lr in args.learners]
-        with ProcessPoolExecutor(max_workers=args.workers) as pool:
-            futures = {
-                pool.submit(run_one, t, lr, s, budgets[t], str(out / t / lr / f"seed{s}"),
-                            meta["lstm"].get(t, [None])[0] if lr == "recurrent-ppo" else None): (t, lr, s)
-                for t, lr, s in jobs
-            }  # fmt: skip
-            try:
-                for fut in as_completed(futures):
-                    r = fut.result()
-                    print(f"{r['task']:4s} {r['learner']:14s} seed {r['seed']}: {r['updates']}/{r['target']} "
-                          f"updates ({r['seconds']:.0f} s this call)", flush=True)  # fmt: skip
-            except KeyboardInterrupt:
-                print("interrupted: rerun the same command to continue", file=sys.stderr)
-                pool.shutdown(cancel_futures=True)
-                return 130
+        jobs = [
+            {"condition": f"{t}/{lr}", "task": t, "learner": lr, "seed": s, "budget": budgets[t],
+             "run_dir": str(out / t / lr / f"seed{s}"),
+             "lstm": meta["lstm"].get(t, [None])[0] if lr == "recurrent-ppo" else None}
+            for s in args.seeds for t in args.tasks for lr in args.learners
+        ]  # fmt: skip
+        from bpm_agents.experiments.runner import run_local_pool
+
+        # the sweep runner's pool: Ctrl-C or SIGTERM stops every run cleanly and starts no new one
+        if run_local_pool(run_one, jobs, args.workers, _record, _Log()):
+            print("interrupted: rerun the same command to continue", file=sys.stderr)
+            return 130
     randoms = {t: random_level(t) for t in args.tasks}
     summary = summarise(out, args.tasks, args.learners, args.seeds, budgets, args.smooth, args.hold)
     (results / "same_budget.json").write_text(

@@ -746,3 +746,41 @@ def test_significant_ranges_keep_every_update_and_its_direction(tmp_path):
     assert claim["better_significant_ranges"] == [(1, 30)]
     assert claim["worse_significant_ranges"] == [(61, 90)]
     assert claim["fraction_worse_significant"] == pytest.approx(30 / 90)
+
+
+def test_same_budget_sigterm_stops_the_pool_and_starts_no_queued_run(tmp_path):
+    """`pkill -TERM -f same_budget.py` signals the parent and its workers at once: the running run
+    saves and stops, and the queued seeds never start (they used to, once per worker)."""
+    out = tmp_path / "sb"
+    args = ["--out", str(out), "--seeds", "0", "1", "2", "--tasks", "maze", "--learners", "plastic-a2c",
+            "--budget-maze", str(6000 * 2000), "--workers", "1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SDL_VIDEODRIVER": "dummy"}
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmarks" / "same_budget.py"), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    first = out / "maze" / "plastic-a2c" / "seed0"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (first / "progress.csv").exists() or len(rewards(first)) < 30:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.3)
+        assert len(rewards(first)) >= 30, "too slow"
+        workers = subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+        for pid in [proc.pid, *map(int, workers)]:
+            os.kill(pid, signal.SIGTERM)
+        assert proc.wait(60) == 130
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    logged = len(rewards(first))
+    assert 30 <= logged < 2000
+    assert load_checkpoint(first / "checkpoint.pt")["trainer"]["updates_done"] == logged  # saved on stop
+    for seed in (1, 2):
+        assert not (out / "maze" / "plastic-a2c" / f"seed{seed}" / "progress.csv").exists()

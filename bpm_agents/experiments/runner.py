@@ -38,7 +38,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from bpm_agents.checkpoint import not_a_folder
 from bpm_agents.experiments.definitions import Experiment, resolve_run_config
@@ -398,11 +398,8 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)  # one thread per run: runs share the cores, threads would spin
     result = {"condition": task["condition"], "seed": task["seed"], "updates_done": 0, "message": ""}
-    _WORKER["in_task"] = True
     lock_fd = None
     try:
-        if _STOP.is_set():
-            return {**result, "status": "interrupted", "message": "sweep stopping; not started"}
         lock_file = Path(task["lock"])
         lock_file.parent.mkdir(parents=True, exist_ok=True)
         if fcntl is not None:
@@ -431,7 +428,6 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
     finally:
         if lock_fd is not None:
             os.close(lock_fd)  # releases the flock
-        _WORKER["in_task"] = False
 
 
 def _written_by_someone_else(run_dir: Path, window: float | None) -> str:
@@ -455,6 +451,22 @@ def _written_by_someone_else(run_dir: Path, window: float | None) -> str:
             "still running on it; the sweep does not touch it. Rerun when it has stopped"
         )
     return ""
+
+
+def _in_worker(fn: Callable[[dict[str, Any]], dict[str, Any]], task: dict[str, Any]) -> dict[str, Any]:
+    """Run one pool task unless the pool is stopping. A worker may already hold the next task
+    when a stop arrives (the executor queues ahead), so the check is here, not in the parent."""
+    if _STOP.is_set() or (_WORKER["stop"] is not None and _WORKER["stop"].is_set()):
+        return {"condition": task.get("condition"), "seed": task.get("seed"), "updates_done": 0,
+                "status": "interrupted", "message": "sweep stopping; not started"}  # fmt: skip
+    _WORKER["in_task"] = True
+    try:
+        outcome = fn(task)
+    finally:
+        _WORKER["in_task"] = False
+    if outcome.get("status") in ("interrupted", "aborted"):
+        _STOP.set()  # a signal stopped this run (a SIGTERM to this worker): it means the pool
+    return outcome
 
 
 def _train_task(task: dict[str, Any]) -> dict[str, Any]:
@@ -671,7 +683,7 @@ def run_sweep(
 
     if tasks:
         if backend == "local":
-            result.interrupted = _run_local(tasks, workers, record, progress)
+            result.interrupted = run_local_pool(run_one, tasks, workers, record, progress)
         elif backend == "inline":
             result.interrupted = _run_inline(tasks, record, progress)
         else:
@@ -684,10 +696,31 @@ def _isatty(stream: TextIO | None) -> bool:
     return bool(stream is not None and getattr(stream, "isatty", lambda: False)())
 
 
-def _run_local(
-    tasks: list[dict[str, Any]], workers: int, record: Callable[[dict[str, Any]], None], progress: Progress
+class Ticker(Protocol):
+    """What a pool reports to: :class:`Progress`, or anything with these two methods."""
+
+    def tick(self) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+def run_local_pool(
+    fn: Callable[[dict[str, Any]], dict[str, Any]],
+    tasks: list[dict[str, Any]],
+    workers: int,
+    record: Callable[[dict[str, Any]], None],
+    progress: Ticker,
 ) -> bool:
-    """Run the tasks on a spawn process pool; returns True if the sweep was interrupted."""
+    """Run ``fn(task)`` for every task on a spawn process pool; returns True if interrupted.
+
+    ``fn`` must be importable by the workers (a module-level function) and train through
+    :func:`bpm_agents.training.train` or the run layer, whose signal handler the workers' watchdog
+    drives. Each task is a dict with ``condition``, ``seed`` and ``run_dir``; ``record`` gets each
+    outcome dict (``status`` ``interrupted`` for a task stopped before it started, ``error`` for a
+    worker that died). Ctrl-C or SIGTERM to this process (or SIGTERM to a worker) stops the pool
+    cleanly: running tasks finish their update and save, queued ones never start; a second
+    interrupt aborts the running ones (their last checkpoint is kept).
+    """
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
@@ -707,7 +740,7 @@ def _run_local(
         initargs=(stop, abort, os.getpid()),
     )
     try:
-        futures: dict[Future, dict[str, Any]] = {pool.submit(run_one, t): t for t in tasks}
+        futures: dict[Future, dict[str, Any]] = {pool.submit(_in_worker, fn, t): t for t in tasks}
         pending = set(futures)
         while pending:
             try:
