@@ -72,35 +72,35 @@ void drive_pass(int64_t N, int64_t P, const R *s, const R *w, const R *A, const 
   }
 }
 
-// One trace update (pre s, post x): Hi/Ei -> Ho/Eo (may alias). MASK: record where the clip let
-// the gradient through (torch.clamp: min <= z <= max). DRIVE: also accumulate the next step's
-// drive, sum_i x_i (w_ij + A_ij Hnew_ij), while Hnew is in registers.
-template <typename R, int RULE, bool MASK, bool DRIVE>
+// The trace before its clip, z = H + R_j E_ij (retroactive) or H + s_i R_j x_j: one function, so
+// the backward recomputes exactly the z of the forward to find where the clip passed the
+// gradient (torch.clamp: min <= z <= max) instead of storing a mask per step.
+template <typename R, int RULE>
+inline R pre_clip(R h, R e, R rate, R si, R rx) {
+  return RULE == RETRO ? h + rate * e : h + si * rx;
+}
+
+// One trace update (pre s, post x): Hi/Ei -> Ho/Eo (may alias). DRIVE: also accumulate the next
+// step's drive, sum_i x_i (w_ij + A_ij Hnew_ij), while Hnew is in registers.
+template <typename R, int RULE, bool DRIVE>
 void update_pass(int64_t N, int64_t P, R c, R ee, const R *Hi_, const R *Ei_, R *Ho_, R *Eo_,
-                 R *msk, const R *s, const R *x, const R *rate, const R *rx, const R *w,
-                 const R *A, R *drive) {
+                 const R *s, const R *x, const R *rate, const R *rx, const R *w, const R *A,
+                 R *drive) {
   const R keep = (R)1 - ee;
   for (int64_t i = 0; i < N; ++i) {
     const R *Hi = Hi_ + i * P;
     R *Ho = Ho_ + i * P;
     const R *Ei = RULE == RETRO ? Ei_ + i * P : nullptr;
     R *Eo = RULE == RETRO ? Eo_ + i * P : nullptr;
-    R *mi = MASK ? msk + i * P : nullptr;
     const R *wi = w + i * P, *Ai = A + i * P;
     const R si = s[i], xi = x[i];
 #pragma omp simd
     for (int64_t j = 0; j < P; ++j) {
-      R z;
-      if (RULE == RETRO) {
-        const R e = Ei[j];
-        z = Hi[j] + rate[j] * e;
-        Eo[j] = keep * e + ee * (si * x[j]);
-      } else {
-        z = Hi[j] + si * rx[j];
-      }
+      const R e = RULE == RETRO ? Ei[j] : (R)0;
+      const R z = pre_clip<R, RULE>(Hi[j], e, rate[j], si, rx[j]);
+      if (RULE == RETRO) Eo[j] = keep * e + ee * (si * x[j]);
       const R h = std::min(std::max(z, -c), c);
       Ho[j] = h;
-      if (MASK) mi[j] = (z >= -c && z <= c) ? (R)1 : (R)0;
       if (DRIVE) drive[j] += xi * (wi[j] + Ai[j] * h);
     }
   }
@@ -158,11 +158,11 @@ void forward_one(const Args &a, int64_t b, const R *w, const R *A, R *scratch) {
     if (plastic) {
       rates<R>(a, m, x.data(), rate.data(), rx.data());
       if (has_next && !reset_next)
-        update_pass<R, RULE, false, true>(N, P, c, ee, H, E, H, E, nullptr, s.data(), x.data(),
-                                          rate.data(), rx.data(), w, A, drive.data());
+        update_pass<R, RULE, true>(N, P, c, ee, H, E, H, E, s.data(), x.data(), rate.data(),
+                                   rx.data(), w, A, drive.data());
       else
-        update_pass<R, RULE, false, false>(N, P, c, ee, H, E, H, E, nullptr, s.data(), x.data(),
-                                           rate.data(), rx.data(), w, A, nullptr);
+        update_pass<R, RULE, false>(N, P, c, ee, H, E, H, E, s.data(), x.data(), rate.data(),
+                                    rx.data(), w, A, nullptr);
     } else if (has_next && !reset_next) {
       drive_pass<R>(N, P, x.data(), w, A, nullptr, drive.data());
     }
@@ -177,10 +177,11 @@ void forward_one(const Args &a, int64_t b, const R *w, const R *A, R *scratch) {
 // Backward pass over the N x N arrays of one step, in two halves that may be fused:
 //  B-part (step t): through drive_t = s_t (w + A H_{t-1}); gH += A s dd, dA += H s dd,
 //                   rowB = (w + A H) dd; then the reset of step t (kp = 0 where it zeroed the state).
-//  A-part (step u = t - 1, or t alone): through the clipped trace update of step u.
+//  A-part (step u = t - 1, or t alone): through the clipped trace update of step u, whose
+//                   inputs Hu, Eu (the traces step u read) give back its clip mask.
 template <typename R, int RULE, bool DO_B, bool DO_A>
-void backward_pass(int64_t N, int64_t P, R ee, const R *w, const R *A, const R *Hp, const R *s,
-                   const R *dd, R kp, R *gH, R *dA, R *rowB, R kpE, const R *msk,
+void backward_pass(int64_t N, int64_t P, R c, R ee, const R *w, const R *A, const R *Hp,
+                   const R *s, const R *dd, R kp, R *gH, R *dA, R *rowB, R kpE, const R *Hu,
                    const R *Ep, const R *s2, const R *x2, const R *rate2, const R *rx2, R *gE,
                    R *col, R *dRv, R *rowA, R &dee) {
   const R keep = (R)1 - ee;
@@ -189,7 +190,7 @@ void backward_pass(int64_t N, int64_t P, R ee, const R *w, const R *A, const R *
     const R *wi = w + i * P, *Ai = A + i * P;
     const R *Hi = DO_B ? Hp + i * P : nullptr;
     R *dAi = DO_B ? dA + i * P : nullptr;
-    const R *mi = DO_A ? msk + i * P : nullptr;
+    const R *Hui = DO_A ? Hu + i * P : nullptr;
     const R *Ei = (DO_A && RULE == RETRO) ? Ep + i * P : nullptr;
     R *gEi = (DO_A && RULE == RETRO) ? gE + i * P : nullptr;
     const R si = DO_B ? s[i] : (R)0, s2i = DO_A ? s2[i] : (R)0;
@@ -204,9 +205,11 @@ void backward_pass(int64_t N, int64_t P, R ee, const R *w, const R *A, const R *
         g1 = (g1 + al * sd) * kp;
       }
       if (DO_A) {
-        const R g = mi[j] != (R)0 ? g1 : (R)0;
+        const R e = RULE == RETRO ? Ei[j] : (R)0;
+        const R z = pre_clip<R, RULE>(Hui[j], e, rate2[j], s2i, rx2[j]);
+        const R g = (z >= -c && z <= c) ? g1 : (R)0;
         if (RULE == RETRO) {
-          const R ge = gEi[j] * kpE, e = Ei[j];
+          const R ge = gEi[j] * kpE;
           dRv[j] += g * e;
           accD += ge * (s2i * x2[j] - e);
           accA += ge * x2[j];
@@ -245,8 +248,8 @@ size_t backward_scratch_size(const Args &a) {
   const size_t NP = a.N * padded(a.N), k = a.k;
   if (a.rule == NONE) return 0;
   const size_t traces = a.rule == RETRO ? 2 : 1;
-  // gH, dA (and gE); traces of k + 1 steps; k clip masks
-  return (1 + traces) * NP + (k + 1) * NP * traces + k * NP;
+  // gH, dA (and gE); traces of k + 1 steps
+  return (1 + traces) * NP + (k + 1) * NP * traces;
 }
 
 template <typename R, int RULE>
@@ -265,7 +268,6 @@ void backward_one(const Args &a, int64_t b, const R *w, const R *A, R *scratch) 
   R *gH = scratch, *dA = scratch + NP, *gE = elig ? scratch + 2 * NP : nullptr;
   R *const Hs = plastic ? scratch + (elig ? 3 : 2) * NP : nullptr;
   R *const Es = elig ? Hs + (k + 1) * NP : nullptr;
-  R *const Ms = plastic ? Hs + (k + 1) * NP * (elig ? 2 : 1) : nullptr;
   if (plastic) {
     pad_rows((const R *)a.gH + b * NN, gH, N, P);
     std::fill(dA, dA + NP, (R)0);
@@ -291,9 +293,8 @@ void backward_one(const Args &a, int64_t b, const R *w, const R *A, R *scratch) 
       }
       std::memcpy(xp.data(), xs + t * N, N * sizeof(R));
       rates<R>(a, modulated ? ms[t] : (R)0, xp.data(), rate.data(), rx.data());
-      update_pass<R, RULE, true, false>(N, P, c, ee, Hu, Eu, Hu + NP, elig ? Eu + NP : nullptr,
-                                        Ms + u * NP, pres + t * N, xp.data(), rate.data(),
-                                        rx.data(), w, A, nullptr);
+      update_pass<R, RULE, false>(N, P, c, ee, Hu, Eu, Hu + NP, elig ? Eu + NP : nullptr,
+                                  pres + t * N, xp.data(), rate.data(), rx.data(), w, A, nullptr);
     }
     cur_seg = seg;
   };
@@ -350,8 +351,8 @@ void backward_one(const Args &a, int64_t b, const R *w, const R *A, R *scratch) 
   auto a_only = [&](int64_t u) {
     prepare_a(u);
     backward_pass<R, RULE, false, true>(
-        N, P, ee, w, A, nullptr, nullptr, nullptr, (R)1, gH, nullptr, nullptr, (R)1,
-        Ms + slot(u) * NP, elig ? Es + slot(u) * NP : nullptr, pres + u * N, x2p.data(),
+        N, P, c, ee, w, A, nullptr, nullptr, nullptr, (R)1, gH, nullptr, nullptr, (R)1,
+        Hs + slot(u) * NP, elig ? Es + slot(u) * NP : nullptr, pres + u * N, x2p.data(),
         rate2.data(), rx2.data(), gE, col.data(), dRv.data(), rowA.data(), dee);
   };
 
@@ -370,12 +371,12 @@ void backward_one(const Args &a, int64_t b, const R *w, const R *A, R *scratch) 
       const int64_t u = t - 1;
       prepare_a(u);
       backward_pass<R, RULE, true, true>(
-          N, P, ee, w, A, Hs + slot(t) * NP, s, dd.data(), kp, gH, dA, rowB.data(), kp,
-          Ms + slot(u) * NP, elig ? Es + slot(u) * NP : nullptr, pres + u * N, x2p.data(),
+          N, P, c, ee, w, A, Hs + slot(t) * NP, s, dd.data(), kp, gH, dA, rowB.data(), kp,
+          Hs + slot(u) * NP, elig ? Es + slot(u) * NP : nullptr, pres + u * N, x2p.data(),
           rate2.data(), rx2.data(), gE, col.data(), dRv.data(), rowA.data(), dee);
     } else {
-      backward_pass<R, RULE, true, false>(N, P, ee, w, A, Hs + slot(t) * NP, s, dd.data(), kp, gH,
-                                          dA, rowB.data(), (R)1, nullptr, nullptr, nullptr,
+      backward_pass<R, RULE, true, false>(N, P, c, ee, w, A, Hs + slot(t) * NP, s, dd.data(), kp,
+                                          gH, dA, rowB.data(), (R)1, nullptr, nullptr, nullptr,
                                           nullptr, nullptr, nullptr, gE, nullptr, nullptr,
                                           nullptr, dee);
       if (elig && kp == (R)0) std::fill(gE, gE + NP, (R)0);
@@ -499,8 +500,8 @@ void act_step_one(const Args &a, int64_t b) {
   std::fill(rec, rec + P, (R)0);
   if (plastic) {
     rates<R>(a, m, x.data(), rate.data(), rx.data());
-    update_pass<R, RULE, false, true>(N, P, (R)a.clip, (R)a.ee, H, E, H, E, nullptr, s, x.data(),
-                                      rate.data(), rx.data(), Wp, Ap, rec);
+    update_pass<R, RULE, true>(N, P, (R)a.clip, (R)a.ee, H, E, H, E, s, x.data(), rate.data(),
+                               rx.data(), Wp, Ap, rec);
   } else {
     drive_pass<R>(N, P, x.data(), Wp, Ap, nullptr, rec);
   }
