@@ -645,13 +645,13 @@ class Actor:
         self.ckH = torch.empty(B, nck, N * P, dtype=dtype) if (record and cfg.plastic) else None
         self.ckE = torch.empty(B, nck, N * P, dtype=dtype) if (record and cfg.eligibility) else None
         self.h0 = z(B, N)
-        H0 = z(B, N, N) if cfg.plastic else None
-        E0 = z(B, N, N) if cfg.eligibility else None
+        # episodes start from zero traces, which act_begin writes (no H0 / E0 to fill and copy)
+        e = lambda *shape: torch.empty(*shape, dtype=dtype)  # noqa: E731
         self._state = [
             z(B, P),
             z(B, P),
-            z(B, N * P) if cfg.plastic else None,
-            z(B, N * P) if cfg.eligibility else None,
+            e(B, N * P) if cfg.plastic else None,
+            e(B, N * P) if cfg.eligibility else None,
             z(N * P),
             z(N * P) if cfg.plastic else None,
             z(D * P),
@@ -674,8 +674,8 @@ class Actor:
             ee=float(ee) if ee is not None else 0.0,
             bm=float(bm) if bm is not None else 0.0,
             h0=_ptr(self.h0),
-            H0=_ptr(H0),
-            E0=_ptr(E0),
+            H0=None,
+            E0=None,
             w=_ptr(w),
             A=_ptr(A),
             wm=_ptr(wm),
@@ -704,7 +704,6 @@ class Actor:
             WinT=_ptr(WinT),
         )
         self._lib.bpm_act_begin(ctypes.byref(self._args))
-        self._H0, self._E0 = H0, E0  # read by act_begin only; kept alive with the args
 
     def step(self, obs: np.ndarray) -> np.ndarray:
         """One step of every element: obs (B, D) -> the sampled actions (B,) int64 (a new array)."""

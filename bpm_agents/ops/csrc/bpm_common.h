@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -34,6 +35,45 @@ template <typename R>
 void unpad_rows(const R *src, R *dst, int64_t N, int64_t P) {
   for (int64_t i = 0; i < N; ++i) std::memcpy(dst + i * N, src + i * P, N * sizeof(R));
 }
+
+// tanh in plain arithmetic, so a simd loop over neurons vectorizes (std::tanh is a scalar libm
+// call: 6,000 of them were a third of an acting step of the plain RNN). Within 2 ulp of the
+// correctly rounded tanh over [-12, 12] (relative error <= 1.7e-7); +-1 beyond |x| = 10; NaN stays
+// NaN. |x| < 0.4: the odd Taylor series to x^13 (the next term is < 4e-9 relative there);
+// otherwise 1 - 2 / (e^(2|x|) + 1) with e^y = 2^n e^r, |r| <= ln(2) / 2, e^r to r^8.
+inline float tanh_approx(float x) {
+  const float a = std::fabs(x);
+  const float ax = a < 10.0f ? a : 10.0f;
+  const float x2 = ax * ax;
+  float p = 21844.0f / 6081075.0f;
+  p = p * x2 - 1382.0f / 155925.0f;
+  p = p * x2 + 62.0f / 2835.0f;
+  p = p * x2 - 17.0f / 315.0f;
+  p = p * x2 + 2.0f / 15.0f;
+  p = p * x2 - 1.0f / 3.0f;
+  const float small = ax + ax * x2 * p;
+  const float y = 2.0f * ax;
+  // n = round(y / ln 2) by adding and subtracting 1.5 * 2^23 (std::floor does not vectorize)
+  const float n = (y * 1.44269504f + 12582912.0f) - 12582912.0f;
+  const float r = (y - n * 0.693359375f) + n * 2.12194440e-4f;  // ln 2 in two parts
+  float e = 1.0f / 40320.0f;
+  e = e * r + 1.0f / 5040.0f;
+  e = e * r + 1.0f / 720.0f;
+  e = e * r + 1.0f / 120.0f;
+  e = e * r + 1.0f / 24.0f;
+  e = e * r + 1.0f / 6.0f;
+  e = e * r + 0.5f;
+  e = e * r + 1.0f;
+  e = e * r + 1.0f;
+  const int32_t bits = ((int32_t)n + 127) << 23;  // 2^n, n <= 29
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  const float big = 1.0f - 2.0f / (e * scale + 1.0f);
+  const float t = std::copysign(ax < 0.4f ? small : big, x);
+  return x != x ? x : t;
+}
+// float64 keeps the library tanh: its tests hold the kernels to the reference within 1e-9
+inline double tanh_approx(double x) { return std::tanh(x); }
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)

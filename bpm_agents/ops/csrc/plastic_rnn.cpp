@@ -144,13 +144,18 @@ void forward_one(const Args &a, int64_t b, const R *w, const R *A, R *scratch) {
   drive_pass<R>(N, P, s.data(), w, A, H, drive.data());
   for (int64_t t = 0; t < T; ++t) {
     if (a.save) std::memcpy((R *)a.pre + (b * T + t) * N, s.data(), N * sizeof(R));
-    for (int64_t j = 0; j < N; ++j) x[j] = std::tanh(drive[j]);
+    {
+      R *xv = x.data();
+      const R *dv = drive.data();
+#pragma omp simd
+      for (int64_t j = 0; j < N; ++j) xv[j] = bpm::tanh_approx(dv[j]);
+    }
     std::memcpy(xs + t * N, x.data(), N * sizeof(R));
     R m = 0;
     if (modulated) {
       R acc = (R)a.bm;
       for (int64_t j = 0; j < N; ++j) acc += wm[j] * x[j];
-      m = a.act_tanh ? std::tanh(acc) : acc;
+      m = a.act_tanh ? bpm::tanh_approx(acc) : acc;
       ((R *)a.m)[b * T + t] = m;
     }
     const bool has_next = t + 1 < T, reset_next = has_next && st && st[t + 1];
@@ -454,8 +459,15 @@ void act_begin_one(const Args &a, int64_t b) {
   std::memcpy(s, (const R *)a.h0 + b * N, N * sizeof(R));
   R *H = plastic ? (R *)a.Hp + b * NP : nullptr;
   R *E = elig ? (R *)a.Ep + b * NP : nullptr;
-  if (plastic) pad_rows((const R *)a.H0 + b * NN, H, N, P);
-  if (elig) pad_rows((const R *)a.E0 + b * NN, E, N, P);
+  // no H0 / E0: the episodes start from zero traces (written here, so the caller need not fill)
+  if (plastic) {
+    if (a.H0) pad_rows((const R *)a.H0 + b * NN, H, N, P);
+    else std::fill(H, H + NP, (R)0);
+  }
+  if (elig) {
+    if (a.E0) pad_rows((const R *)a.E0 + b * NN, E, N, P);
+    else std::fill(E, E + NP, (R)0);
+  }
   if (a.save) {
     if (plastic) std::memcpy((R *)a.ckH + (b * nck) * NP, H, NP * sizeof(R));
     if (elig) std::memcpy((R *)a.ckE + (b * nck) * NP, E, NP * sizeof(R));
@@ -487,14 +499,18 @@ void act_step_one(const Args &a, int64_t b) {
 #pragma omp simd
     for (int64_t j = 0; j < P; ++j) x[j] += ud * wd[j];
   }
-  for (int64_t j = 0; j < N; ++j) x[j] = std::tanh(x[j] + rec[j]);
+  {
+    R *xv = x.data();
+#pragma omp simd
+    for (int64_t j = 0; j < N; ++j) xv[j] = bpm::tanh_approx(xv[j] + rec[j]);
+  }
   if (a.save) std::memcpy((R *)a.pre + (b * T + t) * N, s, N * sizeof(R));
   std::memcpy((R *)a.x + (b * T + t) * N, x.data(), N * sizeof(R));
   R m = 0;
   if (modulated) {
     R acc = (R)a.bm;
     for (int64_t j = 0; j < N; ++j) acc += wm[j] * x[j];
-    m = a.act_tanh ? std::tanh(acc) : acc;
+    m = a.act_tanh ? bpm::tanh_approx(acc) : acc;
     ((R *)a.m)[b * T + t] = m;
   }
   std::fill(rec, rec + P, (R)0);
