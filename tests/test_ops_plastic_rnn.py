@@ -526,3 +526,27 @@ def test_options_the_kernel_lacks_fall_back_to_the_reference(cfg):
     hidden, _, _ = policy.core.unroll(obs, policy.initial_state(obs.shape[0]))
     ref, _, _ = policy.core.reference_unroll(obs, policy.initial_state(obs.shape[0]))
     torch.testing.assert_close(hidden, ref, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not fast_unroll.kernel_available(), reason="no C++ compiler for the kernel")
+def test_float32_kernel_tanh_is_within_two_ulp_and_keeps_nan():
+    """The kernel's float32 tanh is its own arithmetic (it vectorizes; std::tanh does not):
+    within 2 ulp of the correctly rounded value on [-12, 12], exactly +-1 far out, NaN kept."""
+    drives = torch.cat([torch.linspace(-12, 12, 20001), torch.tensor([0.0, 1e-30, -1e-8, 0.4, 30.0, -1e9])])
+    N = drives.numel()
+    net = PlasticRNN(1, N, PlasticityConfig(rule="none")).float()
+    with torch.no_grad():
+        net.w.zero_()
+        net.input.weight.copy_(drives[:, None])  # u = 1: the drive of neuron j is drives[j] exactly
+        net.input.bias.zero_()
+    state = net.initial_state(1)
+    with torch.no_grad():
+        x, _, _ = fast_unroll.unroll(net, torch.ones(1, 1, 1), state)
+    exact = torch.tanh(drives.double()).float()
+    ulp = torch.nextafter(exact.abs(), torch.tensor(2.0)) - exact.abs()
+    assert ((x[0, 0] - exact).abs() <= 2 * ulp).all()
+    assert x[0, 0, -2].item() == 1.0 and x[0, 0, -1].item() == -1.0 and x[0, 0, N - 6].item() == 0.0
+    with torch.no_grad():
+        net.input.weight[0, 0] = float("nan")
+        x, _, _ = fast_unroll.unroll(net, torch.ones(1, 1, 1), state)
+    assert torch.isnan(x[0, 0, 0]) and not torch.isnan(x[0, 0, 1:]).any()
