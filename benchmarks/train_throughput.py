@@ -1,5 +1,5 @@
 """Seconds per whole A2C training step (act B episodes, then learn), ours against the previous
-implementation and the paper's release, at 1 and 2 threads.
+implementation and the paper's release, at 1 and 2 threads, and two one-thread runs at once.
 
 A *step* is what ``train.py`` does per update: ``A2CTrainer.collect`` (acting B = 30 episodes in
 lock-step: env stepping, the network, sampling) then ``A2CTrainer.learn`` (loss, backward,
@@ -16,9 +16,12 @@ Implementations, each in a fresh subprocess (so peak RSS, ``ru_maxrss``, is that
 * ``reference``: acting and learning op by op with the rules of ``plasticity.py``.
 
 Release figures: measured side by side on 2026-12-01 (issue 12) and ``shared/docs/paper.md`` §7.
+Targets: issue 28 (2 threads, 1 thread; peak RSS <= 0.5 GB; a run beside another one-thread run
+within 1.15x of the same run alone - the sweep case); rows it does not name have none.
 
     python benchmarks/train_throughput.py                            # all rows, 1 and 2 threads
     python benchmarks/train_throughput.py --rows cue-retroactive --threads 2 --updates 10
+    python benchmarks/train_throughput.py --impls ours --omp-wait-policies passive --pairs
 """
 
 from __future__ import annotations
@@ -34,15 +37,18 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# name: (env id, rule, N, release s/update (issue 12, 2026-12-01; else paper.md §7), target s)
+# name: (env id, rule, N, release s/update (issue 12, 2026-12-01; else paper.md §7),
+#        target s per thread count (issue 28))
 ROWS = {
-    "cue-retroactive": ("bpm/CueReward-v0", "retroactive", 200, 1.68, 0.15),
-    "cue-simple": ("bpm/CueReward-v0", "simple", 200, 1.56, 0.12),
-    "cue-none": ("bpm/CueReward-v0", "none", 200, 0.130, 0.06),
-    "maze-simple": ("bpm/PlasticMaze-v0", "simple", 100, 0.80, 0.08),
-    "maze-retroactive": ("bpm/PlasticMaze-v0", "retroactive", 100, 0.96, 0.09),
-    "maze-none": ("bpm/PlasticMaze-v0", "none", 139, 0.26, 0.06),
+    "cue-retroactive": ("bpm/CueReward-v0", "retroactive", 200, 1.68, {2: 0.09, 1: 0.14}),
+    "cue-simple": ("bpm/CueReward-v0", "simple", 200, 1.56, {2: 0.06, 1: 0.09}),
+    "cue-none": ("bpm/CueReward-v0", "none", 200, 0.130, {}),
+    "maze-simple": ("bpm/PlasticMaze-v0", "simple", 100, 0.80, {2: 0.035, 1: 0.05}),
+    "maze-retroactive": ("bpm/PlasticMaze-v0", "retroactive", 100, 0.96, {}),
+    "maze-none": ("bpm/PlasticMaze-v0", "none", 139, 0.26, {2: 0.02, 1: 0.03}),
 }
+MAX_RSS_GB = 0.5
+MAX_PAIR_SLOWDOWN = 1.15
 IMPLS = ("ours", "previous", "reference")
 
 
@@ -115,6 +121,10 @@ def worker(row: str, impl: str, updates: int, warmup: int, threads: int) -> dict
 
 
 def _run_subprocess(row, impl, threads, policy, args) -> dict:
+    return _finish(_start_subprocess(row, impl, threads, policy, args), row, impl)
+
+
+def _start_subprocess(row, impl, threads, policy, args) -> subprocess.Popen:
     cmd = [
         sys.executable,
         os.path.abspath(__file__),
@@ -132,10 +142,14 @@ def _run_subprocess(row, impl, threads, policy, args) -> dict:
     env.pop("OMP_WAIT_POLICY", None)
     if policy != "default":
         env["OMP_WAIT_POLICY"] = policy.upper()  # read by libgomp when torch loads
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+
+
+def _finish(proc: subprocess.Popen, row: str, impl: str) -> dict:
+    out, err = proc.communicate()
     if proc.returncode != 0:
-        raise RuntimeError(f"benchmark worker {row}/{impl} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"benchmark worker {row}/{impl} failed:\n{err[-3000:]}")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
@@ -151,6 +165,12 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--updates", type=int, default=5, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument(
+        "--pairs",
+        action="store_true",
+        help="also run two one-thread 'ours' runs of each row at once (the sweep case) and compare "
+        "each with the one-thread run alone",
+    )
     parser.add_argument("--json", help="write all measurements to this file")
     parser.add_argument("--worker", nargs=2, metavar=("ROW", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -168,6 +188,10 @@ def main(argv=None) -> int:
     )
     if bad or args.updates < 1 or args.warmup < 0 or not threads or min(threads) < 1:
         parser.error(f"bad arguments: {bad or 'updates/warmup/threads'}")
+    if args.pairs and ("ours" not in impls or 1 not in threads):
+        parser.error(
+            "--pairs compares with the one-thread 'ours' run: keep 'ours' in --impls and 1 in --threads"
+        )
 
     med = statistics.median
     print(f"# updates={args.updates} warmup={args.warmup}, B=30; medians over the timed steps", flush=True)
@@ -185,27 +209,54 @@ def main(argv=None) -> int:
                         f"peak RSS {res['peak_rss_gb']:.2f} GB",
                         flush=True,
                     )
+        if args.pairs:  # the sweep case: two one-thread runs side by side, both timed
+            procs = [_start_subprocess(row, "ours", 1, policies[0], args) for _ in range(2)]
+            for res in [_finish(p, row, "ours") for p in procs]:
+                res.update(policy=policies[0], impl="ours-pair")
+                results.append(res)
+                print(f"# {row:17s} ours, one of two at once: step {med(res['step_s']):.3f} s", flush=True)
     print()
     print(
         "| config | threads | impl | OMP_WAIT_POLICY | step s | act s | learn s | peak RSS GB "
-        "| x previous | x release | target s | met |"
+        "| x previous | x release | target s | met (and RSS <= 0.5 GB) |"
     )
     print("|---" * 12 + "|")
     prev = {(r["row"], r["threads"]): med(r["step_s"]) for r in results if r["impl"] == "previous"}
     for res in results:
-        _, _, _, release, target = ROWS[res["row"]]
+        if res["impl"] == "ours-pair":
+            continue
+        _, _, _, release, targets = ROWS[res["row"]]
+        target = targets.get(res["threads"])
         step = med(res["step_s"])
         p = prev.get((res["row"], res["threads"]))
         met = (
             "n/a"
-            if res["impl"] != "ours"
-            else ("yes" if step <= target and res["peak_rss_gb"] <= 0.6 else "no")
+            if res["impl"] != "ours" or target is None
+            else ("yes" if step <= target and res["peak_rss_gb"] <= MAX_RSS_GB else "no")
         )
         print(
             f"| {res['row']} | {res['threads']} | {res['impl']} | {res['policy']} | {step:.3f} "
             f"| {med(res['act_s']):.3f} | {med(res['learn_s']):.3f} | {res['peak_rss_gb']:.2f} "
-            f"| {'n/a' if p is None else f'{p / step:.1f}'} | {release / step:.1f} | {target:.2f} | {met} |"
+            f"| {'n/a' if p is None else f'{p / step:.1f}'} | {release / step:.1f} "
+            f"| {'-' if target is None else f'{target:.3f}'} | {met} |"
         )
+    pairs = [r for r in results if r["impl"] == "ours-pair"]
+    if pairs:
+        alone = {
+            r["row"]: med(r["step_s"])
+            for r in results
+            if r["impl"] == "ours" and r["threads"] == 1 and r["policy"] == policies[0]
+        }
+        print()
+        print(f"| config | one thread alone s | each of two at once s | ratio | <= {MAX_PAIR_SLOWDOWN} |")
+        print("|---" * 5 + "|")
+        for row in dict.fromkeys(r["row"] for r in pairs):
+            each = [med(r["step_s"]) for r in pairs if r["row"] == row]
+            worst = max(each) / alone[row]
+            print(
+                f"| {row} | {alone[row]:.3f} | {' / '.join(f'{e:.3f}' for e in each)} | {worst:.2f} "
+                f"| {'yes' if worst <= MAX_PAIR_SLOWDOWN else 'no'} |"
+            )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)
