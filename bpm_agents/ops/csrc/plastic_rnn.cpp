@@ -55,20 +55,38 @@ void rates(const Args &a, R m, const R *x, R *rate, R *rx) {
   }
 }
 
+// y_j += sum_i s_i W_ij over a block of BJ columns held in registers across the rows (a store
+// per row and column otherwise). The sum over i keeps its order, so the result is unchanged.
+template <typename R, int64_t BJ>
+inline void vec_mat_block(int64_t N, int64_t P, const R *s, const R *W, R *y) {
+  R acc[BJ];
+  for (int64_t j = 0; j < BJ; ++j) acc[j] = y[j];
+  for (int64_t i = 0; i < N; ++i) {
+    const R si = s[i];
+    const R *wi = W + i * P;
+#pragma omp simd
+    for (int64_t j = 0; j < BJ; ++j) acc[j] += si * wi[j];
+  }
+  for (int64_t j = 0; j < BJ; ++j) y[j] = acc[j];
+}
+
+// y_j += sum_i s_i W_ij, j < P (P a multiple of 16)
+template <typename R>
+void vec_mat(int64_t N, int64_t P, const R *s, const R *W, R *y) {
+  int64_t j = 0;
+  for (; j + 64 <= P; j += 64) vec_mat_block<R, 64>(N, P, s, W + j, y + j);
+  for (; j < P; j += 16) vec_mat_block<R, 16>(N, P, s, W + j, y + j);
+}
+
 // drive_j += sum_i s_i (w_ij + A_ij H_ij)   (H == nullptr: rule none)
 template <typename R>
 void drive_pass(int64_t N, int64_t P, const R *s, const R *w, const R *A, const R *H, R *drive) {
+  if (!H) return vec_mat<R>(N, P, s, w, drive);
   for (int64_t i = 0; i < N; ++i) {
     const R si = s[i];
-    const R *wi = w + i * P;
-    if (H) {
-      const R *Ai = A + i * P, *Hi = H + i * P;
+    const R *wi = w + i * P, *Ai = A + i * P, *Hi = H + i * P;
 #pragma omp simd
-      for (int64_t j = 0; j < P; ++j) drive[j] += si * (wi[j] + Ai[j] * Hi[j]);
-    } else {
-#pragma omp simd
-      for (int64_t j = 0; j < P; ++j) drive[j] += si * wi[j];
-    }
+    for (int64_t j = 0; j < P; ++j) drive[j] += si * (wi[j] + Ai[j] * Hi[j]);
   }
 }
 
@@ -237,15 +255,12 @@ void backward_pass(int64_t N, int64_t P, R c, R ee, const R *w, const R *A, cons
   }
 }
 
+// rule none: rowB_i = sum_j w_ij dd_j, as sum_j dd_j wT_ji with wT the padded transpose (a
+// vector over i accumulated in registers, instead of one horizontal sum per row)
 template <typename R>
-void backward_none_pass(int64_t N, int64_t P, const R *w, const R *dd, R *rowB) {
-  for (int64_t i = 0; i < N; ++i) {
-    const R *wi = w + i * P;
-    R acc = 0;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t j = 0; j < P; ++j) acc += wi[j] * dd[j];
-    rowB[i] = acc;
-  }
+void backward_none_pass(int64_t N, int64_t P, const R *wT, const R *dd, R *rowB) {
+  std::fill(rowB, rowB + P, (R)0);
+  vec_mat<R>(N, P, dd, wT, rowB);
 }
 
 template <typename R>
@@ -431,7 +446,14 @@ void forward(const Args &a) {
 template <typename R>
 void backward(const Args &a) {
   Weights<R> W(a);
-  const R *w = W.w.data(), *A = W.A.data();
+  std::vector<R> wT;  // rule none's backward reads w transposed (backward_none_pass)
+  if (a.rule == NONE) {
+    const int64_t N = a.N, P = padded(N);
+    wT.assign(N * P, (R)0);
+    for (int64_t i = 0; i < N; ++i)
+      for (int64_t j = 0; j < N; ++j) wT[j * P + i] = W.w[i * P + j];
+  }
+  const R *w = a.rule == NONE ? wT.data() : W.w.data(), *A = W.A.data();
   parallel_over_batch<R>(a.B, a.nthreads, backward_scratch_size<R>(a), [&](int64_t b, R *sc) {
     switch (a.rule) {
       case NONE: backward_one<R, NONE>(a, b, w, A, sc); break;
@@ -493,12 +515,7 @@ void act_step_one(const Args &a, int64_t b) {
   // stored transposed (D, P) so the sum over inputs is a vector loop over neurons
   const R *u = (const R *)a.obs + b * D, *winT = (const R *)a.WinT, *bin = (const R *)a.b_in;
   std::memcpy(x.data(), bin, N * sizeof(R));
-  for (int64_t d = 0; d < D; ++d) {
-    const R ud = u[d];
-    const R *wd = winT + d * P;
-#pragma omp simd
-    for (int64_t j = 0; j < P; ++j) x[j] += ud * wd[j];
-  }
+  vec_mat<R>(D, P, u, winT, x.data());
   {
     R *xv = x.data();
 #pragma omp simd
