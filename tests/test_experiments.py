@@ -766,7 +766,7 @@ def test_same_budget_sigterm_stops_the_pool_and_starts_no_queued_run(tmp_path):
     first = out / "maze" / "plastic-a2c" / "seed0"
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and not (first / "progress.csv").exists() or len(rewards(first)) < 30:
+        while time.time() < deadline and (not (first / "progress.csv").exists() or len(rewards(first)) < 30):
             assert proc.poll() is None, proc.stderr.read().decode()
             time.sleep(0.3)
         assert len(rewards(first)) >= 30, "too slow"
