@@ -35,6 +35,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -133,16 +134,20 @@ def gae(rewards: Tensor, values: Tensor, gamma: float, lam: float) -> tuple[Tens
     Returns:
         advantages (B, T) and returns = advantages + values (B, T).
     """
-    B, T = rewards.shape
-    adv = torch.empty_like(rewards)
-    running = torch.zeros_like(rewards[:, 0])
-    next_value = torch.zeros_like(rewards[:, 0])
+    # in numpy for speed, with torch's float ops bit for bit (see a2c.discounted_returns)
+    r, v = rewards.detach().cpu().numpy(), values.detach().cpu().numpy()
+    B, T = r.shape
+    adv = np.empty_like(r)
+    g, gl = r.dtype.type(gamma), r.dtype.type(gamma * lam)
+    running = np.zeros(B, dtype=r.dtype)
+    next_value = np.zeros(B, dtype=r.dtype)
     for t in range(T - 1, -1, -1):
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        running = delta + gamma * lam * running
+        delta = r[:, t] + g * next_value - v[:, t]
+        running = delta + gl * running
         adv[:, t] = running
-        next_value = values[:, t]
-    return adv, adv + values
+        next_value = v[:, t]
+    advantages = torch.from_numpy(adv).to(rewards.device)
+    return advantages, advantages + values
 
 
 def normalized(x: Tensor) -> Tensor:

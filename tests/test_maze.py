@@ -137,6 +137,26 @@ def test_vector_equals_single_envs_step_for_step_across_autoreset():
     assert resets_seen == 3 * n
 
 
+def test_step_lockstep_equals_step_and_refuses_to_autoreset():
+    n, length = 4, 7
+    a, b = (gym.make_vec(ENV_ID, num_envs=n, episode_length=length) for _ in range(2))
+    a.reset(seed=5)
+    b.reset(seed=5)
+    actions = np.random.default_rng(0).integers(0, 4, size=(length, n))
+    for t in range(length):
+        obs, rew, _, trunc, _ = a.step(actions[t])
+        lobs, lrew = b.step_lockstep(actions[t])
+        np.testing.assert_array_equal(lobs, obs)
+        np.testing.assert_array_equal(lrew, rew)
+    assert trunc.all()
+    with pytest.raises(RuntimeError, match="episode has ended"):
+        b.step_lockstep(actions[0])
+    # after a reset both continue alike (step autoresets a; b is reset by hand)
+    a.step(actions[0])
+    obs, _ = b.reset()
+    np.testing.assert_array_equal(a.step(actions[1])[0], b.step_lockstep(actions[1])[0])
+
+
 # ----------------------------------------------------------------------------- rules
 @pytest.mark.parametrize("wall_penalty", [0.0, -0.1])
 def test_rules_against_an_independent_simulation(wall_penalty):
