@@ -34,6 +34,9 @@ namespace {
 
 enum { NONE = 0, HEBBIAN = 1, SIMPLE = 2, RETRO = 3 };
 
+// the plain RNN acts and backpropagates this many batch elements together (mat_mat)
+constexpr int64_t kNoneBlock = 8;
+
 // fn(b, scratch) for every batch element on the persistent pool; each worker owns one scratch
 template <typename R, typename F>
 void parallel_over_batch(int64_t B, int64_t nthreads, size_t scratch_size, F fn) {
@@ -76,6 +79,37 @@ void vec_mat(int64_t N, int64_t P, const R *s, const R *W, R *y) {
   int64_t j = 0;
   for (; j + 64 <= P; j += 64) vec_mat_block<R, 64>(N, P, s, W + j, y + j);
   for (; j < P; j += 16) vec_mat_block<R, 16>(N, P, s, W + j, y + j);
+}
+
+// The same for G rows at once, y_g,j += sum_i s_g,i W_ij: each row of W is loaded once for the G
+// elements (vec_mat loads it once per element, which made the plain RNN's step bound by loads
+// from L2). Every element's sum over i keeps vec_mat's order, so the results are the same bits.
+template <typename R, int64_t G, int64_t BJ>
+inline void mat_mat_block(int64_t N, int64_t P, int64_t j0, const R *const *s, const R *W,
+                          R *const *y) {
+  R acc[G][BJ];
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t j = 0; j < BJ; ++j) acc[g][j] = y[g][j0 + j];
+  for (int64_t i = 0; i < N; ++i) {
+    const R *wi = W + i * P + j0;
+    for (int64_t g = 0; g < G; ++g) {
+      const R si = s[g][i];
+#pragma omp simd
+      for (int64_t j = 0; j < BJ; ++j) acc[g][j] += si * wi[j];
+    }
+  }
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t j = 0; j < BJ; ++j) y[g][j0 + j] = acc[g][j];
+}
+
+// y_g,j += sum_i s_g,i W_ij for g < n (any n >= 1), j < P (P a multiple of 16). Blocks of 4
+// elements x 16 columns: fastest of those tried with AVX-512 and AVX2 (4/6/8 x 16/32/64).
+template <typename R>
+void mat_mat(int64_t n, int64_t N, int64_t P, const R *const *s, const R *W, R *const *y) {
+  int64_t g = 0;
+  for (; g + 4 <= n; g += 4)
+    for (int64_t j = 0; j < P; j += 16) mat_mat_block<R, 4, 16>(N, P, j, s + g, W, y + g);
+  for (; g < n; ++g) vec_mat<R>(N, P, s[g], W, y[g]);
 }
 
 // drive_j += sum_i s_i (w_ij + A_ij H_ij)   (H == nullptr: rule none)
@@ -255,14 +289,6 @@ void backward_pass(int64_t N, int64_t P, R c, R ee, const R *w, const R *A, cons
   }
 }
 
-// rule none: rowB_i = sum_j w_ij dd_j, as sum_j dd_j wT_ji with wT the padded transpose (a
-// vector over i accumulated in registers, instead of one horizontal sum per row)
-template <typename R>
-void backward_none_pass(int64_t N, int64_t P, const R *wT, const R *dd, R *rowB) {
-  std::fill(rowB, rowB + P, (R)0);
-  vec_mat<R>(N, P, dd, wT, rowB);
-}
-
 template <typename R>
 size_t backward_scratch_size(const Args &a) {
   const size_t NP = a.N * padded(a.N), k = a.k;
@@ -272,8 +298,10 @@ size_t backward_scratch_size(const Args &a) {
   return (1 + traces) * NP + (k + 1) * NP * traces;
 }
 
+// the plastic rules' backward of one element (rule none: backward_none_block)
 template <typename R, int RULE>
 void backward_one(const Args &a, int64_t b, const R *w, const R *A, R *scratch) {
+  static_assert(RULE != NONE, "rule none runs backward_none_block");
   const int64_t T = a.T, N = a.N, P = padded(N), NN = N * N, NP = N * P, k = a.k;
   const int64_t nck = (T + k - 1) / k;
   constexpr bool plastic = RULE != NONE, modulated = RULE >= SIMPLE, elig = RULE == RETRO;
@@ -385,9 +413,7 @@ void backward_one(const Args &a, int64_t b, const R *w, const R *A, R *scratch) 
     const R kp = reset_at(t) ? (R)0 : (R)1;
     const R *s = pres + t * N;
     std::swap(rowA, rowA2);  // rowA2: gradient of s_t through the trace update of step t
-    if (!plastic) {
-      backward_none_pass<R>(N, P, w, dd.data(), rowB.data());
-    } else if (t > 0 && (t - 1) / k == cur_seg) {
+    if (t > 0 && (t - 1) / k == cur_seg) {
       const int64_t u = t - 1;
       prepare_a(u);
       backward_pass<R, RULE, true, true>(
@@ -419,6 +445,46 @@ void backward_one(const Args &a, int64_t b, const R *w, const R *A, R *scratch) 
   }
 }
 
+// Rule none's backward for elements b0 .. b0 + n - 1 in lock-step, so that the product with w
+// (wT: w transposed, padded) runs as one mat_mat per step for the block. The arithmetic per
+// element is backward_one<NONE>'s, in the same order.
+template <typename R>
+void backward_none_block(const Args &a, int64_t b0, int64_t n, const R *wT) {
+  const int64_t T = a.T, N = a.N, P = padded(N);
+  std::vector<R> gs(n * P, (R)0), dd(n * P, (R)0), rowB(n * P, (R)0);
+  const R *ddp[kNoneBlock];
+  R *rowp[kNoneBlock];
+  for (int64_t g = 0; g < n; ++g) {
+    ddp[g] = dd.data() + g * P;
+    rowp[g] = rowB.data() + g * P;
+  }
+  auto finish_step = [&](int64_t t) {
+    for (int64_t g = 0; g < n; ++g) {
+      const int64_t b = b0 + g;
+      const R *x = (const R *)a.x + (b * T + t) * N, *gxo = (const R *)a.gx + (b * T + t) * N;
+      const R *gsg = gs.data() + g * P;
+      R *ddg = dd.data() + g * P;
+      for (int64_t j = 0; j < N; ++j) ddg[j] = (gxo[j] + gsg[j]) * ((R)1 - x[j] * x[j]);
+      std::memcpy((R *)a.gdrive + (b * T + t) * N, ddg, N * sizeof(R));
+    }
+  };
+  finish_step(T - 1);
+  for (int64_t t = T - 1; t >= 0; --t) {
+    std::fill(rowB.begin(), rowB.end(), (R)0);
+    mat_mat<R>(n, N, P, ddp, wT, rowp);
+    for (int64_t g = 0; g < n; ++g) {
+      const uint8_t *st = a.starts ? (const uint8_t *)a.starts + (b0 + g) * T : nullptr;
+      const R kp = (st && st[t]) ? (R)0 : (R)1;
+      R *gsg = gs.data() + g * P;
+      const R *rb = rowB.data() + g * P;
+      for (int64_t i = 0; i < N; ++i) gsg[i] = (rb[i] + (R)0) * kp;  // + 0 as backward_one
+    }
+    if (t > 0) finish_step(t - 1);
+  }
+  for (int64_t g = 0; g < n; ++g)
+    std::memcpy((R *)a.gh + (b0 + g) * N, gs.data() + g * P, N * sizeof(R));
+}
+
 // w and A with padded rows, shared read-only by all threads
 template <typename R>
 struct Weights {
@@ -446,17 +512,22 @@ void forward(const Args &a) {
 template <typename R>
 void backward(const Args &a) {
   Weights<R> W(a);
-  std::vector<R> wT;  // rule none's backward reads w transposed (backward_none_pass)
-  if (a.rule == NONE) {
+  if (a.rule == NONE) {  // it reads w transposed: rowB_i = sum_j w_ij dd_j as a vector over i
     const int64_t N = a.N, P = padded(N);
-    wT.assign(N * P, (R)0);
+    std::vector<R> wT(N * P, (R)0);
     for (int64_t i = 0; i < N; ++i)
       for (int64_t j = 0; j < N; ++j) wT[j * P + i] = W.w[i * P + j];
+    const int64_t nb = (a.B + kNoneBlock - 1) / kNoneBlock;
+    auto fn = [&](int64_t blk, int) {
+      const int64_t b0 = blk * kNoneBlock;
+      backward_none_block<R>(a, b0, std::min(kNoneBlock, a.B - b0), wT.data());
+    };
+    bpm::parallel_for(nb, a.nthreads, fn);
+    return;
   }
-  const R *w = a.rule == NONE ? wT.data() : W.w.data(), *A = W.A.data();
+  const R *w = W.w.data(), *A = W.A.data();
   parallel_over_batch<R>(a.B, a.nthreads, backward_scratch_size<R>(a), [&](int64_t b, R *sc) {
     switch (a.rule) {
-      case NONE: backward_one<R, NONE>(a, b, w, A, sc); break;
       case HEBBIAN: backward_one<R, HEBBIAN>(a, b, w, A, sc); break;
       case SIMPLE: backward_one<R, SIMPLE>(a, b, w, A, sc); break;
       default: backward_one<R, RETRO>(a, b, w, A, sc); break;
@@ -530,13 +601,11 @@ void act_step_one(const Args &a, int64_t b) {
     m = a.act_tanh ? bpm::tanh_approx(acc) : acc;
     ((R *)a.m)[b * T + t] = m;
   }
-  std::fill(rec, rec + P, (R)0);
-  if (plastic) {
+  if (plastic) {  // rule none: act_step computes the drive for a block of elements at once
+    std::fill(rec, rec + P, (R)0);
     rates<R>(a, m, x.data(), rate.data(), rx.data());
     update_pass<R, RULE, true>(N, P, (R)a.clip, (R)a.ee, H, E, H, E, s, x.data(), rate.data(),
                                rx.data(), Wp, Ap, rec);
-  } else {
-    drive_pass<R>(N, P, x.data(), Wp, Ap, nullptr, rec);
   }
   if (a.save && t + 1 < T && (t + 1) % k == 0) {
     if (plastic) std::memcpy((R *)a.ckH + (b * nck + (t + 1) / k) * NP, H, NP * sizeof(R));
@@ -580,8 +649,32 @@ void act_begin(const Args &a) {
   bpm::parallel_for(a.B, a.nthreads, fn);
 }
 
+// the recurrent drive of the next step for elements b0 .. b0 + n - 1 of the plain RNN
+template <typename R>
+void act_drive_none(const Args &a, int64_t b0, int64_t n) {
+  const int64_t P = padded(a.N);
+  const R *s[kNoneBlock];
+  R *rec[kNoneBlock];
+  for (int64_t g = 0; g < n; ++g) {
+    s[g] = (const R *)a.S + (b0 + g) * P;
+    rec[g] = (R *)a.rec + (b0 + g) * P;
+    std::fill(rec[g], rec[g] + P, (R)0);
+  }
+  mat_mat<R>(n, a.N, P, s, (const R *)a.Wp, rec);
+}
+
 template <typename R>
 void act_step(const Args &a) {
+  if (a.rule == NONE) {  // blocks of elements, so each row of w is loaded once per block
+    const int64_t nb = (a.B + kNoneBlock - 1) / kNoneBlock;
+    auto fn = [&](int64_t blk, int) {
+      const int64_t b0 = blk * kNoneBlock, n = std::min(kNoneBlock, a.B - b0);
+      for (int64_t b = b0; b < b0 + n; ++b) act_step_one<R, NONE>(a, b);
+      act_drive_none<R>(a, b0, n);
+    };
+    bpm::parallel_for(nb, a.nthreads, fn);
+    return;
+  }
   auto fn = [&](int64_t b, int) {
     switch (a.rule) {
       case NONE: act_step_one<R, NONE>(a, b); break;
