@@ -132,6 +132,18 @@ def test_matches_reference_float64(cfg, checkpoint_every):
         assert saturated > 0.05, saturated
 
 
+@pytest.mark.parametrize("B", [2, 5, 13])
+def test_plain_rnn_blocks_of_elements_match_reference_with_resets(B):
+    """Rule none runs elements in blocks (8, then 4 at a time in the product with w): any B, with
+    resets inside the episodes, gives the reference's outputs and gradients."""
+    cfg = PlasticityConfig(rule="none")
+    net, inputs, state, starts = _problem(cfg, B=B, T=17, N=21)
+    ref_out, ref_grads = _run(net, inputs, state, starts, "reference")
+    fast_out, fast_grads = _run(net, inputs, state, starts, "fast", 4)
+    _assert_match(ref_out, fast_out, 1e-12)
+    _assert_match(ref_grads, fast_grads, 1e-10)
+
+
 def test_saturated_clip_blocks_gradient_like_reference():
     """Huge alpha and inputs: nearly every trace sits at the clip; gradients still agree."""
     cfg = PlasticityConfig(rule="simple", clip=0.3, modulator_activation="identity")
@@ -376,11 +388,12 @@ def _grads_of(policy, out_hidden, out_mods, leaves=()):
     return torch.autograd.grad(loss, params, allow_unused=True)
 
 
+@pytest.mark.parametrize("B", [4, 13])  # 13: blocks of 8 and 5 elements (4 + 4, 4 + 1)
 @pytest.mark.parametrize("cfg", CONFIGS, ids=str)
-def test_actor_acts_and_records_like_the_reference(cfg):
+def test_actor_acts_and_records_like_the_reference(cfg, B):
     """The fused actor samples the same actions as policy.step + sample_actions, records the same
     activities, and learning from its record gives the reference's gradients (every parameter)."""
-    policy, obs, uniforms = _policy_problem(cfg)
+    policy, obs, uniforms = _policy_problem(cfg, B=B)
     fast, a_fast = _act(policy, obs, uniforms, "fast", checkpoint_every=4)
     ref, a_ref = _act(policy, obs, uniforms, "reference")
     np.testing.assert_array_equal(a_fast, a_ref)
