@@ -37,6 +37,12 @@ enum { NONE = 0, HEBBIAN = 1, SIMPLE = 2, RETRO = 3 };
 // the plain RNN acts and backpropagates this many batch elements together (mat_mat)
 constexpr int64_t kNoneBlock = 8;
 
+// elements per block: up to kNoneBlock, fewer where that would leave threads without a block
+inline int64_t block_size(int64_t B, int64_t nthreads) {
+  const int64_t t = std::max<int64_t>(nthreads, 1);
+  return std::max<int64_t>(1, std::min(kNoneBlock, (B + t - 1) / t));
+}
+
 // fn(b, scratch) for every batch element on the persistent pool; each worker owns one scratch
 template <typename R, typename F>
 void parallel_over_batch(int64_t B, int64_t nthreads, size_t scratch_size, F fn) {
@@ -164,8 +170,10 @@ size_t forward_scratch_size(const Args &a) {
   return a.rule == NONE ? 0 : NP * (a.rule == RETRO ? 2 : 1);
 }
 
+// the plastic rules' forward of one element (rule none: forward_none_block)
 template <typename R, int RULE>
 void forward_one(const Args &a, int64_t b, const R *w, const R *A, R *scratch) {
+  static_assert(RULE != NONE, "rule none runs forward_none_block");
   const int64_t T = a.T, N = a.N, P = padded(N), NN = N * N, NP = N * P, k = a.k;
   const int64_t nck = (T + k - 1) / k;
   constexpr bool plastic = RULE != NONE, modulated = RULE >= SIMPLE, elig = RULE == RETRO;
@@ -212,17 +220,13 @@ void forward_one(const Args &a, int64_t b, const R *w, const R *A, R *scratch) {
     }
     const bool has_next = t + 1 < T, reset_next = has_next && st && st[t + 1];
     if (has_next) std::memcpy(drive.data(), din + (t + 1) * N, N * sizeof(R));
-    if (plastic) {
-      rates<R>(a, m, x.data(), rate.data(), rx.data());
-      if (has_next && !reset_next)
-        update_pass<R, RULE, true>(N, P, c, ee, H, E, H, E, s.data(), x.data(), rate.data(),
-                                   rx.data(), w, A, drive.data());
-      else
-        update_pass<R, RULE, false>(N, P, c, ee, H, E, H, E, s.data(), x.data(), rate.data(),
-                                    rx.data(), w, A, nullptr);
-    } else if (has_next && !reset_next) {
-      drive_pass<R>(N, P, x.data(), w, A, nullptr, drive.data());
-    }
+    rates<R>(a, m, x.data(), rate.data(), rx.data());
+    if (has_next && !reset_next)
+      update_pass<R, RULE, true>(N, P, c, ee, H, E, H, E, s.data(), x.data(), rate.data(),
+                                 rx.data(), w, A, drive.data());
+    else
+      update_pass<R, RULE, false>(N, P, c, ee, H, E, H, E, s.data(), x.data(), rate.data(),
+                                  rx.data(), w, A, nullptr);
     if (has_next && (t + 1) % k == 0) checkpoint(t + 1);
     if (reset_next) reset();
     else std::memcpy(s.data(), x.data(), N * sizeof(R));
@@ -495,13 +499,64 @@ struct Weights {
   }
 };
 
+// Rule none's forward for elements b0 .. b0 + n - 1 in lock-step, so that the recurrent drive is
+// one mat_mat per step for the block (forward_one<NONE>'s arithmetic per element, same order).
+template <typename R>
+void forward_none_block(const Args &a, int64_t b0, int64_t n, const R *w) {
+  const int64_t T = a.T, N = a.N, P = padded(N);
+  std::vector<R> s(n * P, (R)0), drive(n * P, (R)0), x(n * P, (R)0);
+  const R *sp[kNoneBlock];
+  R *dp[kNoneBlock];
+  auto starts = [&](int64_t g, int64_t t) {
+    return a.starts && ((const uint8_t *)a.starts)[(b0 + g) * T + t];
+  };
+  for (int64_t g = 0; g < n; ++g) {
+    const int64_t b = b0 + g;
+    R *sg = s.data() + g * P;
+    if (starts(g, 0)) std::fill(sg, sg + P, (R)0);
+    else std::memcpy(sg, (const R *)a.h0 + b * N, N * sizeof(R));
+    std::memcpy(drive.data() + g * P, (const R *)a.drive_in + b * T * N, N * sizeof(R));
+    sp[g] = sg;
+    dp[g] = drive.data() + g * P;
+  }
+  mat_mat<R>(n, N, P, sp, w, dp);
+  for (int64_t t = 0; t < T; ++t) {
+    int64_t m = 0;  // the elements whose next step reads this step's state
+    for (int64_t g = 0; g < n; ++g) {
+      const int64_t b = b0 + g;
+      R *sg = s.data() + g * P, *xg = x.data() + g * P, *dg = drive.data() + g * P;
+      if (a.save) std::memcpy((R *)a.pre + (b * T + t) * N, sg, N * sizeof(R));
+#pragma omp simd
+      for (int64_t j = 0; j < N; ++j) xg[j] = bpm::tanh_approx(dg[j]);
+      std::memcpy((R *)a.x + (b * T + t) * N, xg, N * sizeof(R));
+      const bool has_next = t + 1 < T, reset_next = has_next && starts(g, t + 1);
+      if (has_next) std::memcpy(dg, (const R *)a.drive_in + (b * T + t + 1) * N, N * sizeof(R));
+      if (has_next && !reset_next) {
+        sp[m] = xg;
+        dp[m++] = dg;
+      }
+      if (reset_next) std::fill(sg, sg + P, (R)0);
+      else std::memcpy(sg, xg, N * sizeof(R));
+    }
+    mat_mat<R>(m, N, P, sp, w, dp);
+  }
+}
+
 template <typename R>
 void forward(const Args &a) {
   Weights<R> W(a);
   const R *w = W.w.data(), *A = W.A.data();
+  if (a.rule == NONE) {
+    const int64_t bs = block_size(a.B, a.nthreads), nb = (a.B + bs - 1) / bs;
+    auto fn = [&](int64_t blk, int) {
+      const int64_t b0 = blk * bs;
+      forward_none_block<R>(a, b0, std::min(bs, a.B - b0), w);
+    };
+    bpm::parallel_for(nb, a.nthreads, fn);
+    return;
+  }
   parallel_over_batch<R>(a.B, a.nthreads, forward_scratch_size<R>(a), [&](int64_t b, R *sc) {
     switch (a.rule) {
-      case NONE: forward_one<R, NONE>(a, b, w, A, sc); break;
       case HEBBIAN: forward_one<R, HEBBIAN>(a, b, w, A, sc); break;
       case SIMPLE: forward_one<R, SIMPLE>(a, b, w, A, sc); break;
       default: forward_one<R, RETRO>(a, b, w, A, sc); break;
@@ -517,10 +572,10 @@ void backward(const Args &a) {
     std::vector<R> wT(N * P, (R)0);
     for (int64_t i = 0; i < N; ++i)
       for (int64_t j = 0; j < N; ++j) wT[j * P + i] = W.w[i * P + j];
-    const int64_t nb = (a.B + kNoneBlock - 1) / kNoneBlock;
+    const int64_t bs = block_size(a.B, a.nthreads), nb = (a.B + bs - 1) / bs;
     auto fn = [&](int64_t blk, int) {
-      const int64_t b0 = blk * kNoneBlock;
-      backward_none_block<R>(a, b0, std::min(kNoneBlock, a.B - b0), wT.data());
+      const int64_t b0 = blk * bs;
+      backward_none_block<R>(a, b0, std::min(bs, a.B - b0), wT.data());
     };
     bpm::parallel_for(nb, a.nthreads, fn);
     return;
@@ -666,9 +721,9 @@ void act_drive_none(const Args &a, int64_t b0, int64_t n) {
 template <typename R>
 void act_step(const Args &a) {
   if (a.rule == NONE) {  // blocks of elements, so each row of w is loaded once per block
-    const int64_t nb = (a.B + kNoneBlock - 1) / kNoneBlock;
+    const int64_t bs = block_size(a.B, a.nthreads), nb = (a.B + bs - 1) / bs;
     auto fn = [&](int64_t blk, int) {
-      const int64_t b0 = blk * kNoneBlock, n = std::min(kNoneBlock, a.B - b0);
+      const int64_t b0 = blk * bs, n = std::min(bs, a.B - b0);
       for (int64_t b = b0; b < b0 + n; ++b) act_step_one<R, NONE>(a, b);
       act_drive_none<R>(a, b0, n);
     };
