@@ -450,8 +450,8 @@ void backward_one(const Args &a, int64_t b, const R *w, const R *A, R *scratch) 
 }
 
 // Rule none's backward for elements b0 .. b0 + n - 1 in lock-step, so that the product with w
-// (wT: w transposed, padded) runs as one mat_mat per step for the block. The arithmetic per
-// element is backward_one<NONE>'s, in the same order.
+// (wT: w transposed, padded) runs as one mat_mat per step for the block. Per element the
+// arithmetic and its order are those of one element alone (the results are the same bits).
 template <typename R>
 void backward_none_block(const Args &a, int64_t b0, int64_t n, const R *wT) {
   const int64_t T = a.T, N = a.N, P = padded(N);
@@ -500,7 +500,8 @@ struct Weights {
 };
 
 // Rule none's forward for elements b0 .. b0 + n - 1 in lock-step, so that the recurrent drive is
-// one mat_mat per step for the block (forward_one<NONE>'s arithmetic per element, same order).
+// one mat_mat per step for the block (per element the same arithmetic, in the same order, as
+// one element alone).
 template <typename R>
 void forward_none_block(const Args &a, int64_t b0, int64_t n, const R *w) {
   const int64_t T = a.T, N = a.N, P = padded(N);
