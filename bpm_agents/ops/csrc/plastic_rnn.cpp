@@ -37,10 +37,14 @@ enum { NONE = 0, HEBBIAN = 1, SIMPLE = 2, RETRO = 3 };
 // the plain RNN acts and backpropagates this many batch elements together (mat_mat)
 constexpr int64_t kNoneBlock = 8;
 
-// elements per block: up to kNoneBlock, fewer where that would leave threads without a block
-inline int64_t block_size(int64_t B, int64_t nthreads) {
+// fn(b0, n) for consecutive blocks of n elements covering 0 .. B - 1 on the persistent pool:
+// up to kNoneBlock elements a block, fewer where that would leave threads without a block
+template <typename F>
+void parallel_over_blocks(int64_t B, int64_t nthreads, F fn) {
   const int64_t t = std::max<int64_t>(nthreads, 1);
-  return std::max<int64_t>(1, std::min(kNoneBlock, (B + t - 1) / t));
+  const int64_t bs = std::max<int64_t>(1, std::min(kNoneBlock, (B + t - 1) / t));
+  auto task = [&](int64_t blk, int) { fn(blk * bs, std::min(bs, B - blk * bs)); };
+  bpm::parallel_for((B + bs - 1) / bs, nthreads, task);
 }
 
 // fn(b, scratch) for every batch element on the persistent pool; each worker owns one scratch
@@ -481,7 +485,8 @@ void backward_none_block(const Args &a, int64_t b0, int64_t n, const R *wT) {
       const R kp = (st && st[t]) ? (R)0 : (R)1;
       R *gsg = gs.data() + g * P;
       const R *rb = rowB.data() + g * P;
-      for (int64_t i = 0; i < N; ++i) gsg[i] = (rb[i] + (R)0) * kp;  // + 0 as backward_one
+      // + 0 as the per-element loop this replaced had it (it turns -0 into +0), for the same bits
+      for (int64_t i = 0; i < N; ++i) gsg[i] = (rb[i] + (R)0) * kp;
     }
     if (t > 0) finish_step(t - 1);
   }
@@ -548,12 +553,8 @@ void forward(const Args &a) {
   Weights<R> W(a);
   const R *w = W.w.data(), *A = W.A.data();
   if (a.rule == NONE) {
-    const int64_t bs = block_size(a.B, a.nthreads), nb = (a.B + bs - 1) / bs;
-    auto fn = [&](int64_t blk, int) {
-      const int64_t b0 = blk * bs;
-      forward_none_block<R>(a, b0, std::min(bs, a.B - b0), w);
-    };
-    bpm::parallel_for(nb, a.nthreads, fn);
+    parallel_over_blocks(a.B, a.nthreads,
+                         [&](int64_t b0, int64_t n) { forward_none_block<R>(a, b0, n, w); });
     return;
   }
   parallel_over_batch<R>(a.B, a.nthreads, forward_scratch_size<R>(a), [&](int64_t b, R *sc) {
@@ -573,12 +574,8 @@ void backward(const Args &a) {
     std::vector<R> wT(N * P, (R)0);
     for (int64_t i = 0; i < N; ++i)
       for (int64_t j = 0; j < N; ++j) wT[j * P + i] = W.w[i * P + j];
-    const int64_t bs = block_size(a.B, a.nthreads), nb = (a.B + bs - 1) / bs;
-    auto fn = [&](int64_t blk, int) {
-      const int64_t b0 = blk * bs;
-      backward_none_block<R>(a, b0, std::min(bs, a.B - b0), wT.data());
-    };
-    bpm::parallel_for(nb, a.nthreads, fn);
+    parallel_over_blocks(a.B, a.nthreads,
+                         [&](int64_t b0, int64_t n) { backward_none_block<R>(a, b0, n, wT.data()); });
     return;
   }
   const R *w = W.w.data(), *A = W.A.data();
@@ -722,18 +719,14 @@ void act_drive_none(const Args &a, int64_t b0, int64_t n) {
 template <typename R>
 void act_step(const Args &a) {
   if (a.rule == NONE) {  // blocks of elements, so each row of w is loaded once per block
-    const int64_t bs = block_size(a.B, a.nthreads), nb = (a.B + bs - 1) / bs;
-    auto fn = [&](int64_t blk, int) {
-      const int64_t b0 = blk * bs, n = std::min(bs, a.B - b0);
+    parallel_over_blocks(a.B, a.nthreads, [&](int64_t b0, int64_t n) {
       for (int64_t b = b0; b < b0 + n; ++b) act_step_one<R, NONE>(a, b);
       act_drive_none<R>(a, b0, n);
-    };
-    bpm::parallel_for(nb, a.nthreads, fn);
+    });
     return;
   }
   auto fn = [&](int64_t b, int) {
     switch (a.rule) {
-      case NONE: act_step_one<R, NONE>(a, b); break;
       case HEBBIAN: act_step_one<R, HEBBIAN>(a, b); break;
       case SIMPLE: act_step_one<R, SIMPLE>(a, b); break;
       default: act_step_one<R, RETRO>(a, b); break;
