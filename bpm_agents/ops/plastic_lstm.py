@@ -52,6 +52,7 @@ import torch
 from torch import Tensor
 
 from bpm_agents.kernel_build import CppKernel
+from bpm_agents.ops import buffers
 
 if TYPE_CHECKING:  # pragma: no cover
     from bpm_agents.lm.model import LSTMState, PlasticLSTMCell
@@ -183,18 +184,6 @@ def _call(name: str, meta: dict, tensors: dict[str, Tensor | None]) -> None:
     getattr(libs[tensors["drive"].dtype], name)(ctypes.byref(args))
 
 
-# The backward's room for recomputed traces (one element per thread at a time, a few MB for the
-# small PTB model), kept between calls: a fresh buffer of that size would page-fault on every call.
-_SCRATCH: dict[int, Tensor] = {}
-_MAX_SCRATCH = 4
-
-
-def _scratch(nbytes: int) -> Tensor:
-    """A byte buffer of ``nbytes``, taken out of the cache (a concurrent call makes its own)."""
-    buf = _SCRATCH.pop(nbytes, None)
-    return buf if buf is not None else torch.empty(nbytes, dtype=torch.uint8)
-
-
 def _run_forward(
     meta: dict, inputs: dict[str, Tensor | None], save: bool
 ) -> tuple[dict[str, Tensor | None], dict[str, Tensor | None]]:
@@ -264,13 +253,11 @@ class _SegmentFunction(torch.autograd.Function):
             "g_ee": torch.empty(B, dtype=dt) if elig else None,
         }  # fmt: skip
         nbytes = nt * T * H * H * (dt.itemsize * (2 if elig else 1) + 1)
-        scratch = _scratch(nbytes)
+        # room for the recomputed traces (one element per thread at a time), reused between calls
+        scratch = buffers.empty((nbytes,), torch.uint8)
         tensors = dict(drive=hs, h0=h0, c0=c0, hebb0=hebb0, elig0=elig0 if elig else None, W=W, A=A, wm=wm,
                        fv=fv, fu=fu, hs=hs, **saved, scratch=scratch, **grads)  # fmt: skip
         _call("bpm_lstm_segment_backward", {**meta, "save": 1}, tensors)
-        _SCRATCH[nbytes] = scratch
-        while len(_SCRATCH) > _MAX_SCRATCH:  # sizes no longer in use (e.g. a short last segment) go
-            del _SCRATCH[next(iter(_SCRATCH))]
         g_gates = grads["g_gates"]
         g_W = None
         if need[6]:  # sum over b, t of h_{t-1}^T dgates

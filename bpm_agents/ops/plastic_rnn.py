@@ -56,6 +56,7 @@ import torch
 from torch import Tensor
 
 from bpm_agents.kernel_build import CppKernel
+from bpm_agents.ops import buffers
 from bpm_agents.plasticity import KernelParams, KernelStatic, PlasticState, fast_kernel_unsupported
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -293,7 +294,7 @@ def _backward(ctx, gx, gm, gH_T, gE_T) -> tuple:
     gh = torch.zeros(B, N, dtype=dtype)  # the final hidden is x[:, -1]: its grad is in gx
     gH = (
         (
-            torch.zeros(B, N, N, dtype=dtype)
+            buffers.zeros((B, N, N), dtype)
             if gH_T is None
             else gH_T.clone(memory_format=torch.contiguous_format)
         )
@@ -302,21 +303,21 @@ def _backward(ctx, gx, gm, gH_T, gE_T) -> tuple:
     )
     gE = (
         (
-            torch.zeros(B, N, N, dtype=dtype)
+            buffers.zeros((B, N, N), dtype)
             if gE_T is None
             else gE_T.clone(memory_format=torch.contiguous_format)
         )
         if elig
         else None
     )
-    gdrive = torch.empty(B, T, N, dtype=dtype)
+    gdrive = buffers.empty((B, T, N), dtype)
     da = torch.zeros(B, T, dtype=dtype) if modulated else None
     dR: Tensor | None
     if meta["fanout"]:
-        dR = torch.zeros(B, T, N, dtype=dtype)
+        dR = buffers.zeros((B, T, N), dtype)
     else:
         dR = torch.zeros(B, T, dtype=dtype) if plastic else None
-    dA = torch.empty(B, N, N, dtype=dtype) if plastic else None
+    dA = buffers.empty((B, N, N), dtype) if plastic else None
     dee = torch.zeros(B, dtype=dtype) if elig else None
     eta, ee, bm = ctx.scalars
     args = _Args(
@@ -401,21 +402,21 @@ def _run_forward(meta, drive_in, h0, H0, E0, w, A, eta, ee, wm, bm, fv, fu, save
     dtype = drive_in.dtype
     k = meta["k"]
     nck = (T + k - 1) // k
-    x = torch.empty(B, T, N, dtype=dtype)
-    pre = torch.empty(B, T, N, dtype=dtype) if save else None
+    x = buffers.empty((B, T, N), dtype)
+    pre = buffers.empty((B, T, N), dtype) if save else None
     # autograd.Function outputs must be tensors: empty ones stand for "absent"
     m = torch.empty(B, T if modulated else 0, dtype=dtype)
     # the kernel reads the initial traces (H0, E0) and writes the final ones into new tensors
     empty = torch.empty(0, dtype=dtype)
     H0 = H0.detach().contiguous() if plastic else None
     E0 = E0.detach().contiguous() if elig else None
-    H = torch.empty(B, N, N, dtype=dtype) if plastic else empty
-    E = torch.empty(B, N, N, dtype=dtype) if elig else empty.clone()
+    H = buffers.empty((B, N, N), dtype) if plastic else empty
+    E = buffers.empty((B, N, N), dtype) if elig else empty.clone()
     libs = _library()
     assert libs is not None
     P = libs[dtype].bpm_padded(N)  # the kernel keeps trace rows padded to a multiple of 16
-    ckH = torch.empty(B, nck, N * P, dtype=dtype) if (save and plastic) else None
-    ckE = torch.empty(B, nck, N * P, dtype=dtype) if (save and elig) else None
+    ckH = buffers.empty((B, nck, N * P), dtype) if (save and plastic) else None
+    ckE = buffers.empty((B, nck, N * P), dtype) if (save and elig) else None
     args = _Args(
         B=B,
         T=T,
@@ -639,19 +640,18 @@ class Actor:
                 uniforms.detach().to(torch.float64).contiguous(),
             ]
         z = lambda *shape: torch.zeros(*shape, dtype=dtype)  # noqa: E731
-        self.x = torch.empty(B, T, N, dtype=dtype)
-        self.pre = torch.empty(B, T, N, dtype=dtype) if record else None
+        self.x = buffers.empty((B, T, N), dtype)
+        self.pre = buffers.empty((B, T, N), dtype) if record else None
         self.m = torch.empty(B, T if cfg.modulated else 0, dtype=dtype)
-        self.ckH = torch.empty(B, nck, N * P, dtype=dtype) if (record and cfg.plastic) else None
-        self.ckE = torch.empty(B, nck, N * P, dtype=dtype) if (record and cfg.eligibility) else None
+        self.ckH = buffers.empty((B, nck, N * P), dtype) if (record and cfg.plastic) else None
+        self.ckE = buffers.empty((B, nck, N * P), dtype) if (record and cfg.eligibility) else None
         self.h0 = z(B, N)
         # episodes start from zero traces, which act_begin writes (no H0 / E0 to fill and copy)
-        e = lambda *shape: torch.empty(*shape, dtype=dtype)  # noqa: E731
         self._state = [
             z(B, P),
             z(B, P),
-            e(B, N * P) if cfg.plastic else None,
-            e(B, N * P) if cfg.eligibility else None,
+            buffers.empty((B, N * P), dtype) if cfg.plastic else None,
+            buffers.empty((B, N * P), dtype) if cfg.eligibility else None,
             z(N * P),
             z(N * P) if cfg.plastic else None,
             z(D * P),
