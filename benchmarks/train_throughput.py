@@ -105,6 +105,7 @@ def worker(row: str, impl: str, updates: int, warmup: int, threads: int) -> dict
         t1 = time.perf_counter()
         trainer.learn(rollout)
         t2 = time.perf_counter()
+        del rollout  # as in trainer.update() (what train.py runs): no rollout outlives its update
         if i >= warmup:
             act.append(t1 - t0)
             learn.append(t2 - t1)
