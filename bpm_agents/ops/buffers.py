@@ -18,6 +18,7 @@ version lacks it, nothing is cached and every call allocates.
 from __future__ import annotations
 
 import math
+import os
 import threading
 
 import torch
@@ -31,6 +32,15 @@ MAX_IDLE_BYTES = 256 << 20
 _lock = threading.Lock()
 _cache: list[Tensor] = []  # flat tensors, least recently handed out first
 _use_count = getattr(torch._C, "_storage_Use_Count", None)
+
+
+def _after_fork_in_child() -> None:
+    global _lock  # a fork while another thread held the lock would leave it held in the child
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _idle(t: Tensor) -> bool:
