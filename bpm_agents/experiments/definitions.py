@@ -49,7 +49,8 @@ DEFAULT_ALGO = "plastic-a2c"
 #: 100-102 (``benchmarks/experiments/ppo_tuning.json``, ``benchmarks/results/ppo_tuning/``):
 #: 10 episodes per update, 2 epochs of 10 minibatches of random (episode, step) pairs that each
 #: replay every episode, the value head on the detached hidden state, advantages normalised over
-#: the rollout (2 epochs since the second tuning round; 5 before it)
+#: the rollout, GAE lambda 0.9 (2 epochs since the second tuning round, 5 before it; lambda 0.9
+#: since the fourth session's round, 0.95 before it)
 PPO_TUNED: dict[str, Any] = {
     ALGO_KEY: "plastic-ppo",
     "batch_size": 10,
@@ -58,6 +59,7 @@ PPO_TUNED: dict[str, Any] = {
     "minibatch_unit": "steps",
     "detach_value": True,
     "advantage_scope": "rollout",
+    "gae_lambda": 0.9,
 }
 #: the built-in protocols of every built-in experiment: the paper's A2C, plastic PPO at its
 #: defaults (issue 16's fast protocol) and tuned (issue 29), each applied identically to every
