@@ -253,7 +253,8 @@ class _SegmentFunction(torch.autograd.Function):
             "g_ee": torch.empty(B, dtype=dt) if elig else None,
         }  # fmt: skip
         nbytes = nt * T * H * H * (dt.itemsize * (2 if elig else 1) + 1)
-        # room for the recomputed traces (one element per thread at a time), reused between calls
+        # room for the recomputed traces (one element per thread at a time; reused between calls
+        # when over buffers.MIN_BYTES, otherwise left to malloc)
         scratch = buffers.empty((nbytes,), torch.uint8)
         tensors = dict(drive=hs, h0=h0, c0=c0, hebb0=hebb0, elig0=elig0 if elig else None, W=W, A=A, wm=wm,
                        fv=fv, fu=fu, hs=hs, **saved, scratch=scratch, **grads)  # fmt: skip
