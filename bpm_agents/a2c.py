@@ -101,6 +101,13 @@ class A2CConfig(DictConfig):
     grad_clip: float | None = field(
         default=None, metadata=opt("gradient-norm clip", default="per task: cue 2.0, maze 4.0")
     )
+    weight_decay: float = field(
+        default=0.0,
+        metadata=opt(
+            "decoupled (AdamW) weight decay of the weight matrices, against the recurrent weights' "
+            "growth in long runs; biases and the plasticity rates are not decayed (0: plain Adam)"
+        ),
+    )
     value_coef: float = field(default=0.1, metadata=opt("value loss coefficient"))
     entropy_coef: float | None = field(
         default=None,
@@ -169,6 +176,8 @@ class A2CConfig(DictConfig):
                     f"{name} must be a finite number > 0 (at most 3.4e38, the float32 range), "
                     f"got {getattr(cfg, name)!r}"
                 )
+        if not 0 <= cfg.weight_decay <= torch.finfo(torch.float32).max:
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {cfg.weight_decay!r}")
         if cfg.entropy_mode not in ENTROPY_MODES:
             raise ValueError(
                 f"unknown entropy mode {cfg.entropy_mode!r}; allowed: {', '.join(ENTROPY_MODES)}"
@@ -341,6 +350,24 @@ def collect_rollout(
     )
 
 
+def make_optimizer(policy: torch.nn.Module, config: A2CConfig) -> torch.optim.Optimizer:
+    """Adam over every parameter; with ``weight_decay`` > 0, AdamW decaying the matrices only.
+
+    Biases, the plasticity rates (eta) and other vectors keep no decay (the usual split, as in
+    nanoGPT). At ``weight_decay`` 0 this is plain Adam with one parameter group, as before the
+    option existed, so older checkpoints resume bit for bit.
+    """
+    assert config.lr is not None and config.adam_eps is not None  # filled by resolve()
+    if config.weight_decay == 0:
+        return torch.optim.Adam(policy.parameters(), lr=config.lr, eps=config.adam_eps)
+    params = list(policy.parameters())
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, eps=config.adam_eps)
+
+
 class A2CTrainer:
     """Holds the env, the policy, the optimizer and every generator of one A2C run.
 
@@ -361,10 +388,7 @@ class A2CTrainer:
         obs_size = cast(tuple[int, ...], self.envs.single_observation_space.shape)[0]
         n_actions = int(cast(gym.spaces.Discrete, self.envs.single_action_space).n)
         self.policy = build_policy(self.config, obs_size, n_actions).to(self.device)
-        assert self.config.lr is not None and self.config.adam_eps is not None  # filled by resolve()
-        self.optimizer = torch.optim.Adam(
-            self.policy.parameters(), lr=self.config.lr, eps=self.config.adam_eps
-        )
+        self.optimizer = make_optimizer(self.policy, self.config)
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.updates_done = 0
 

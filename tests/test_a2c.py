@@ -88,6 +88,8 @@ def test_task_defaults_follow_the_paper():
         (dict(hidden_size=0), "hidden_size"),
         (dict(entropy_mode="kl"), "kl"),
         (dict(gamma=1.5), "1.5"),
+        (dict(weight_decay=-0.1), "weight_decay must be a finite number >= 0, got -0.1"),
+        (dict(weight_decay=math.inf), "weight_decay must be a finite number >= 0, got inf"),
     ],
 )
 def test_bad_config_is_rejected(bad, match):
@@ -122,6 +124,32 @@ def test_update_changes_parameters_and_reports_metrics():
         and "core.synapses.alpha" in changed
         and "core.synapses.modulator.weight" in changed
     )
+
+
+def test_weight_decay_shrinks_the_matrices_only():
+    # with zero gradients Adam's step is 0, so one AdamW step is exactly the decoupled decay
+    # p <- p * (1 - lr * wd) on the matrices, and leaves biases and the Hebbian rate alone
+    lr, wd = 1e-2, 0.5
+    trainer = A2CTrainer(A2CConfig(rule="simple", lr=lr, weight_decay=wd, **SMALL))
+    before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    for p in trainer.policy.parameters():
+        p.grad = torch.zeros_like(p)
+    trainer.optimizer.step()
+    after = trainer.policy.state_dict()
+    decayed = {k for k, v in before.items() if v.ndim >= 2}
+    assert {"core.w", "core.synapses.alpha", "core.input.weight", "policy_head.weight"} <= decayed
+    for k, v in before.items():
+        expected = v * (1 - lr * wd) if k in decayed else v
+        assert torch.allclose(after[k], expected, rtol=0, atol=1e-7), k
+    assert not torch.equal(after["core.w"], before["core.w"])
+    assert torch.equal(after["core.input.bias"], before["core.input.bias"])
+
+
+def test_no_weight_decay_is_plain_adam():
+    # the default keeps the optimizer (and so the checkpoints) of runs made before the option
+    trainer = A2CTrainer(A2CConfig(rule="simple", **SMALL))
+    assert type(trainer.optimizer) is torch.optim.Adam and len(trainer.optimizer.param_groups) == 1
+    assert trainer.optimizer.param_groups[0]["weight_decay"] == 0
 
 
 def test_same_seed_same_run_and_state_dict_resumes_exactly():

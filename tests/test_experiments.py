@@ -373,6 +373,23 @@ def test_sweep_adopts_a_train_py_folder_and_refuses_a_different_config(tiny, tmp
     assert "differing fields" in capsys.readouterr().err
 
 
+def test_a_folder_older_than_an_option_resumes_as_its_default(tmp_path):
+    # a run folder written before weight_decay existed ran without decay: it resumes under a
+    # protocol that leaves weight_decay at its default, and is refused by one that sets it
+    exp = experiment_from_dict({**tiny_dict(), "protocols": {"paper": {}, "wd": {"weight_decay": 0.1}}})
+    out = tmp_path / "old"
+    assert sorted(o["status"] for o in sweep(exp, out, 2).outcomes) == ["done"] * 2
+    run_dir = out / "hebbian-N8" / "seed0"
+    meta = json.loads((run_dir / "config.json").read_text())
+    assert meta["config"].pop("weight_decay") == 0.0
+    (run_dir / "config.json").write_text(json.dumps(meta))
+    res = sweep(exp, out, 4)
+    assert sorted(o["status"] for o in res.outcomes) == ["done"] * 2
+    assert load_trainer(run_dir).updates_done == 4
+    with pytest.raises(SweepError, match=r"differing fields: weight_decay: folder=0\.0, experiment=0\.1"):
+        sweep(exp, out, 6, protocol="wd")
+
+
 def test_progress_line_and_a_folder_another_process_is_training(tiny, tmp_path):
     import io
     import threading

@@ -158,11 +158,20 @@ def lock_is_held(path: Path) -> bool:
     return False
 
 
-def config_diff(existing: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-    """Fields where two config dicts differ, as ``field: folder=X, experiment=Y`` strings."""
+def config_diff(
+    existing: dict[str, Any], expected: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> list[str]:
+    """Fields where two config dicts differ, as ``field: folder=X, experiment=Y`` strings.
+
+    A field missing from ``existing`` but named in ``defaults`` counts as that default: a run
+    folder written before an option existed ran with the option's default (new options default
+    to the old behaviour), so it still resumes.
+    """
+    defaults = defaults or {}
     diffs = []
     for key in sorted(set(existing) | set(expected)):
-        a, b = existing.get(key, "<missing>"), expected.get(key, "<missing>")
+        a = existing.get(key, defaults.get(key, "<missing>"))
+        b = expected.get(key, "<missing>")
         if a != b:
             diffs.append(f"{key}: folder={a!r}, experiment={b!r}")
     return diffs
@@ -192,9 +201,14 @@ class PlannedRun:
 
 
 def inspect_run(
-    run_dir: str | Path, expected: dict[str, Any], updates: int, algo: str = "plastic-a2c"
+    run_dir: str | Path,
+    expected: dict[str, Any],
+    updates: int,
+    algo: str = "plastic-a2c",
 ) -> tuple[str, int, str]:
     """What to do with ``run_dir`` for a run of ``algo`` whose resolved config is ``expected``.
+
+    Fields the folder's config predates count as their defaults (see ``config_diff``).
 
     Returns ``(action, updates_done, detail)`` with action ``new``, ``resume``, ``finished`` or
     ``restart`` (a folder whose run never saved its first checkpoint).
@@ -203,7 +217,13 @@ def inspect_run(
         SweepError: the folder holds a different run, or is unreadable.
     """
     from bpm_agents.checkpoint import CheckpointError, load_checkpoint
-    from bpm_agents.training import CHECKPOINT_FILE, CONFIG_FILE, PROGRESS_FILE, read_run_config
+    from bpm_agents.training import (
+        CHECKPOINT_FILE,
+        CONFIG_FILE,
+        PROGRESS_FILE,
+        read_run_config,
+        trainer_classes,
+    )
 
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).exists():
@@ -218,7 +238,9 @@ def inspect_run(
         raise SweepError(str(exc)) from None
     if meta["algo"] != algo:
         raise SweepError(f"{run_dir} holds a {meta['algo']!r} run, not a {algo!r} run of this experiment")
-    diffs = config_diff(meta["config"], expected)
+    config_cls = trainer_classes()[algo][0]
+    defaults = json.loads(json.dumps(config_cls().to_dict()))  # as config.json holds them
+    diffs = config_diff(meta["config"], expected, defaults)
     if diffs:
         raise SweepError(
             f"{run_dir} holds a run with another config than this experiment and protocol give; "
