@@ -101,6 +101,15 @@ class A2CConfig(DictConfig):
     grad_clip: float | None = field(
         default=None, metadata=opt("gradient-norm clip", default="per task: cue 2.0, maze 4.0")
     )
+    grad_skip: float | None = field(
+        default=None,
+        metadata=opt(
+            "skip an optimizer step whose gradient norm before clipping is above this (or "
+            "infinite): the exploding gradients of a chaotic recurrent regime, where the clipped "
+            "direction is the exploding one",
+            default="off",
+        ),
+    )
     weight_decay: float = field(
         default=0.0,
         metadata=opt(
@@ -176,6 +185,8 @@ class A2CConfig(DictConfig):
                     f"{name} must be a finite number > 0 (at most 3.4e38, the float32 range), "
                     f"got {getattr(cfg, name)!r}"
                 )
+        if cfg.grad_skip is not None and not 0 < cfg.grad_skip <= torch.finfo(torch.float32).max:
+            raise ValueError(f"grad_skip must be a finite number > 0 or None, got {cfg.grad_skip!r}")
         if not 0 <= cfg.weight_decay <= torch.finfo(torch.float32).max:
             raise ValueError(f"weight_decay must be a finite number >= 0, got {cfg.weight_decay!r}")
         if cfg.entropy_mode not in ENTROPY_MODES:
@@ -368,6 +379,28 @@ def make_optimizer(policy: torch.nn.Module, config: A2CConfig) -> torch.optim.Op
     return torch.optim.AdamW(groups, lr=config.lr, eps=config.adam_eps)
 
 
+def clipped_step(trainer: A2CTrainer, config: A2CConfig) -> tuple[Tensor, bool]:
+    """Clip the gradients' norm to ``grad_clip`` and take the optimizer step, unless the norm
+    before clipping is above ``grad_skip`` (or infinite, with ``grad_skip`` set): then the
+    gradients are dropped and the step skipped. Returns (norm before clipping, skipped).
+
+    Raises:
+        NonFiniteLossError: a NaN norm, or an infinite one without ``grad_skip`` (not applied).
+    """
+    assert config.grad_clip is not None  # filled by resolve()
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainer.policy.parameters(), config.grad_clip)
+    if config.grad_skip is not None and grad_norm > config.grad_skip:  # False for NaN
+        trainer.optimizer.zero_grad(set_to_none=True)
+        return grad_norm, True
+    if not torch.isfinite(grad_norm):
+        trainer.optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteLossError(
+            f"gradient norm is {grad_norm.item()} at update {trainer.updates_done + 1}; not applied"
+        )
+    trainer.optimizer.step()
+    return grad_norm, False
+
+
 class A2CTrainer:
     """Holds the env, the policy, the optimizer and every generator of one A2C run.
 
@@ -442,14 +475,7 @@ class A2CTrainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
-        assert self.config.grad_clip is not None  # filled by resolve()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.grad_clip)
-        if not torch.isfinite(grad_norm):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLossError(
-                f"gradient norm is {grad_norm.item()} at update {self.updates_done + 1}; not applied"
-            )
-        self.optimizer.step()
+        grad_norm, skipped = clipped_step(self, self.config)
         self.updates_done += 1
         syn = self.policy.core.synapses
         episode_rewards = rollout.rewards.sum(dim=1)
@@ -461,6 +487,7 @@ class A2CTrainer:
             "value_loss": terms.value.item(),
             "entropy_term": terms.entropy.item(),
             "grad_norm": grad_norm.item(),
+            "skipped_steps": float(skipped),
             "modulator_abs_mean": (
                 rollout.modulators.abs().mean().item() if rollout.modulators is not None else math.nan
             ),

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bpm_agents.a2c import A2CConfig, A2CTrainer, NonFiniteLossError, Rollout, entropy_term
+from bpm_agents.a2c import A2CConfig, A2CTrainer, NonFiniteLossError, Rollout, clipped_step, entropy_term
 from bpm_agents.config import opt
 from bpm_envs.batched import BatchedVectorEnv
 from bpm_envs.checks import require_int
@@ -267,8 +267,7 @@ class PlasticPPOTrainer(A2CTrainer):
         obs, actions = rollout.obs.to(self.device), rollout.actions.to(self.device)
         B, T = actions.shape
         sums: dict[str, float] = {}
-        n_steps = 0
-        grad_norm = torch.tensor(0.0)
+        n_steps = n_skipped = 0
         record = rollout.record if cfg.unroll_impl != "reference" else None
         by_steps = cfg.minibatch_unit == "steps"  # then every minibatch replays all B episodes
         everyone = torch.arange(B)
@@ -314,13 +313,8 @@ class PlasticPPOTrainer(A2CTrainer):
                     )
                 self.optimizer.zero_grad(set_to_none=True)
                 terms.total.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
-                if not torch.isfinite(grad_norm):
-                    self.optimizer.zero_grad(set_to_none=True)
-                    raise NonFiniteLossError(
-                        f"gradient norm is {grad_norm.item()} at update {self.updates_done + 1}; not applied"
-                    )
-                self.optimizer.step()
+                grad_norm, skipped = clipped_step(self, cfg)
+                n_skipped += skipped
                 n_steps += 1
                 for key, value in (
                     ("loss", terms.total),
@@ -335,7 +329,7 @@ class PlasticPPOTrainer(A2CTrainer):
         self.updates_done += 1
         means = {k: v / n_steps for k, v in sums.items()}
         self.last_stats = {"clip_fraction": means.pop("clip_fraction"), "approx_kl": means.pop("approx_kl")}
-        return {**self._metrics(rollout), **means}
+        return {**self._metrics(rollout), **means, "skipped_steps": float(n_skipped)}
 
     def _metrics(self, rollout: Rollout) -> dict[str, Any]:
         syn = self.policy.core.synapses

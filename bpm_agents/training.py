@@ -64,6 +64,7 @@ CSV_FIELDS = [
     "modulator_abs_mean",
     "eta",
     "eta_e",
+    "skipped_steps",
 ]
 #: progress.csv columns of quantities that some rules lack (no eta without plasticity, no
 #: modulator without neuromodulation): their cells are left empty for those rules

@@ -321,3 +321,51 @@ def test_detach_value_keeps_the_values_and_stops_their_gradient_at_the_head():
             assert all(g is None for g in core) and pol.policy_head.weight.grad is None
         else:
             assert any(g is not None and g.abs().sum() > 0 for g in core)
+
+
+def _params(trainer):
+    return {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+
+
+@pytest.mark.parametrize("algo", ["a2c", "ppo"])
+def test_grad_skip_drops_the_steps_above_it_and_is_inert_below(algo):
+    from bpm_agents.a2c import A2CConfig, A2CTrainer
+
+    def make(**kw):
+        if algo == "ppo":
+            return PlasticPPOTrainer(PPOConfig(**TINY, **kw))
+        return A2CTrainer(A2CConfig(**{k: v for k, v in TINY.items() if k in A2CConfig.__dataclass_fields__}, **kw))
+
+    base, high, low = make(), make(grad_skip=1e30), make(grad_skip=1e-12)
+    before = _params(low)
+    m_base, m_high, m_low = base.update(), high.update(), low.update()
+    steps = base.config.n_epochs * base.config.n_minibatches if algo == "ppo" else 1
+    # far above every norm: the very same run, bit for bit
+    assert m_high["skipped_steps"] == m_base["skipped_steps"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(_params(base).values(), _params(high).values()))
+    # below every norm: every step is skipped, the weights and Adam's state stay as they were
+    assert m_low["skipped_steps"] == steps and m_low["grad_norm"] > 1e-12
+    assert all(torch.equal(before[k], v) for k, v in _params(low).items())
+    assert low.optimizer.state_dict()["state"] == {}
+    assert low.updates_done == 1  # the update itself counts: it acted and logged
+
+
+def test_an_infinite_gradient_is_skipped_with_grad_skip_and_fails_without():
+    from bpm_agents.a2c import NonFiniteLossError
+
+    for grad_skip in (1e3, None):
+        trainer = PlasticPPOTrainer(PPOConfig(**TINY, grad_skip=grad_skip))
+        trainer.policy.policy_head.weight.register_hook(lambda g: torch.full_like(g, math.inf))
+        before = _params(trainer)
+        if grad_skip is None:
+            with pytest.raises(NonFiniteLossError, match="gradient norm is inf at update 1"):
+                trainer.update()
+        else:
+            assert trainer.update()["skipped_steps"] == trainer.config.n_epochs * trainer.config.n_minibatches
+        assert all(torch.equal(before[k], v) for k, v in _params(trainer).items())
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.inf, math.nan])
+def test_bad_grad_skip_is_refused_with_the_value(bad):
+    with pytest.raises(ValueError, match=r"grad_skip must be a finite number > 0 or None, got"):
+        PPOConfig(**TINY, grad_skip=bad).resolve()
