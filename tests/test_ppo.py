@@ -334,7 +334,9 @@ def test_grad_skip_drops_the_steps_above_it_and_is_inert_below(algo):
     def make(**kw):
         if algo == "ppo":
             return PlasticPPOTrainer(PPOConfig(**TINY, **kw))
-        return A2CTrainer(A2CConfig(**{k: v for k, v in TINY.items() if k in A2CConfig.__dataclass_fields__}, **kw))
+        return A2CTrainer(
+            A2CConfig(**{k: v for k, v in TINY.items() if k in A2CConfig.__dataclass_fields__}, **kw)
+        )
 
     base, high, low = make(), make(grad_skip=1e30), make(grad_skip=1e-12)
     before = _params(low)
