@@ -379,28 +379,6 @@ def make_optimizer(policy: torch.nn.Module, config: A2CConfig) -> torch.optim.Op
     return torch.optim.AdamW(groups, lr=config.lr, eps=config.adam_eps)
 
 
-def clipped_step(trainer: A2CTrainer, config: A2CConfig) -> tuple[Tensor, bool]:
-    """Clip the gradients' norm to ``grad_clip`` and take the optimizer step, unless the norm
-    before clipping is above ``grad_skip`` (or infinite, with ``grad_skip`` set): then the
-    gradients are dropped and the step skipped. Returns (norm before clipping, skipped).
-
-    Raises:
-        NonFiniteLossError: a NaN norm, or an infinite one without ``grad_skip`` (not applied).
-    """
-    assert config.grad_clip is not None  # filled by resolve()
-    grad_norm = torch.nn.utils.clip_grad_norm_(trainer.policy.parameters(), config.grad_clip)
-    if config.grad_skip is not None and grad_norm > config.grad_skip:  # False for NaN
-        trainer.optimizer.zero_grad(set_to_none=True)
-        return grad_norm, True
-    if not torch.isfinite(grad_norm):
-        trainer.optimizer.zero_grad(set_to_none=True)
-        raise NonFiniteLossError(
-            f"gradient norm is {grad_norm.item()} at update {trainer.updates_done + 1}; not applied"
-        )
-    trainer.optimizer.step()
-    return grad_norm, False
-
-
 class A2CTrainer:
     """Holds the env, the policy, the optimizer and every generator of one A2C run.
 
@@ -475,7 +453,7 @@ class A2CTrainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
-        grad_norm, skipped = clipped_step(self, self.config)
+        grad_norm, skipped = self.clipped_step()
         self.updates_done += 1
         syn = self.policy.core.synapses
         episode_rewards = rollout.rewards.sum(dim=1)
@@ -494,6 +472,28 @@ class A2CTrainer:
             "eta": syn.eta.item() if hasattr(syn, "eta") else math.nan,
             "eta_e": syn.eta_e.item() if hasattr(syn, "eta_e") else math.nan,
         }
+
+    def clipped_step(self) -> tuple[Tensor, bool]:
+        """Clip the gradients' norm to ``grad_clip`` and take the optimizer step, unless the norm
+        before clipping is above ``grad_skip`` (or infinite, with ``grad_skip`` set): then the
+        gradients are dropped and the step skipped. Returns (norm before clipping, skipped).
+
+        Raises:
+            NonFiniteLossError: a NaN norm, or an infinite one without ``grad_skip`` (not applied).
+        """
+        config = self.config
+        assert config.grad_clip is not None  # filled by resolve()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), config.grad_clip)
+        if config.grad_skip is not None and grad_norm > config.grad_skip:  # False for NaN
+            self.optimizer.zero_grad(set_to_none=True)
+            return grad_norm, True
+        if not torch.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(
+                f"gradient norm is {grad_norm.item()} at update {self.updates_done + 1}; not applied"
+            )
+        self.optimizer.step()
+        return grad_norm, False
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bpm_agents.a2c import A2CConfig, A2CTrainer, NonFiniteLossError, Rollout, clipped_step, entropy_term
+from bpm_agents.a2c import A2CConfig, A2CTrainer, NonFiniteLossError, Rollout, entropy_term
 from bpm_agents.config import opt
 from bpm_envs.batched import BatchedVectorEnv
 from bpm_envs.checks import require_int
@@ -313,7 +313,7 @@ class PlasticPPOTrainer(A2CTrainer):
                     )
                 self.optimizer.zero_grad(set_to_none=True)
                 terms.total.backward()
-                grad_norm, skipped = clipped_step(self, cfg)
+                grad_norm, skipped = self.clipped_step()
                 n_skipped += skipped
                 n_steps += 1
                 for key, value in (

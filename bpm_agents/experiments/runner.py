@@ -158,6 +158,11 @@ def lock_is_held(path: Path) -> bool:
     return False
 
 
+def saved_form(config: Any) -> dict[str, Any]:
+    """A config as its run folder's config.json holds it (tuples become lists)."""
+    return json.loads(json.dumps(config.to_dict()))
+
+
 def config_diff(
     existing: dict[str, Any], expected: dict[str, Any], defaults: dict[str, Any] | None = None
 ) -> list[str]:
@@ -201,10 +206,7 @@ class PlannedRun:
 
 
 def inspect_run(
-    run_dir: str | Path,
-    expected: dict[str, Any],
-    updates: int,
-    algo: str = "plastic-a2c",
+    run_dir: str | Path, expected: dict[str, Any], updates: int, algo: str = "plastic-a2c"
 ) -> tuple[str, int, str]:
     """What to do with ``run_dir`` for a run of ``algo`` whose resolved config is ``expected``.
 
@@ -239,8 +241,7 @@ def inspect_run(
     if meta["algo"] != algo:
         raise SweepError(f"{run_dir} holds a {meta['algo']!r} run, not a {algo!r} run of this experiment")
     config_cls = trainer_classes()[algo][0]
-    defaults = json.loads(json.dumps(config_cls().to_dict()))  # as config.json holds them
-    diffs = config_diff(meta["config"], expected, defaults)
+    diffs = config_diff(meta["config"], expected, saved_form(config_cls()))
     if diffs:
         raise SweepError(
             f"{run_dir} holds a run with another config than this experiment and protocol give; "
@@ -293,7 +294,7 @@ def plan_sweep(
             continue
         for seed in seeds:
             resolved = resolve_run_config(experiment, cond, protocol, seed)
-            config = json.loads(json.dumps(resolved.to_dict()))  # as config.json holds it (tuples -> lists)
+            config = saved_form(resolved)
             run = PlannedRun(cond.name, seed, str(run_dir_of(out, cond.name, seed)), config, updates,
                              algo=algo_of(resolved))  # fmt: skip
             try:
