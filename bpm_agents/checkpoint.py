@@ -125,7 +125,7 @@ class StopOnSignals:
     """Ctrl-C (SIGINT) or SIGTERM (what ``kill`` and job schedulers send) asks the loop to stop
     after the current update, which then saves a checkpoint; a second signal aborts at once."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False

@@ -765,6 +765,39 @@ def test_significant_ranges_keep_every_update_and_its_direction(tmp_path):
     assert claim["fraction_worse_significant"] == pytest.approx(30 / 90)
 
 
+_WORKER_RACE = """
+import multiprocessing as mp, os, signal, time
+from bpm_agents.checkpoint import StopOnSignals
+from bpm_agents.experiments import runner
+ctx = mp.get_context("spawn")
+stop, abort = ctx.Event(), ctx.Event()
+runner._worker_init(stop, abort, os.getppid())
+with StopOnSignals() as handler:
+    # the main thread busy in one long C call: signals wait until it runs Python code again
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)  # pkill hits this worker ...
+        stop.set()  # ... and the runner, which asks every worker to stop
+        time.sleep(1.0)  # the watchdog (0.2 s poll) relays that stop as a SIGINT meanwhile
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+        for _ in range(1000):
+            pass
+        print("stop requested" if handler.requested else "nothing requested")
+    except KeyboardInterrupt:
+        print("aborted")
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_a_worker_counts_its_own_sigterm_and_the_runners_stop_as_one_request():
+    """The race behind `pkill -TERM` losing the final checkpoint: a worker's SIGTERM and the
+    watchdog's relayed stop, handled together, used to count as two signals and abort the run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", _WORKER_RACE], capture_output=True, text=True,
+                         env=env, timeout=60)  # fmt: skip
+    assert out.stdout.strip() == "stop requested", out.stderr
+
+
 def test_same_budget_sigterm_stops_the_pool_and_starts_no_queued_run(tmp_path):
     """`pkill -TERM -f same_budget.py` signals the parent and its workers at once: the running run
     saves and stops, and the queued seeds never start (they used to, once per worker)."""

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from bpm_agents.checkpoint import not_a_folder
+from bpm_agents.checkpoint import StopOnSignals, not_a_folder
 from bpm_agents.experiments.definitions import Experiment, resolve_run_config
 from bpm_agents.training import algo_of
 
@@ -372,16 +372,19 @@ def _worker_init(stop_event: Any, abort_event: Any, parent_pid: int) -> None:
         os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda s, f: _STOP.set())
+    # train()'s handler takes only SIGINT here, which the watchdog alone sends. Were it to take
+    # SIGTERM as well, a `pkill -TERM` that hits the runner and this worker at once would count
+    # twice (the worker's own SIGTERM, then the watchdog relaying the runner's stop) whenever both
+    # arrive during one long torch op, and the second would abort the run without saving.
+    StopOnSignals.SIGNALS = (signal.SIGINT,)
     _WORKER.update(parent=parent_pid, stop=stop_event, abort=abort_event)
     threading.Thread(target=_watchdog, daemon=True).start()
 
 
 def _train_handler_active() -> Any:
-    """The StopOnCtrlC of a train() call in progress in this process, or None."""
-    from bpm_agents.training import StopOnCtrlC
-
+    """The StopOnSignals of a train() call in progress in this process, or None."""
     owner = getattr(signal.getsignal(signal.SIGINT), "__self__", None)
-    return owner if isinstance(owner, StopOnCtrlC) else None
+    return owner if isinstance(owner, StopOnSignals) else None
 
 
 def _watchdog() -> None:
