@@ -85,7 +85,7 @@ CHECKPOINT_EVERY = 16
 #: the fused policy head samples among at most this many actions
 MAX_ACTIONS = 64
 #: must equal BPM_RNN_ABI in csrc/plastic_rnn.cpp
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 _RULE_CODES = {"none": 0, "hebbian": 1, "simple": 2, "retroactive": 3}
 _CSRC = Path(__file__).resolve().parent / "csrc"
@@ -148,6 +148,8 @@ class _Args(ctypes.Structure):
                 "Wp",
                 "Ap",
                 "WinT",
+                "gH_in",
+                "gE_in",
             )
         ]
     )
@@ -292,24 +294,11 @@ def _backward(ctx, gx, gm, gH_T, gE_T) -> tuple:
     gx = torch.zeros_like(x) if gx is None else gx.contiguous()
     gm = None if (gm is None or not modulated) else gm.contiguous()
     gh = torch.zeros(B, N, dtype=dtype)  # the final hidden is x[:, -1]: its grad is in gx
-    gH = (
-        (
-            buffers.zeros((B, N, N), dtype)
-            if gH_T is None
-            else gH_T.clone(memory_format=torch.contiguous_format)
-        )
-        if plastic
-        else None
-    )
-    gE = (
-        (
-            buffers.zeros((B, N, N), dtype)
-            if gE_T is None
-            else gE_T.clone(memory_format=torch.contiguous_format)
-        )
-        if elig
-        else None
-    )
+    # the kernel reads the final traces' gradients (None: zero) and writes the initial ones
+    gH_in = gH_T.contiguous() if (plastic and gH_T is not None) else None
+    gE_in = gE_T.contiguous() if (elig and gE_T is not None) else None
+    gH = buffers.empty((B, N, N), dtype) if plastic else None
+    gE = buffers.empty((B, N, N), dtype) if elig else None
     gdrive = buffers.empty((B, T, N), dtype)
     da = torch.zeros(B, T, dtype=dtype) if modulated else None
     dR: Tensor | None
@@ -355,6 +344,8 @@ def _backward(ctx, gx, gm, gH_T, gE_T) -> tuple:
         gh=_ptr(gh),
         gH=_ptr(gH),
         gE=_ptr(gE),
+        gH_in=_ptr(gH_in),
+        gE_in=_ptr(gE_in),
     )
     libs = _library()
     assert libs is not None

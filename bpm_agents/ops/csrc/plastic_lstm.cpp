@@ -164,7 +164,11 @@ void forward_elem(const Args &a, int64_t b, Scratch<R> &w) {
       mod_in += (R)a.bm;
       const R m = a.act_tanh ? std::tanh(mod_in) : mod_in;
       if (SAVE) ((R *)a.Ms)[bt] = m;
-      for (int64_t j = 0; j < H; ++j) rate[j] = a.fanout ? m * fv[j] + fu[j] : m;
+      // the choice outside the loops: inside, it becomes masked loads of null fv, fu (slow)
+      if (a.fanout)
+        for (int64_t j = 0; j < H; ++j) rate[j] = m * fv[j] + fu[j];
+      else
+        for (int64_t j = 0; j < H; ++j) rate[j] = m;
     }
     for (int64_t j = 0; j < H; ++j) pn[j] = 0;
     for (int64_t i = 0; i < H; ++i) {
@@ -296,7 +300,10 @@ void backward_elem(const Args &a, int64_t b, int64_t th, Scratch<R> &w, std::vec
     if (RULE != HEBBIAN) {  // modulator M = act(w_M . h + b_M)
       const R *fv = (const R *)a.fv, *wm = (const R *)a.wm;
       R gm = 0;
-      for (int64_t j = 0; j < H; ++j) gm += gR[j] * (a.fanout ? fv[j] : (R)1);
+      if (a.fanout)
+        for (int64_t j = 0; j < H; ++j) gm += gR[j] * fv[j];
+      else
+        for (int64_t j = 0; j < H; ++j) gm += gR[j];
       const R m = ((const R *)a.Ms)[bt];
       const R ga = a.act_tanh ? gm * ((R)1 - m * m) : gm;
       for (int64_t j = 0; j < H; ++j) gh[j] += ga * wm[j];

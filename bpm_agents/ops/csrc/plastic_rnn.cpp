@@ -7,7 +7,7 @@
 #include "bpm_common.h"
 
 // Bump BPM_RNN_ABI whenever Args changes: the Python side checks it (and sizeof(Args)) at load.
-#define BPM_RNN_ABI 3
+#define BPM_RNN_ABI 4
 
 extern "C" {
 struct Args {
@@ -23,6 +23,9 @@ struct Args {
   void *obs, *w_in, *b_in, *w_pi, *b_pi, *uniform, *actions;
   void *S, *rec, *Hp, *Ep, *Wp, *Ap;  // state (B, P), next recurrent drive (B, P), traces (B, N*P), padded w, A
   void *WinT;                         // W_in transposed and padded, (D, P)
+  // backward: the incoming gradients of the final traces (read; null = zero); gH, gE receive
+  // those of the initial ones
+  void *gH_in, *gE_in;
 };
 }
 
@@ -58,13 +61,25 @@ void parallel_over_batch(int64_t B, int64_t nthreads, size_t scratch_size, F fn)
 }
 
 // rate R_j of one step (eta, M, or v_j M + u_j) and R_j x_j; entries j >= N stay untouched (0)
+// (one loop per case: with the choice inside, GCC if-converts it into masked loads of fv and fu,
+// which are null without fan-out, and each masked load of a null page costs a fault-suppression
+// assist: on an AMD EPYC (Zen 4) that was about a fifth of the whole backward)
 template <typename R>
 void rates(const Args &a, R m, const R *x, R *rate, R *rx) {
-  const R *fv = (const R *)a.fv, *fu = (const R *)a.fu;
-  for (int64_t j = 0; j < a.N; ++j) {
-    R r = a.rule == HEBBIAN ? (R)a.eta : (a.fanout ? m * fv[j] + fu[j] : m);
-    rate[j] = r;
-    rx[j] = r * x[j];
+  const int64_t N = a.N;
+  if (a.rule == HEBBIAN || !a.fanout) {
+    const R r = a.rule == HEBBIAN ? (R)a.eta : m;
+    for (int64_t j = 0; j < N; ++j) {
+      rate[j] = r;
+      rx[j] = r * x[j];
+    }
+  } else {
+    const R *fv = (const R *)a.fv, *fu = (const R *)a.fu;
+    for (int64_t j = 0; j < N; ++j) {
+      const R r = m * fv[j] + fu[j];
+      rate[j] = r;
+      rx[j] = r * x[j];
+    }
   }
 }
 
@@ -249,7 +264,7 @@ void forward_one(const Args &a, int64_t b, const R *w, const R *A, R *scratch) {
 // array stream less out of eight.
 template <typename R, int RULE, bool DO_B, bool DO_A>
 void backward_pass(int64_t N, int64_t P, R c, R ee, const R *w, const R *A, const R *Hp,
-                   const R *s, const R *dd, R kp, R *gH, R *dA, R *rowB, R kpE, const R *Hu,
+                   const R *s, const R *dd, R kp, R *gH, R *dA, R *rowB, const R *Hu,
                    const R *Ep, const R *s2, const R *x2, const R *rate2, const R *rx2, R *gE,
                    R *col, R *dRv, R *rowA, R &dee) {
   const R keep = (R)1 - ee;
@@ -262,8 +277,8 @@ void backward_pass(int64_t N, int64_t P, R c, R ee, const R *w, const R *A, cons
     const R *Ei = (DO_A && RULE == RETRO) ? Ep + i * P : nullptr;
     R *gEi = (DO_A && RULE == RETRO) ? gE + i * P : nullptr;
     const R si = DO_B ? s[i] : (R)0, s2i = DO_A ? s2[i] : (R)0;
-    R accB = 0, accA = 0, accD = 0;
-#pragma omp simd reduction(+ : accB, accA, accD)
+    R accB = 0, accA = 0, accGe = 0;
+#pragma omp simd reduction(+ : accB, accA, accGe)
     for (int64_t j = 0; j < P; ++j) {
       R g1 = gHi[j];
       R e = (R)0, z = (R)0;
@@ -283,9 +298,9 @@ void backward_pass(int64_t N, int64_t P, R c, R ee, const R *w, const R *A, cons
         // to its clip, one compare instead of two
         const R g = (DO_B ? z == std::min(std::max(z, -c), c) : (z >= -c && z <= c)) ? g1 : (R)0;
         if (RULE == RETRO) {
-          const R ge = gEi[j] * kpE;
+          const R ge = gEi[j];
           dRv[j] += g * e;
-          accD += ge * (s2i * x2[j] - e);
+          accGe += ge * e;
           accA += ge * x2[j];
           col[j] += s2i * ge;
           gEi[j] = keep * ge + rate2[j] * g;
@@ -301,7 +316,9 @@ void backward_pass(int64_t N, int64_t P, R c, R ee, const R *w, const R *A, cons
     if (DO_B) rowB[i] = accB;
     if (DO_A) {
       rowA[i] = RULE == RETRO ? ee * accA : accA;
-      dee += accD;
+      // d eta_e of E' = (1 - ee) E + ee s x: sum_j gE (s x - E) = s sum_j gE x - sum_j gE E,
+      // from the sums the loop keeps anyway (one vector operation less per entry)
+      if (RULE == RETRO) dee += s2i * accA - accGe;
     }
   }
 }
@@ -334,10 +351,14 @@ void backward_one(const Args &a, int64_t b, const R *w, const R *A, R *scratch) 
   R *const Hs = plastic ? scratch + (elig ? 3 : 2) * NP : nullptr;
   R *const Es = elig ? Hs + (k + 1) * NP : nullptr;
   if (plastic) {
-    pad_rows((const R *)a.gH + b * NN, gH, N, P);
+    if (a.gH_in) pad_rows((const R *)a.gH_in + b * NN, gH, N, P);
+    else std::fill(gH, gH + NP, (R)0);
     std::fill(dA, dA + NP, (R)0);
   }
-  if (elig) pad_rows((const R *)a.gE + b * NN, gE, N, P);
+  if (elig) {
+    if (a.gE_in) pad_rows((const R *)a.gE_in + b * NN, gE, N, P);
+    else std::fill(gE, gE + NP, (R)0);
+  }
   std::vector<R> gs(P, (R)0), dd(P, (R)0), rowB(P, (R)0), rowA(P, (R)0), rowA2(P, (R)0);
   std::vector<R> col(P, (R)0), dRv(P, (R)0), gxA(P, (R)0), rate(P, (R)0), rx(P, (R)0);
   std::vector<R> rate2(P, (R)0), rx2(P, (R)0), xp(P, (R)0), x2p(P, (R)0);
@@ -416,7 +437,7 @@ void backward_one(const Args &a, int64_t b, const R *w, const R *A, R *scratch) 
   auto a_only = [&](int64_t u) {
     prepare_a(u);
     backward_pass<R, RULE, false, true>(
-        N, P, c, ee, w, A, nullptr, nullptr, nullptr, (R)1, gH, nullptr, nullptr, (R)1,
+        N, P, c, ee, w, A, nullptr, nullptr, nullptr, (R)1, gH, nullptr, nullptr,
         Hs + slot(u) * NP, elig ? Es + slot(u) * NP : nullptr, pres + u * N, x2p.data(),
         rate2.data(), rx2.data(), gE, col.data(), dRv.data(), rowA.data(), dee);
   };
@@ -435,12 +456,12 @@ void backward_one(const Args &a, int64_t b, const R *w, const R *A, R *scratch) 
       const int64_t u = t - 1;
       prepare_a(u);
       backward_pass<R, RULE, true, true>(
-          N, P, c, ee, w, A, nullptr, s, dd.data(), kp, gH, dA, rowB.data(), kp,
+          N, P, c, ee, w, A, nullptr, s, dd.data(), kp, gH, dA, rowB.data(),
           Hs + slot(u) * NP, elig ? Es + slot(u) * NP : nullptr, pres + u * N, x2p.data(),
           rate2.data(), rx2.data(), gE, col.data(), dRv.data(), rowA.data(), dee);
     } else {
       backward_pass<R, RULE, true, false>(N, P, c, ee, w, A, Hs + slot(t) * NP, s, dd.data(), kp,
-                                          gH, dA, rowB.data(), (R)1, nullptr, nullptr, nullptr,
+                                          gH, dA, rowB.data(), nullptr, nullptr, nullptr,
                                           nullptr, nullptr, nullptr, gE, nullptr, nullptr,
                                           nullptr, dee);
       if (elig && kp == (R)0) std::fill(gE, gE + NP, (R)0);
