@@ -63,7 +63,7 @@ void parallel_over_batch(int64_t B, int64_t nthreads, size_t scratch_size, F fn)
 // rate R_j of one step (eta, M, or v_j M + u_j) and R_j x_j; entries j >= N stay untouched (0)
 // (one loop per case: with the choice inside, GCC if-converts it into masked loads of fv and fu,
 // which are null without fan-out, and each masked load of a null page costs a fault-suppression
-// assist: on an AMD EPYC (Zen 4) that was about a fifth of the whole backward)
+// assist: one loop per case made cue simple's learning step a quarter faster on a Zen 4)
 template <typename R>
 void rates(const Args &a, R m, const R *x, R *rate, R *rx) {
   const int64_t N = a.N;
