@@ -105,12 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     probes: list[tuple[str, float] | None] = [None]
     probes += [(what, f) for what in ("m", "alpha", "w") for f in getattr(args, f"scale_{what}")]
     for run in args.runs:
-        for probe in probes:
-            try:
-                norms = horizon_norms(run, args.windows, probe)
-            except (CheckpointError, OSError, ValueError) as exc:
-                print(f"gradient_horizon.py: {run}: {exc}", file=sys.stderr)
-                return 2
+        try:  # every probe of a run before any output, so a bad one prints nothing but its error
+            tables = [(probe, horizon_norms(run, args.windows, probe)) for probe in probes]
+        except (CheckpointError, OSError, ValueError) as exc:
+            print(f"gradient_horizon.py: {run}: {exc}", file=sys.stderr)
+            return 2
+        for probe, norms in tables:
             print(f"# {run}" + ("" if probe is None else f", {probe[0]} x {probe[1]:g}"))
             names = list(next(iter(norms.values())))
             print("| window | " + " | ".join(names) + " |")
