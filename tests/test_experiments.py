@@ -38,7 +38,8 @@ from bpm_agents.experiments import (
 from bpm_agents.experiments.cli import main
 from bpm_agents.experiments.definitions import PPO_TUNED, Claim
 from bpm_agents.experiments.report import ConditionData, moving_average, table_marks
-from bpm_agents.experiments.runner import ray_available
+from bpm_agents.experiments.runner import ray_available, read_skips
+from bpm_agents.ppo import PPOConfig
 from bpm_agents.training import CSV_FIELDS, load_trainer, train
 from bpm_envs.maze import build_walls
 
@@ -571,27 +572,41 @@ def test_ray_missing_is_a_clear_error(tmp_path, capsys, monkeypatch):
 # ---------------------------------------------------------------- the report
 
 
-def fake_run(out: Path, cond: str, seed: int, rewards_: np.ndarray, batch_size: int = 30) -> None:
-    """A run folder as the report reads it: config.json and progress.csv."""
+def fake_run(
+    out: Path,
+    cond: str,
+    seed: int,
+    rewards_: np.ndarray,
+    batch_size: int = 30,
+    skipped: list[int] | None = None,
+    ppo: dict | None = None,
+) -> None:
+    """A run folder as the report reads it: config.json and progress.csv (``skipped``: the
+    skipped_steps column; ``ppo``: PPOConfig options, for a plastic-ppo run)."""
     run_dir = out / cond / f"seed{seed}"
     run_dir.mkdir(parents=True)
+    cls, algo = (PPOConfig, "plastic-ppo") if ppo is not None else (A2CConfig, "plastic-a2c")
     cfg = (
-        A2CConfig(
+        cls(
             env_id="bpm/CueReward-v0",
             rule=cond.split("-")[0],
             hidden_size=8,
             batch_size=batch_size,
             seed=seed,
+            **(ppo or {}),
         )
         .resolve()
         .to_dict()
     )
-    (run_dir / "config.json").write_text(json.dumps({"algo": "plastic-a2c", "config": cfg}))
+    (run_dir / "config.json").write_text(json.dumps({"algo": algo, "config": cfg}))
     with (run_dir / "progress.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         w.writeheader()
         for i, r in enumerate(rewards_, 1):
-            w.writerow({k: 0 for k in CSV_FIELDS} | {"update": i, "reward_mean": float(r)})
+            n = skipped[i - 1] if skipped is not None else 0
+            w.writerow(
+                {k: 0 for k in CSV_FIELDS} | {"update": i, "reward_mean": float(r), "skipped_steps": n}
+            )
 
 
 def two_condition_experiment(relation=">", significant=True):
@@ -721,6 +736,38 @@ def test_report_seeds_keeps_only_those_runs(tmp_path, capsys):
     assert "holds no run folders of seeds 7" in capsys.readouterr().err
     assert main([*args, "--seeds", "1-0"]) == 2
     assert "bad seed list '1-0'" in capsys.readouterr().err
+
+
+def test_status_and_report_count_the_skipped_gradient_steps_of_a_frozen_run(tmp_path, capsys):
+    # plastic PPO with 2 epochs x 3 minibatches = 6 gradient steps per update; 10 updates logged:
+    # none skipped for 4, then 1, 3, then every step of the last 4 (a frozen run)
+    out = tmp_path / "s"
+    frozen = [0, 0, 0, 0, 1, 3, 6, 6, 6, 6]
+    ppo = {"n_epochs": 2, "n_minibatches": 3, "grad_skip": 1000.0}
+    fake_run(out, "simple-N8", 0, np.zeros(10), batch_size=6, skipped=frozen, ppo=ppo)
+    fake_run(out, "hebbian-N8", 0, np.zeros(10), batch_size=6, ppo=ppo)
+    fake_run(out, "hebbian-N8", 1, np.zeros(10))  # plastic A2C: one step per update
+    assert read_skips(out / "simple-N8" / "seed0", window=4) == (28, 60, 5, 24, 24)
+    assert read_skips(out / "simple-N8" / "seed0", window=100) == (28, 60, 5, 28, 60)
+    assert read_skips(out / "hebbian-N8" / "seed1", window=4) == (0, 10, None, 0, 4)
+    old = out / "old" / "seed0"  # a log from before the column existed: unknown, not zero
+    old.mkdir(parents=True)
+    (old / "config.json").write_text((out / "hebbian-N8" / "seed1" / "config.json").read_text())
+    (old / "progress.csv").write_text("update,reward_mean\n1,0.5\n")
+    assert read_skips(old, window=4) is None
+    rows = {(r.condition, r.seed): r.recent_skipped for r in sweep_status(out, window=4)}
+    assert rows == {("simple-N8", 0): (24, 24), ("hebbian-N8", 0): (0, 24), ("hebbian-N8", 1): (0, 4),
+                    ("old", 0): None}  # fmt: skip
+    assert main(["status", str(out), "--window", "4"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert "last-4 skipped" in table[0]
+    assert [line.split()[5] for line in table[1:5]] == ["0/24", "0/4", "-", "24/24"]
+    rep = build_report(out, two_condition_experiment(), window=4)
+    skip_notes = [n for n in rep.notes if "skipped" in n]
+    assert skip_notes == [
+        "simple-N8 seed 0: 28 of 60 gradient steps skipped (norm above grad_skip 1000), the first at "
+        "update 5; 24 of 24 in its last 4 updates"
+    ]
 
 
 def test_paired_signed_rank_and_the_smallest_reachable_p():

@@ -93,12 +93,21 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     r.add_argument("--dry-run", action="store_true", help="print what would be done and exit")
 
-    s = sub.add_parser("status", formatter_class=d, help="table of the runs of a sweep folder")
+    s = sub.add_parser(
+        "status",
+        formatter_class=d,
+        help="table of the runs of a sweep folder",
+        description="One row per run: updates logged and saved, the mean reward and the gradient "
+        "steps skipped (norm above grad_skip) of the last --window updates, and the state "
+        "(done, running, stopped, failed, pending). A run that skips nearly every step is frozen.",
+    )
     s.add_argument("dir", help="sweep folder")
     s.add_argument(
         "--updates", type=int, default=None, help="target updates (default: from the folder's sweep.json)"
     )
-    s.add_argument("--window", type=int, default=100, help="updates in the recent mean reward")
+    s.add_argument(
+        "--window", type=int, default=100, help="updates in the recent mean reward and skipped steps"
+    )
     s.add_argument(
         "--experiment",
         default=None,

@@ -34,7 +34,7 @@ import numpy as np
 
 from bpm_agents.checkpoint import not_a_folder
 from bpm_agents.experiments.definitions import Claim, Experiment
-from bpm_agents.experiments.runner import discover_runs, read_rewards, run_dir_of
+from bpm_agents.experiments.runner import discover_runs, read_rewards, read_skips, run_dir_of
 
 ALPHA = 0.05
 
@@ -124,6 +124,14 @@ def load_sweep(
             if not rewards:
                 notes.append(f"{run_dir}: no updates logged yet; left out")
                 continue
+            skips = read_skips(run_dir, window)
+            if skips is not None and skips.skipped:
+                notes.append(
+                    f"{name} seed {seed}: {skips.skipped:,} of {skips.steps:,} gradient steps skipped "
+                    f"(norm above grad_skip {cfg.get('grad_skip', math.nan):g}), the first at update "
+                    f"{skips.first_update}; {skips.recent_skipped:,} of {skips.recent_steps:,} in its "
+                    f"last {min(window, len(rewards))} updates"
+                )
             cond.seeds.append(seed)
             cond.curves.append(moving_average(np.array(rewards), window))
             cond.batch_sizes.add(int(cfg.get("batch_size", 0)))

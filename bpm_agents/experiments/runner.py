@@ -38,7 +38,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, NamedTuple, Protocol, TextIO
 
 from bpm_agents.checkpoint import StopOnSignals, not_a_folder
 from bpm_agents.experiments.definitions import Experiment, resolve_run_config
@@ -128,6 +128,57 @@ def read_rewards(progress_csv: str | Path) -> list[float]:
                 continue
             out.append(float(r["reward_mean"]))
     return out
+
+
+class Skips(NamedTuple):
+    """Gradient steps a run skipped (norm above its ``grad_skip``), from its progress.csv."""
+
+    skipped: int  # over the whole log
+    steps: int  # gradient steps the logged updates took
+    first_update: int | None  # the first update with a skipped step
+    recent_skipped: int  # over the last ``window`` updates
+    recent_steps: int
+
+
+def gradient_steps_per_update(run_config: dict[str, Any]) -> int | None:
+    """Gradient steps one update takes, from a run's config.json (``{"algo": .., "config": ..}``):
+    1 for plastic A2C, ``n_epochs * n_minibatches`` for plastic PPO, ``None`` for other algorithms."""
+    cfg = run_config.get("config", {})
+    if run_config.get("algo") == "plastic-a2c":
+        return 1
+    if run_config.get("algo") == "plastic-ppo":
+        return int(cfg["n_epochs"]) * int(cfg["n_minibatches"])
+    return None
+
+
+def read_skips(run_dir: str | Path, window: int) -> Skips | None:
+    """How many gradient steps the run in ``run_dir`` skipped, in all and in its last ``window``
+    updates; ``None`` if its log has no ``skipped_steps`` column (older runs, other algorithms).
+
+    A run whose gradients explode and stay above ``grad_skip`` skips nearly every step: it is
+    frozen, and its curve alone does not show why.
+    """
+    run_dir = Path(run_dir)
+    try:
+        per_update = gradient_steps_per_update(json.loads((run_dir / "config.json").read_text()))
+        with (run_dir / "progress.csv").open(newline="") as f:
+            rows = [
+                (int(r["update"]), int(float(r["skipped_steps"])))
+                for r in csv.DictReader(f)
+                if r.get("update", "").isdigit() and r.get("skipped_steps") not in (None, "")
+            ]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if per_update is None or not rows:
+        return None
+    recent = rows[-window:]
+    return Skips(
+        skipped=sum(n for _, n in rows),
+        steps=per_update * len(rows),
+        first_update=next((u for u, n in rows if n > 0), None),
+        recent_skipped=sum(n for _, n in recent),
+        recent_steps=per_update * len(recent),
+    )
 
 
 def seconds_per_update(progress_csv: str | Path) -> float:
@@ -910,6 +961,7 @@ class RunStatus:
     target: int | None
     recent_reward: float
     state: str
+    recent_skipped: tuple[int, int] | None = None  # (skipped, taken) gradient steps, last window
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -990,13 +1042,23 @@ def sweep_status(
             state = "pending"
         else:
             state = "stopped"
-        rows.append(RunStatus(cond, seed, logged, saved, goal, recent, state))
+        skips = read_skips(run_dir, window) if progress.exists() else None
+        recent_skipped = (skips.recent_skipped, skips.recent_steps) if skips else None
+        rows.append(RunStatus(cond, seed, logged, saved, goal, recent, state, recent_skipped))
     return rows
 
 
 def format_status(rows: list[RunStatus], window: int = 100) -> str:
     """The status table as text."""
-    head = ["condition", "seed", "updates", "saved", f"last-{window} reward", "state"]
+    head = [
+        "condition",
+        "seed",
+        "updates",
+        "saved",
+        f"last-{window} reward",
+        f"last-{window} skipped",
+        "state",
+    ]
     body = []
     for r in rows:
         body.append(
@@ -1006,6 +1068,7 @@ def format_status(rows: list[RunStatus], window: int = 100) -> str:
                 f"{r.updates_logged}/{r.target if r.target is not None else '?'}",
                 "-" if r.updates_saved is None else str(r.updates_saved),
                 "-" if math.isnan(r.recent_reward) else f"{r.recent_reward:.2f}",
+                "-" if r.recent_skipped is None else "{:,}/{:,}".format(*r.recent_skipped),
                 r.state,
             ]
         )
