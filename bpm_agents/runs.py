@@ -322,16 +322,24 @@ class RunResult:
     nothing_to_do: bool = False
     #: the signal that stopped it (``SIGINT``, ``SIGTERM``), if one did
     signal_name: str | None = None
+    #: (skipped, over how many updates): gradient steps skipped (norm above the learner's
+    #: ``grad_skip``) in this call's last updates; ``None`` if the job logs no ``skipped_steps``
+    recent_skipped: tuple[int, int] | None = None
 
     def summary(self, run_dir: str | Path) -> str:
-        """The command line's last line: how it ended, updates, recent reward, the folder."""
+        """The command line's last line: how it ended, updates, recent reward, skipped gradient
+        steps (only if there were any), the folder."""
         status = "interrupted, checkpoint saved" if self.interrupted else "done"
         reward = (
             f"recent mean episode reward {self.recent_reward:.3f}"
             if math.isfinite(self.recent_reward)
             else "no episode finished in this call"
         )
-        return f"{status}: {self.updates_done} updates, {reward}, run folder {run_dir}"
+        skipped = ""
+        if self.recent_skipped is not None and self.recent_skipped[0] > 0:
+            n, over = self.recent_skipped
+            skipped = f", {n:,} gradient steps skipped in the last {over} updates (norm above grad_skip)"
+        return f"{status}: {self.updates_done} updates, {reward}{skipped}, run folder {run_dir}"
 
 
 def check_loop_args(updates: int, checkpoint_every: int) -> None:
@@ -384,6 +392,8 @@ def run_loop(
                    mininterval=1.0 if sys.stderr.isatty() else 60.0)  # fmt: skip
     own_window = recent is None
     window: deque[float] = deque(maxlen=reward_window) if recent is None else recent
+    # a learner that skips exploding steps can freeze; its reward alone does not show that
+    skips: deque[int] = deque(maxlen=reward_window)
     interrupted, signal_name = False, None
     postfix = getattr(job, "postfix", None)
     start = time.perf_counter()
@@ -395,6 +405,8 @@ def run_loop(
                 for metrics in [] if out is None else [out] if isinstance(out, dict) else out:
                     if own_window and not math.isnan(metrics.get("reward_mean", math.nan)):
                         window.append(metrics["reward_mean"])
+                    if "skipped_steps" in metrics:
+                        skips.append(int(metrics["skipped_steps"]))
                     row = {
                         **metrics,
                         "update": n,
@@ -411,7 +423,10 @@ def run_loop(
                     if postfix is not None:
                         bar.set_postfix(postfix(), refresh=False)
                     elif window:
-                        bar.set_postfix(reward=f"{sum(window) / len(window):.2f}")
+                        shown = {"reward": f"{sum(window) / len(window):.2f}"}
+                        if sum(skips):
+                            shown["skipped"] = f"{sum(skips)}"
+                        bar.set_postfix(shown)
                 if checkpoint_every is not None and n % checkpoint_every == 0:
                     job.save()
             interrupted, signal_name = stop.requested, stop.signal_name
@@ -423,7 +438,10 @@ def run_loop(
         if writer is not None:
             writer.close()
     mean_recent = sum(window) / len(window) if window else math.nan
-    return RunResult(job.updates_done, interrupted, mean_recent, signal_name=signal_name)
+    recent_skipped = (sum(skips), len(skips)) if skips else None
+    return RunResult(
+        job.updates_done, interrupted, mean_recent, signal_name=signal_name, recent_skipped=recent_skipped
+    )
 
 
 def refuse_existing(run_dir: str | Path) -> None:

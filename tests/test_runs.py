@@ -143,6 +143,51 @@ def test_loop_logs_every_update_and_checkpoints_at_the_interval_and_the_end(tmp_
     assert (result.updates_done, result.interrupted, result.recent_reward) == (7, False, 6.5)
 
 
+class _SkippingJob(_CountingJob):
+    """A learner whose update k skipped k - 3 of its gradient steps from update 4 on."""
+
+    def step(self) -> dict[str, float]:
+        return {**super().step(), "skipped_steps": float(max(0, self.updates_done - 3))}
+
+
+def test_loop_counts_the_skipped_gradient_steps_of_its_last_updates(tmp_path):
+    log = ProgressLog(tmp_path / "p.csv", ["update", "wall_time", "reward_mean", "skipped_steps"])
+    result = run_loop(
+        _SkippingJob(),
+        tmp_path,
+        6,
+        log,
+        checkpoint_every=3,
+        progress=False,
+        tensorboard=False,
+        reward_window=4,
+    )
+    assert result.recent_skipped == (0 + 1 + 2 + 3, 4)  # updates 3-6
+    assert result.summary("r").endswith(
+        "recent mean episode reward 4.500, 6 gradient steps skipped in the last 4 updates "
+        "(norm above grad_skip), run folder r"
+    )
+    fields = ["update", "wall_time", "reward_mean", "skipped_steps"]
+    clean = run_loop(
+        _CountingJob(),
+        tmp_path,
+        2,
+        ProgressLog(tmp_path / "q.csv", fields[:3]),
+        progress=False,
+        tensorboard=False,
+    )
+    assert clean.recent_skipped is None and "skipped" not in clean.summary("r")
+    fine = run_loop(
+        _SkippingJob(),
+        tmp_path,
+        3,
+        ProgressLog(tmp_path / "s.csv", fields),
+        progress=False,
+        tensorboard=False,
+    )
+    assert fine.recent_skipped == (0, 3) and "skipped" not in fine.summary("r")
+
+
 def test_loop_stops_after_the_update_a_signal_arrives_in_and_saves(tmp_path):
     job = _CountingJob(stop_at=4)
     log = ProgressLog(tmp_path / "p.csv", ["update", "wall_time", "reward_mean"])
