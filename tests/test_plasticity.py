@@ -438,3 +438,27 @@ def test_rnn_options_outside_the_fast_kernel_run_the_reference(kw):
     torch.testing.assert_close(auto[0], ref[0], rtol=0, atol=0)
     with pytest.raises(ValueError, match="impl='fast' is not available"):
         net.unroll(u, net.initial_state(2), impl="fast")
+
+
+@pytest.mark.parametrize("rule", ["simple", "retroactive"])
+def test_a_bound_on_m_is_the_same_network_as_smaller_alpha_and_a_wider_clip(rule, monkeypatch):
+    # M = s * tanh(z) with traces clipped at c gives the activity of M = tanh(z) with alpha * s
+    # and the clip at c / s (Hebb / s obeys the second rule), so bounding |M| below 1 only
+    # reparametrizes alpha and the clip: what it changes in training is how the optimizer moves alpha
+    s, c = 0.25, 0.3
+    torch.manual_seed(0)
+    bounded = PlasticRNN(3, 6, PlasticityConfig(rule=rule, clip=c, init_scale=0.5, eta_e_init=0.5))
+    plain = PlasticRNN(3, 6, PlasticityConfig(rule=rule, clip=c / s, init_scale=0.5, eta_e_init=0.5))
+    plain.load_state_dict(bounded.state_dict())
+    with torch.no_grad():
+        plain.synapses.alpha.mul_(s)
+        for net in (bounded, plain):
+            net.synapses.modulator.weight.mul_(20.0)  # a saturating modulator: the clip is reached
+    u = 3.0 * torch.randn(2, 40, 3)
+    hidden, _, state = plain.unroll(u, plain.initial_state(2), impl="reference")
+    tanh_m = PlasticSynapses.modulation
+    monkeypatch.setattr(PlasticSynapses, "modulation", lambda self, x: s * tanh_m(self, x))
+    hidden_b, _, state_b = bounded.unroll(u, bounded.initial_state(2), impl="reference")
+    assert (state_b.hebb.abs() == c).any()  # the equivalence covers the clip too
+    torch.testing.assert_close(hidden_b, hidden, rtol=0, atol=1e-12)
+    torch.testing.assert_close(state_b.hebb / s, state.hebb, rtol=0, atol=1e-12)
