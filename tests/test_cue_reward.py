@@ -440,3 +440,29 @@ def test_info_helpers_read_a_real_episode():
     assert trial.tolist() == [task.trial[0, :T].tolist()]
     right = np.where(task.target_in_pair[0, :T], 1, 0) == np.array(actions)
     assert graded.tolist() == [np.where(go, right.astype(int), -1).tolist()]
+
+
+def test_reference_levels_oracle_scores_every_trial_and_random_answers_score_zero():
+    from bpm_envs.cue_levels import levels, play
+
+    n = 400
+    venv = gym.make_vec("bpm/CueReward-v0", num_envs=n)
+    _, info = venv.reset(seed=3)
+    go_steps = np.zeros(n)
+    truncated = np.zeros(n, dtype=bool)
+    while not truncated.all():  # the same episodes (seed 3): count the steps that are answered
+        go_steps += info["go"]
+        _, _, _, truncated, info = venv.step(np.zeros(n, dtype=np.int64))
+    venv.close()
+    np.testing.assert_array_equal(play("oracle", n, seed=3), go_steps)  # +1 on every Go step
+    assert 15 <= go_steps.mean() <= 22  # 120 steps of 5-8 step trials
+    random = play("random", n, seed=3)
+    assert np.all(np.abs(random) <= go_steps) and np.all((random - go_steps) % 2 == 0)  # +-1 per Go
+    from bpm_agents.experiments.definitions import BUILTIN, CUE_LEVELS
+
+    lv = levels(2000, seed=0)  # measured afresh, they agree with the levels the reports draw
+    assert abs(lv["random"]["mean"] - CUE_LEVELS["chance"]) < 4 * lv["random"]["stderr"]
+    assert abs(lv["oracle"]["mean"] - CUE_LEVELS["oracle"]) < 4 * lv["oracle"]["stderr"]
+    assert BUILTIN["fig1"].levels == BUILTIN["a5"].levels == CUE_LEVELS
+    with pytest.raises(ValueError, match="policy must be one of random, oracle, got 'best'"):
+        play("best", 1)

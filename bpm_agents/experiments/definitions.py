@@ -429,6 +429,10 @@ MAZE_LEVELS = {
     9: {"random walk": 7.747, "oracle": 324.42},
     11: {"random walk": 5.367, "oracle": 269.53},
 }
+#: the cue task's levels: chance is 0 in expectation (benchmarks/cue_levels.py measured 0.012 +-
+#: 0.013 over 100,000 episodes of random answers); the oracle knows the target and answers every
+#: Go step right (18.208 +- 0.003, the mean number of trials; the same for fig1's and a5's cues)
+CUE_LEVELS = {"chance": 0.0, "oracle": 18.21}
 _MAZE_CONDITIONS = (
     Condition("simple-N100", "simple", 100),
     Condition("retroactive-N100", "retroactive", 100),
@@ -463,6 +467,7 @@ BUILTIN: dict[str, Experiment] = {
             env_id=CUE,
             description="Paper Fig. 1: cue-reward association with 20-bit random cues, N=200 for every rule.",
             conditions=_CUE_CONDITIONS,
+            levels=CUE_LEVELS,
             claims=(
                 Claim(
                     "simple-N200",
@@ -503,6 +508,7 @@ BUILTIN: dict[str, Experiment] = {
                 "plasticity learns here, more slowly than the modulated networks."
             ),
             conditions=_CUE_CONDITIONS,
+            levels=CUE_LEVELS,
             claims=(
                 Claim(
                     "hebbian-N200",
