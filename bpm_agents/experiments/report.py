@@ -128,7 +128,7 @@ def load_sweep(
             if skips is not None and skips.skipped:
                 notes.append(
                     f"{name} seed {seed}: {skips.skipped:,} of {skips.steps:,} gradient steps skipped "
-                    f"(norm above grad_skip {cfg.get('grad_skip', math.nan):g}), the first at update "
+                    f"(norm above grad_skip {cfg.get('grad_skip') or math.nan:g}), the first at update "
                     f"{skips.first_update}; {skips.recent_skipped:,} of {skips.recent_steps:,} in its "
                     f"last {min(window, len(rewards))} updates"
                 )
