@@ -13,6 +13,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from bpm_envs.maze_levels import policy_levels
+
 ENV_ID = "bpm/CueReward-v0"
 POLICIES = ("random", "oracle")
 
@@ -39,8 +41,4 @@ def play(policy: str, episodes: int, seed: int = 0, **env_kwargs: Any) -> np.nda
 
 def levels(episodes: int = 100_000, seed: int = 0, **env_kwargs: Any) -> dict[str, dict[str, float]]:
     """Mean and standard error of the random answers' and the oracle's episode reward."""
-    out = {}
-    for policy in POLICIES:
-        r = play(policy, episodes, seed, **env_kwargs)
-        out[policy] = {"mean": float(r.mean()), "stderr": float(r.std(ddof=1) / np.sqrt(len(r)))}
-    return out
+    return policy_levels(play, episodes, seed, **env_kwargs)

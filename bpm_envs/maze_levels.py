@@ -8,6 +8,7 @@ Both play ``bpm/PlasticMaze-v0``'s vector twin with the given keyword options, s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -70,10 +71,18 @@ def play(policy: str, episodes: int, seed: int = 0, **env_kwargs: Any) -> np.nda
     return total
 
 
-def levels(episodes: int = 100_000, seed: int = 0, **env_kwargs: Any) -> dict[str, dict[str, float]]:
-    """Mean and standard error of the random walk's and the oracle's episode reward."""
+def policy_levels(
+    play_fn: Callable[..., np.ndarray], episodes: int, seed: int, **env_kwargs: Any
+) -> dict[str, dict[str, float]]:
+    """Mean and standard error of the episode reward of ``play_fn``'s random and oracle policies
+    (the maze's :func:`play` or the cue task's ``bpm_envs.cue_levels.play``)."""
     out = {}
     for policy in ("random", "oracle"):
-        r = play(policy, episodes, seed, **env_kwargs)
+        r = play_fn(policy, episodes, seed, **env_kwargs)
         out[policy] = {"mean": float(r.mean()), "stderr": float(r.std(ddof=1) / np.sqrt(len(r)))}
     return out
+
+
+def levels(episodes: int = 100_000, seed: int = 0, **env_kwargs: Any) -> dict[str, dict[str, float]]:
+    """Mean and standard error of the random walk's and the oracle's episode reward."""
+    return policy_levels(play, episodes, seed, **env_kwargs)
