@@ -462,6 +462,37 @@ def test_status_table(tiny, tmp_path, capsys):
     assert main(["status", str(tmp_path / "nope")]) == 2
 
 
+def test_status_shows_the_training_time_summed_over_sessions(tiny, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    sweep(tiny, out, 3)
+    first = {r.condition: r.train_seconds for r in sweep_status(out)}
+    sweep(tiny, out, 5)  # a second session: the clock goes on from the first one's
+    walls = {
+        c: [float(r["wall_time"]) for r in csv.DictReader((out / c / "seed0" / "progress.csv").open())]
+        for c in ("none-N8", "hebbian-N8")
+    }
+    for r in sweep_status(out):
+        assert r.train_seconds == walls[r.condition][-1] and len(walls[r.condition]) == 5
+        assert walls[r.condition] == sorted(walls[r.condition])
+        assert r.train_seconds > first[r.condition] == walls[r.condition][2]
+    # the column in hours and minutes: 1 h 2 min 5 s of training, then half a row being written
+    progress = out / "none-N8" / "seed0" / "progress.csv"
+    rows = list(csv.DictReader(progress.open()))
+    rows[-1]["wall_time"] = "3725.0"
+    with progress.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+        f.write("6,12,")
+    assert main(["status", str(out)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    col = table[0].index("train time")
+    assert table[1].startswith("none-N8") and table[1][col:].split()[0] == "1h02m"
+    assert main(["status", str(out), "--json"]) == 0
+    listed = {r["condition"]: r["train_seconds"] for r in json.loads(capsys.readouterr().out)}
+    assert listed["none-N8"] == 3725.0
+
+
 def test_cli_kill9_loses_at_most_one_interval_and_the_rerun_continues(tmp_path):
     """The local process pool end to end: SIGKILL the runner; its workers notice, save and exit;
     the same sweep then continues from the checkpoints."""

@@ -98,8 +98,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         formatter_class=d,
         help="table of the runs of a sweep folder",
         description="One row per run: updates logged and saved, the mean reward and the gradient "
-        "steps skipped (norm above grad_skip) of the last --window updates, and the state "
-        "(done, running, stopped, failed, pending). A run that skips nearly every step is frozen.",
+        "steps skipped (norm above grad_skip) of the last --window updates, the training time "
+        "(all sessions together) and the state (done, running, stopped, failed, pending). A run "
+        "that skips nearly every step is frozen.",
     )
     s.add_argument("dir", help="sweep folder")
     s.add_argument(

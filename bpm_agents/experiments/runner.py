@@ -181,13 +181,30 @@ def read_skips(run_dir: str | Path, window: int) -> Skips | None:
     )
 
 
-def seconds_per_update(progress_csv: str | Path) -> float:
-    """Median training seconds per update over the last rows of a progress.csv (nan if unknown)."""
+def read_wall_times(progress_csv: str | Path) -> list[float]:
+    """The ``wall_time`` column of a progress.csv: training seconds so far, summed over every
+    session of the run (a resumed run continues the clock), in update order; [] if unreadable.
+    A row cut short (being written) is left out."""
+    out = []
     try:
         with Path(progress_csv).open(newline="") as f:
-            walls = [float(r["wall_time"]) for r in csv.DictReader(f) if r.get("update", "").isdigit()]
-    except (OSError, ValueError, KeyError):
-        return math.nan
+            for r in csv.DictReader(f):
+                try:
+                    if r.get("update", "").isdigit():
+                        out.append(float(r["wall_time"]))
+                except (KeyError, TypeError, ValueError):
+                    continue
+    except OSError:
+        return []
+    return out
+
+
+def seconds_per_update(progress_csv: str | Path) -> float:
+    """Median training seconds per update over the last rows of a progress.csv (nan if unknown)."""
+    return _median_update_seconds(read_wall_times(progress_csv))
+
+
+def _median_update_seconds(walls: list[float]) -> float:
     steps = sorted(b - a for a, b in zip(walls[-50:], walls[-49:]) if b >= a)
     return steps[len(steps) // 2] if steps else math.nan
 
@@ -962,6 +979,7 @@ class RunStatus:
     recent_reward: float
     state: str
     recent_skipped: tuple[int, int] | None = None  # (skipped, taken) gradient steps, last window
+    train_seconds: float = math.nan  # training time so far, all sessions together
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -1026,7 +1044,8 @@ def sweep_status(
             except (OSError, ValueError, KeyError):
                 rewards = []
         recent = sum(rewards) / len(rewards) if rewards else math.nan
-        spu = seconds_per_update(progress) if progress.exists() else math.nan
+        walls = read_wall_times(progress) if progress.exists() else []
+        spu = _median_update_seconds(walls)
         quiet = max(60.0, 3 * spu) if math.isfinite(spu) else 60.0
         fresh = progress.exists() and time.time() - progress.stat().st_mtime < quiet
         lock = lock_path(out, cond, seed)
@@ -1044,7 +1063,8 @@ def sweep_status(
             state = "stopped"
         skips = read_skips(run_dir, window) if progress.exists() else None
         recent_skipped = (skips.recent_skipped, skips.recent_steps) if skips else None
-        rows.append(RunStatus(cond, seed, logged, saved, goal, recent, state, recent_skipped))
+        train = walls[-1] if walls else math.nan
+        rows.append(RunStatus(cond, seed, logged, saved, goal, recent, state, recent_skipped, train))
     return rows
 
 
@@ -1057,6 +1077,7 @@ def format_status(rows: list[RunStatus], window: int = 100) -> str:
         "saved",
         f"last-{window} reward",
         f"last-{window} skipped",
+        "train time",
         "state",
     ]
     body = []
@@ -1069,6 +1090,7 @@ def format_status(rows: list[RunStatus], window: int = 100) -> str:
                 "-" if r.updates_saved is None else str(r.updates_saved),
                 "-" if math.isnan(r.recent_reward) else f"{r.recent_reward:.2f}",
                 "-" if r.recent_skipped is None else "{:,}/{:,}".format(*r.recent_skipped),
+                _fmt_duration(r.train_seconds) if math.isfinite(r.train_seconds) else "-",
                 r.state,
             ]
         )
