@@ -455,6 +455,10 @@ def test_status_table(tiny, tmp_path, capsys):
         f.write("6,12,240,0.5,1.0,0.1")  # half a row, as while a run writes it: not counted
     again = next(r for r in sweep_status(out) if (r.condition, r.seed) == ("hebbian-N8", 1))
     assert again.recent_reward == r.recent_reward and again.updates_logged == 5
+    with (out / "hebbian-N8" / "seed1" / "progress.csv").open("a") as f:
+        f.write("\n7,14,280" + ",0.5" * (len(CSV_FIELDS) - 4))  # all but the last column
+    again = next(r for r in sweep_status(out) if (r.condition, r.seed) == ("hebbian-N8", 1))
+    assert again.recent_reward == r.recent_reward and again.updates_logged == 5
     (out / "none-N8" / "seed7").mkdir()  # an empty folder is not a run
     assert main(["status", str(out), "--window", "2"]) == 0
     text = capsys.readouterr().out

@@ -99,10 +99,13 @@ def lock_path(out: str | Path, condition: str, seed: int) -> Path:
 
 
 def last_logged_update(progress_csv: str | Path) -> int:
-    """The ``update`` of the last complete row of a progress.csv (0 if none), reading its tail only."""
+    """The ``update`` of the last complete row of a progress.csv (0 if none), reading its head
+    line and its tail only. A row is complete when it has as many columns as the head line (a
+    run being trained may have half a row at the end; logs of older versions have fewer columns)."""
     path = Path(progress_csv)
     try:
         with path.open("rb") as f:
+            columns = f.readline().count(b",") + 1
             f.seek(0, os.SEEK_END)
             size = f.tell()
             f.seek(max(0, size - 4096))
@@ -111,7 +114,7 @@ def last_logged_update(progress_csv: str | Path) -> int:
         return 0
     for line in reversed(tail.splitlines()):
         head = line.split(",", 1)[0]
-        if head.isdigit() and line.count(",") >= 12:  # a complete row (13 columns)
+        if head.isdigit() and line.count(",") >= columns - 1:
             return int(head)
     return 0
 
@@ -119,12 +122,15 @@ def last_logged_update(progress_csv: str | Path) -> int:
 def read_rewards(progress_csv: str | Path) -> list[float]:
     """The ``reward_mean`` column of a progress.csv, in update order.
 
-    A run being trained may have half a row at the end (it is being written): that row is left out.
+    A run being trained may have half a row at the end (it is being written): that row, short of
+    the head line's last column, is left out.
     """
     out = []
     with Path(progress_csv).open(newline="") as f:
-        for r in csv.DictReader(f):
-            if not r.get("update", "").isdigit() or r.get("eta_e") is None:  # eta_e: the last column
+        reader = csv.DictReader(f)
+        last = reader.fieldnames[-1] if reader.fieldnames else "update"
+        for r in reader:
+            if not r.get("update", "").isdigit() or r.get(last) is None:
                 continue
             out.append(float(r["reward_mean"]))
     return out
