@@ -9,37 +9,20 @@ first find the target from the rewards); random answers score 0 in expectation. 
 
 from __future__ import annotations
 
-import argparse
-import json
-import time
-from pathlib import Path
+from typing import Any
 
-import bpm_envs  # noqa: F401  (registers the environments)
+from maze_levels import report_levels  # this folder's maze script: the same command line
+
 from bpm_envs.cue_levels import levels
 
-VARIANTS = {"fig1": {}, "a5": {"fixed_cues": True}}
+
+def levels_with_kwargs(episodes: int, seed: int, **kwargs: Any) -> dict[str, Any]:
+    return {"env_kwargs": kwargs, **levels(episodes, seed, **kwargs)}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--episodes", type=int, default=100_000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="also write the levels as JSON here")
-    args = parser.parse_args()
-    result: dict = {"episodes": args.episodes, "seed": args.seed, "variants": {}}
-    for name, kwargs in VARIANTS.items():
-        t = time.perf_counter()
-        lv = levels(args.episodes, args.seed, **kwargs)
-        result["variants"][name] = {"env_kwargs": kwargs, **lv}
-        print(
-            f"{name} {kwargs or ''}: random answers {lv['random']['mean']:.3f} +- {lv['random']['stderr']:.3f}, "
-            f"oracle {lv['oracle']['mean']:.3f} +- {lv['oracle']['stderr']:.3f} "
-            f"(stderr; {args.episodes:,} episodes each, {time.perf_counter() - t:.1f} s)"
-        )
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    variants = {"fig1": ("fig1", {}), "a5": ("a5 {'fixed_cues': True}", {"fixed_cues": True})}
+    report_levels(__doc__, "variants", variants, levels_with_kwargs, "random answers", digits=3)
 
 
 if __name__ == "__main__":

@@ -11,32 +11,47 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import bpm_envs  # noqa: F401  (registers the environments)
 from bpm_envs.maze_levels import levels
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def report_levels(
+    doc: str,
+    key: str,
+    variants: dict[str, tuple[str, dict[str, Any]]],
+    levels_fn: Callable[..., dict[str, Any]],
+    random_name: str,
+    digits: int,
+) -> None:
+    """The command line of a levels script: for each variant (JSON name -> printed label, env
+    kwargs), the random and oracle policies' mean and stderr, printed and written under ``key``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the levels as JSON here")
     args = parser.parse_args()
-    result = {"episodes": args.episodes, "seed": args.seed, "sizes": {}}
-    for size in (9, 11):
+    result: dict[str, Any] = {"episodes": args.episodes, "seed": args.seed, key: {}}
+    for name, (label, kwargs) in variants.items():
         t = time.perf_counter()
-        lv = levels(args.episodes, args.seed, size=size)
-        result["sizes"][str(size)] = lv
+        lv = levels_fn(args.episodes, args.seed, **kwargs)
+        result[key][name] = lv
+        rnd, orc = lv["random"], lv["oracle"]
         print(
-            f"size {size} ({size + 2}x{size + 2} array): random walk {lv['random']['mean']:.3f} "
-            f"+- {lv['random']['stderr']:.3f}, oracle {lv['oracle']['mean']:.2f} +- {lv['oracle']['stderr']:.2f} "
+            f"{label}: {random_name} {rnd['mean']:.{digits}f} +- {rnd['stderr']:.{digits}f}, "
+            f"oracle {orc['mean']:.{digits}f} +- {orc['stderr']:.{digits}f} "
             f"(stderr; {args.episodes:,} episodes each, {time.perf_counter() - t:.1f} s)"
         )
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def main() -> None:
+    sizes = {str(s): (f"size {s} ({s + 2}x{s + 2} array)", {"size": s}) for s in (9, 11)}
+    report_levels(__doc__, "sizes", sizes, levels, "random walk", digits=3)
 
 
 if __name__ == "__main__":
