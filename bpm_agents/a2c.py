@@ -31,7 +31,7 @@ from torch import Tensor
 import bpm_envs  # registers the bpm/ environments
 from bpm_agents.checkpoint import DictConfig
 from bpm_agents.config import opt
-from bpm_agents.plasticity import MODULATOR_ACTIVATIONS, RULES, PlasticityConfig
+from bpm_agents.plasticity import MODULATOR_ACTIVATIONS, RULES, PlasticityConfig, modulator_saturation
 from bpm_agents.policy import PlasticActorCritic, PolicyConfig
 from bpm_envs.batched import BatchedVectorEnv
 
@@ -117,6 +117,13 @@ class A2CConfig(DictConfig):
             "growth in long runs; biases and the plasticity rates are not decayed (0: plain Adam)"
         ),
     )
+    modulator_penalty: float = field(
+        default=0.0,
+        metadata=opt(
+            "coefficient of a loss term on the mean square of the modulator's pre-activation, "
+            "which keeps M(t) out of saturation (modulated rules; no effect on the others)"
+        ),
+    )
     value_coef: float = field(default=0.1, metadata=opt("value loss coefficient"))
     entropy_coef: float | None = field(
         default=None,
@@ -189,6 +196,8 @@ class A2CConfig(DictConfig):
             raise ValueError(f"grad_skip must be a finite number > 0 or None, got {cfg.grad_skip!r}")
         if not 0 <= cfg.weight_decay <= torch.finfo(torch.float32).max:
             raise ValueError(f"weight_decay must be a finite number >= 0, got {cfg.weight_decay!r}")
+        if not 0 <= cfg.modulator_penalty <= torch.finfo(torch.float32).max:
+            raise ValueError(f"modulator_penalty must be a finite number >= 0, got {cfg.modulator_penalty!r}")
         if cfg.entropy_mode not in ENTROPY_MODES:
             raise ValueError(
                 f"unknown entropy mode {cfg.entropy_mode!r}; allowed: {', '.join(ENTROPY_MODES)}"
@@ -424,7 +433,15 @@ class A2CTrainer:
             self.config.entropy_coef,
             self.config.entropy_mode,
         )
-        return terms, out
+        return self.with_modulator_penalty(terms, out.modulators), out
+
+    def with_modulator_penalty(self, terms: Any, modulators: Tensor | None) -> Any:
+        """``terms`` (a loss NamedTuple) with ``modulator_penalty * modulator_saturation`` of
+        ``modulators`` added to its total; unchanged at coefficient 0 or without a modulator."""
+        if self.config.modulator_penalty == 0 or modulators is None:
+            return terms
+        penalty = modulator_saturation(modulators, self.config.modulator_activation)
+        return terms._replace(total=terms.total + self.config.modulator_penalty * penalty)
 
     def update(self) -> dict[str, float]:
         """Collect B episodes, replay them, take one optimizer step; return the metrics.

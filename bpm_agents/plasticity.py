@@ -184,6 +184,22 @@ class PlasticityConfig:
         return d
 
 
+def modulator_saturation(m: Tensor, activation: str = "tanh") -> Tensor:
+    """The mean square of the modulator's pre-activation u over ``m`` (any shape), M = act(u).
+
+    A loss term ``c * modulator_saturation(M)`` keeps M out of the tanh's flat ends: its gradient
+    through tanh is 2u per element, largest where M is saturated (a penalty on M^2 would have
+    2M(1 - M^2), which vanishes there). For tanh, u = atanh(M) is taken of M scaled by 1 - 1e-6, so
+    it stays finite (at most 7.25) where M rounds to +-1.
+    """
+    if activation not in MODULATOR_ACTIVATIONS:
+        raise ValueError(
+            f"unknown modulator activation {activation!r}; allowed: {', '.join(MODULATOR_ACTIVATIONS)}"
+        )
+    u = torch.atanh(m * (1 - 1e-6)) if activation == "tanh" else m
+    return u.pow(2).mean()
+
+
 class PlasticState(NamedTuple):
     """Within-episode state of a plastic recurrent layer; all zeros at an episode start.
 

@@ -286,9 +286,11 @@ class PlasticPPOTrainer(A2CTrainer):
                         self.policy.initial_state(len(episodes), self.device),
                         impl=cfg.unroll_impl,
                     )
+                mods = out.modulators
                 if by_steps:  # the loss on this minibatch's (episode, step) pairs only, as one (1, K) row
                     logits, values = _steps_of(out.logits, idx), _steps_of(out.values, idx)
                     act, old_lp, adv, ret, old_v = (_steps_of(x, idx) for x in batch)
+                    mods = None if mods is None else _steps_of(mods, idx)
                 else:
                     logits, values = out.logits, out.values
                     act, old_lp, adv, ret, old_v = (x[idx] for x in batch)
@@ -307,6 +309,7 @@ class PlasticPPOTrainer(A2CTrainer):
                     cfg.entropy_mode,
                     per_minibatch,
                 )
+                terms = self.with_modulator_penalty(terms, mods)
                 if not torch.isfinite(terms.total):
                     raise NonFiniteLossError(
                         f"loss is {terms.total.item()} at update {self.updates_done + 1}; not applied"

@@ -90,6 +90,8 @@ def test_task_defaults_follow_the_paper():
         (dict(gamma=1.5), "1.5"),
         (dict(weight_decay=-0.1), "weight_decay must be a finite number >= 0, got -0.1"),
         (dict(weight_decay=math.inf), "weight_decay must be a finite number >= 0, got inf"),
+        (dict(modulator_penalty=-1.0), "modulator_penalty must be a finite number >= 0, got -1.0"),
+        (dict(modulator_penalty=math.nan), "modulator_penalty must be a finite number >= 0, got nan"),
     ],
 )
 def test_bad_config_is_rejected(bad, match):

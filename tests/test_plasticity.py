@@ -462,3 +462,18 @@ def test_a_bound_on_m_is_the_same_network_as_smaller_alpha_and_a_wider_clip(rule
     assert (state_b.hebb.abs() == c).any()  # the equivalence covers the clip too
     torch.testing.assert_close(hidden_b, hidden, rtol=0, atol=1e-12)
     torch.testing.assert_close(state_b.hebb / s, state.hebb, rtol=0, atol=1e-12)
+
+
+def test_modulator_saturation_is_the_mean_square_pre_activation_with_gradient_2u():
+    from bpm_agents.plasticity import modulator_saturation
+
+    u = torch.tensor([[0.5, -2.0], [3.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    sat = modulator_saturation(torch.tanh(u))
+    assert sat.item() == pytest.approx((0.25 + 4 + 9 + 0) / 4, rel=1e-3)  # M scaled by 1 - 1e-6
+    (g,) = torch.autograd.grad(sat, u)
+    torch.testing.assert_close(g, 2 * u.detach() / 4, rtol=1e-3, atol=1e-6)  # largest where M saturates
+    # M rounded to +-1 stays finite; the identity modulator is its own pre-activation
+    assert math.isfinite(modulator_saturation(torch.tensor([1.0, -1.0])).item())
+    assert modulator_saturation(torch.tensor([1.5, -0.5]), "identity").item() == pytest.approx(1.25)
+    with pytest.raises(ValueError, match="unknown modulator activation 'relu'"):
+        modulator_saturation(torch.zeros(2), "relu")

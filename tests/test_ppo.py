@@ -371,3 +371,42 @@ def test_an_infinite_gradient_is_skipped_with_grad_skip_and_fails_without():
 def test_bad_grad_skip_is_refused_with_the_value(bad):
     with pytest.raises(ValueError, match=r"grad_skip must be a finite number > 0 or None, got"):
         PPOConfig(**TINY, grad_skip=bad).resolve()
+
+
+@pytest.mark.parametrize("algo", ["a2c", "ppo"])
+def test_modulator_penalty_adds_its_term_through_the_kernel_and_spares_unmodulated_rules(algo):
+    from bpm_agents.a2c import A2CConfig, A2CTrainer
+    from bpm_agents.plasticity import modulator_saturation
+
+    def make(rule="simple", impl="auto", **kw):
+        cfg = {**TINY, "rule": rule, "unroll_impl": impl, "batch_size": 2, "n_minibatches": 1, "n_epochs": 1}
+        cfg["grad_clip"] = 1e30  # the gradients as computed, not clipped
+        if algo == "ppo":
+            return PlasticPPOTrainer(PPOConfig(**cfg, **kw))
+        return A2CTrainer(
+            A2CConfig(**{k: v for k, v in cfg.items() if k in A2CConfig.__dataclass_fields__}, **kw)
+        )
+
+    c = 0.3
+    grads = {}
+    for impl in ("fast", "reference"):
+        base, pen = make(impl=impl), make(impl=impl, modulator_penalty=c)
+        rollout = base.collect()
+        for t in (base, pen):
+            t.optimizer.step = lambda: None  # keep the weights: compare the gradients
+            t.learn(rollout)
+        # the penalty's gradient alone: c * d saturation / d (modulator bias), by autograd on the replay
+        out = base.policy.unroll(rollout.obs, base.policy.initial_state(2), impl="reference")
+        bias = base.policy.core.synapses.modulator.bias
+        (want,) = torch.autograd.grad(c * modulator_saturation(out.modulators), bias)
+        got = pen.policy.core.synapses.modulator.bias.grad - base.policy.core.synapses.modulator.bias.grad
+        grads[impl] = got
+        assert want.abs().item() > 1e-4
+        torch.testing.assert_close(got, want, rtol=2e-3, atol=1e-6)
+    torch.testing.assert_close(grads["fast"], grads["reference"], rtol=2e-3, atol=1e-6)
+    # no modulator, no term: the same run bit for bit
+    a, b = make(rule="hebbian"), make(rule="hebbian", modulator_penalty=c)
+    ma, mb = a.update(), b.update()
+    assert ma["loss"] == mb["loss"] and all(
+        torch.equal(x, y) for x, y in zip(_params(a).values(), _params(b).values())
+    )

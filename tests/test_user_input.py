@@ -174,12 +174,13 @@ def test_non_finite_or_non_positive_lr_is_refused_before_training(tmp_path, caps
     assert not out.exists()
 
 
+@pytest.mark.parametrize("flag", ["weight-decay", "modulator-penalty"])
 @pytest.mark.parametrize("wd", ["nan", "inf", "-0.1"])
-def test_bad_weight_decay_is_refused_before_training(tmp_path, capsys, wd):
+def test_bad_weight_decay_or_modulator_penalty_is_refused_before_training(tmp_path, capsys, wd, flag):
     out = tmp_path / "run"
-    assert train([*TINY, f"--weight-decay={wd}", "--updates", "2", "--out", out]) == 2
+    assert train([*TINY, f"--{flag}={wd}", "--updates", "2", "--out", out]) == 2
     err = capsys.readouterr().err
-    assert f"weight_decay must be a finite number >= 0, got {float(wd)!r}" in err, err
+    assert f"{flag.replace('-', '_')} must be a finite number >= 0, got {float(wd)!r}" in err, err
     assert "Traceback" not in err and not out.exists()
 
 
