@@ -124,6 +124,13 @@ class A2CConfig(DictConfig):
             "which keeps M(t) out of saturation (modulated rules; no effect on the others)"
         ),
     )
+    modulator_bound: float = field(
+        default=0.0,
+        metadata=opt(
+            "the modulator penalty counts only the part of |pre-activation| above this bound "
+            "(0: all of it; 1.47 leaves |M| < 0.9 alone)"
+        ),
+    )
     value_coef: float = field(default=0.1, metadata=opt("value loss coefficient"))
     entropy_coef: float | None = field(
         default=None,
@@ -196,8 +203,9 @@ class A2CConfig(DictConfig):
             raise ValueError(f"grad_skip must be a finite number > 0 or None, got {cfg.grad_skip!r}")
         if not 0 <= cfg.weight_decay <= torch.finfo(torch.float32).max:
             raise ValueError(f"weight_decay must be a finite number >= 0, got {cfg.weight_decay!r}")
-        if not 0 <= cfg.modulator_penalty <= torch.finfo(torch.float32).max:
-            raise ValueError(f"modulator_penalty must be a finite number >= 0, got {cfg.modulator_penalty!r}")
+        for name in ("modulator_penalty", "modulator_bound"):
+            if not 0 <= getattr(cfg, name) <= torch.finfo(torch.float32).max:
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(cfg, name)!r}")
         if cfg.entropy_mode not in ENTROPY_MODES:
             raise ValueError(
                 f"unknown entropy mode {cfg.entropy_mode!r}; allowed: {', '.join(ENTROPY_MODES)}"
@@ -440,8 +448,9 @@ class A2CTrainer:
         ``modulators`` added to its total; unchanged at coefficient 0 or without a modulator."""
         if self.config.modulator_penalty == 0 or modulators is None:
             return terms
-        penalty = modulator_saturation(modulators, self.config.modulator_activation)
-        return terms._replace(total=terms.total + self.config.modulator_penalty * penalty)
+        cfg = self.config
+        penalty = modulator_saturation(modulators, cfg.modulator_activation, cfg.modulator_bound)
+        return terms._replace(total=terms.total + cfg.modulator_penalty * penalty)
 
     def update(self) -> dict[str, float]:
         """Collect B episodes, replay them, take one optimizer step; return the metrics.

@@ -184,19 +184,23 @@ class PlasticityConfig:
         return d
 
 
-def modulator_saturation(m: Tensor, activation: str = "tanh") -> Tensor:
-    """The mean square of the modulator's pre-activation u over ``m`` (any shape), M = act(u).
+def modulator_saturation(m: Tensor, activation: str = "tanh", bound: float = 0.0) -> Tensor:
+    """The mean of ``max(|u| - bound, 0)^2`` over ``m`` (any shape), u the modulator's
+    pre-activation (M = act(u)): its mean square at ``bound`` 0.
 
     A loss term ``c * modulator_saturation(M)`` keeps M out of the tanh's flat ends: its gradient
-    through tanh is 2u per element, largest where M is saturated (a penalty on M^2 would have
-    2M(1 - M^2), which vanishes there). For tanh, u = atanh(M) is taken of M scaled by 1 - 1e-6, so
-    it stays finite (at most 7.25) where M rounds to +-1.
+    through tanh is 2(|u| - bound) sign(u) per element, largest where M is saturated (a penalty on
+    M^2 would have 2M(1 - M^2), which vanishes there); a ``bound`` leaves |u| below it alone
+    (|M| < 0.9 is |u| < 1.47). For tanh, u = atanh(M) is taken of M scaled by 1 - 1e-6, so it
+    stays finite (at most 7.25) where M rounds to +-1.
     """
     if activation not in MODULATOR_ACTIVATIONS:
         raise ValueError(
             f"unknown modulator activation {activation!r}; allowed: {', '.join(MODULATOR_ACTIVATIONS)}"
         )
     u = torch.atanh(m * (1 - 1e-6)) if activation == "tanh" else m
+    if bound > 0:
+        return torch.relu(u.abs() - bound).pow(2).mean()
     return u.pow(2).mean()
 
 

@@ -92,6 +92,7 @@ def test_task_defaults_follow_the_paper():
         (dict(weight_decay=math.inf), "weight_decay must be a finite number >= 0, got inf"),
         (dict(modulator_penalty=-1.0), "modulator_penalty must be a finite number >= 0, got -1.0"),
         (dict(modulator_penalty=math.nan), "modulator_penalty must be a finite number >= 0, got nan"),
+        (dict(modulator_bound=-0.5), "modulator_bound must be a finite number >= 0, got -0.5"),
     ],
 )
 def test_bad_config_is_rejected(bad, match):

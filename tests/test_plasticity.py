@@ -475,5 +475,11 @@ def test_modulator_saturation_is_the_mean_square_pre_activation_with_gradient_2u
     # M rounded to +-1 stays finite; the identity modulator is its own pre-activation
     assert math.isfinite(modulator_saturation(torch.tensor([1.0, -1.0])).item())
     assert modulator_saturation(torch.tensor([1.5, -0.5]), "identity").item() == pytest.approx(1.25)
+    # with a bound only the excess of |u| over it counts: (2 - 1)^2 and (3 - 1)^2 of four elements
+    bounded = modulator_saturation(torch.tanh(u), bound=1.0)
+    assert bounded.item() == pytest.approx((1 + 4) / 4, rel=1e-3)
+    (g,) = torch.autograd.grad(bounded, u)
+    want = torch.tensor([[0.0, -0.5], [1.0, 0.0]], dtype=torch.float64)  # 2 (|u| - 1) sign(u) / 4
+    torch.testing.assert_close(g, want, rtol=1e-3, atol=1e-6)
     with pytest.raises(ValueError, match="unknown modulator activation 'relu'"):
         modulator_saturation(torch.zeros(2), "relu")
