@@ -22,7 +22,7 @@ def levels_with_kwargs(episodes: int, seed: int, **kwargs: Any) -> dict[str, Any
 
 def main() -> None:
     variants = {"fig1": ("fig1", {}), "a5": ("a5 {'fixed_cues': True}", {"fixed_cues": True})}
-    report_levels(__doc__, "variants", variants, levels_with_kwargs, "random answers", digits=3)
+    report_levels(__doc__, "variants", variants, levels_with_kwargs, "random answers")
 
 
 if __name__ == "__main__":

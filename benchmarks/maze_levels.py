@@ -25,7 +25,6 @@ def report_levels(
     variants: dict[str, tuple[str, dict[str, Any]]],
     levels_fn: Callable[..., dict[str, Any]],
     random_name: str,
-    digits: int,
 ) -> None:
     """The command line of a levels script: for each variant (JSON name -> printed label, env
     kwargs), the random and oracle policies' mean and stderr, printed and written under ``key``."""
@@ -41,8 +40,8 @@ def report_levels(
         result[key][name] = lv
         rnd, orc = lv["random"], lv["oracle"]
         print(
-            f"{label}: {random_name} {rnd['mean']:.{digits}f} +- {rnd['stderr']:.{digits}f}, "
-            f"oracle {orc['mean']:.{digits}f} +- {orc['stderr']:.{digits}f} "
+            f"{label}: {random_name} {rnd['mean']:.3f} +- {rnd['stderr']:.3f}, "
+            f"oracle {orc['mean']:.3f} +- {orc['stderr']:.3f} "
             f"(stderr; {args.episodes:,} episodes each, {time.perf_counter() - t:.1f} s)"
         )
     if args.out:
@@ -51,7 +50,7 @@ def report_levels(
 
 def main() -> None:
     sizes = {str(s): (f"size {s} ({s + 2}x{s + 2} array)", {"size": s}) for s in (9, 11)}
-    report_levels(__doc__, "sizes", sizes, levels, "random walk", digits=3)
+    report_levels(__doc__, "sizes", sizes, levels, "random walk")
 
 
 if __name__ == "__main__":

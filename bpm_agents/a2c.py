@@ -446,9 +446,9 @@ class A2CTrainer:
     def with_modulator_penalty(self, terms: Any, modulators: Tensor | None) -> Any:
         """``terms`` (a loss NamedTuple) with ``modulator_penalty * modulator_saturation`` of
         ``modulators`` added to its total; unchanged at coefficient 0 or without a modulator."""
-        if self.config.modulator_penalty == 0 or modulators is None:
-            return terms
         cfg = self.config
+        if cfg.modulator_penalty == 0 or modulators is None:
+            return terms
         penalty = modulator_saturation(modulators, cfg.modulator_activation, cfg.modulator_bound)
         return terms._replace(total=terms.total + cfg.modulator_penalty * penalty)
 

@@ -199,9 +199,7 @@ def modulator_saturation(m: Tensor, activation: str = "tanh", bound: float = 0.0
             f"unknown modulator activation {activation!r}; allowed: {', '.join(MODULATOR_ACTIVATIONS)}"
         )
     u = torch.atanh(m * (1 - 1e-6)) if activation == "tanh" else m
-    if bound > 0:
-        return torch.relu(u.abs() - bound).pow(2).mean()
-    return u.pow(2).mean()
+    return torch.relu(u.abs() - bound).pow(2).mean()  # at bound 0: the mean of u^2
 
 
 class PlasticState(NamedTuple):
